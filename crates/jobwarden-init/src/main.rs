@@ -1,0 +1,3 @@
+//! jobwarden-init: the in-container supervisor (see its issue; not yet implemented).
+
+fn main() {}

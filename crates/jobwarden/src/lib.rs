@@ -1,0 +1,1 @@
+//! jobwarden: job timeouts, escalation and cleanup.

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The full test suite: starts the servers the tests need (PostgreSQL, the moto S3 server),
+# then runs every test of the workspace against them. Under CI=true a missing server is an error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/start-postgres.sh)"
+eval "$(scripts/start-moto.sh)"
+export JOBWARDEN_REQUIRE_SERVERS=1
+cargo test --workspace --all-targets "$@"
