@@ -1,1 +1,22 @@
-//! jobwarden: job timeouts, escalation and cleanup.
+//! jobwarden: job timeouts, escalation and cleanup for local processes and Kubernetes Jobs.
+//!
+//! Layout (`../shared/DESIGN.md`): [`engine`] decides without I/O; [`scheduler`] wakes the
+//! engine when something is due; [`store`] persists jobs, the cleanup queue and the audit log;
+//! the runtimes and the daemon carry decisions out. [`clock`] is the only reader of the clock.
+
+pub mod api_types;
+pub mod artifacts;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod duration;
+pub mod engine;
+pub mod hooks;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod runtime;
+pub mod scheduler;
+pub mod store;

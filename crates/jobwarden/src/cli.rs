@@ -1,0 +1,630 @@
+//! The `jobwarden` command line: flags (clap derive, with `env =` fallbacks), the daemon
+//! launcher and the HTTP client behind every other command.
+//!
+//! Exit codes: 0 success; 1 the operation failed (daemon unreachable, job unknown, …);
+//! 2 bad usage or bad configuration (clap's own usage errors are 2 as well).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api_types::{JobView, OrphanReport, PlanEntry, SubmitRequest};
+use crate::config::Config;
+use crate::duration::Dur;
+use crate::model::{AuditEntry, Timestamp, fmt_ts};
+
+/// Job timeouts, escalation and cleanup.
+#[derive(Debug, Parser)]
+#[command(name = "jobwarden", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Submit a job: prints only its id.
+    Submit(SubmitArgs),
+    /// List jobs.
+    Jobs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one job.
+    Job {
+        #[command(subcommand)]
+        cmd: JobCmd,
+    },
+    /// Cancel a job: SIGTERM now, then the normal ladder.
+    Cancel {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Query the audit log.
+    Audit {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this action (warn, soft_kill, hard_kill, force_delete, ttl_cleanup, …).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only rows newer than this (a duration back from now, e.g. 1h).
+        #[arg(long)]
+        since: Option<Dur>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Dry run: what would be done now, and the next steps with their times.
+    Plan {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Report orphaned workspaces and logs; `--clean` queues their removal.
+    Orphans {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Queue removal of what is found.
+        #[arg(long)]
+        clean: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Start a daemon on a temporary data dir and run a short, real story (under a minute).
+    Demo,
+}
+
+/// `job …`
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Show a job.
+    Show {
+        /// Job id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// `config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a config file: prints "ok" (exit 0) or the problem (exit 2).
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+/// Where the daemon is.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Daemon URL.
+    #[arg(long, env = "JOBWARDEN_SERVER", default_value = "http://127.0.0.1:7800")]
+    pub server: String,
+}
+
+/// `jobwarden run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (every key has a default).
+    #[arg(long, env = "JOBWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Workspaces, logs, the SQLite store and file:// artifacts.
+    #[arg(long, default_value = "./jobwarden-data")]
+    pub data_dir: PathBuf,
+    /// Listen address [default: [server] listen, i.e. 127.0.0.1:7800].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Store URL [default: sqlite://<data-dir>/jobwarden.db].
+    #[arg(long, env = "JOBWARDEN_STORE")]
+    pub store: Option<String>,
+    /// Artifacts URL [default: file://<data-dir>/artifacts].
+    #[arg(long)]
+    pub artifacts: Option<String>,
+    /// Which jobs to police.
+    #[arg(long, value_enum, default_value = "local")]
+    pub runtime: RuntimeArg,
+    /// Record every decision in the audit log (marked dry-run); carry none out.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeArg {
+    /// Processes on this machine.
+    Local,
+    /// batch/v1 Jobs in a cluster.
+    Kubernetes,
+}
+
+/// `jobwarden submit`.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Timeout (capped by the organisation maximum and the hard maximum).
+    #[arg(long)]
+    pub timeout: Option<Dur>,
+    /// Grace period between SIGTERM and SIGKILL.
+    #[arg(long)]
+    pub grace: Option<Dur>,
+    /// Keep the finished job's workspace this long.
+    #[arg(long)]
+    pub ttl: Option<Dur>,
+    /// Job type.
+    #[arg(long = "type")]
+    pub job_type: Option<String>,
+    /// Organisation.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Judge the job dead when no heartbeat arrives for this long.
+    #[arg(long)]
+    pub heartbeat_timeout: Option<Dur>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// A CLI failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// 1 or 2.
+    pub code: u8,
+    /// Printed to stderr.
+    pub message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn main(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Cmd::Run(args) => run(args).await,
+        Cmd::Demo => crate::demo::run().await.map_err(|e| fail(1, e)),
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => match Config::load(&file) {
+            Ok(_) => {
+                println!("ok");
+                Ok(())
+            }
+            Err(e) => Err(fail(2, e.to_string())),
+        },
+        Cmd::Submit(a) => {
+            let req = SubmitRequest {
+                command: a.command,
+                name: a.name,
+                org: a.org,
+                job_type: a.job_type,
+                timeout: a.timeout,
+                grace: a.grace,
+                ttl: a.ttl,
+                heartbeat_timeout: a.heartbeat_timeout,
+            };
+            let job: JobView = Client::new(&a.server)?.post("/v1/jobs", &req).await?;
+            println!("{}", job.id);
+            Ok(())
+        }
+        Cmd::Jobs { json, server } => {
+            let jobs: Vec<JobView> = Client::new(&server)?.get("/v1/jobs").await?;
+            if json {
+                print_json(&jobs);
+            } else {
+                print_jobs(&jobs, crate::clock::now());
+            }
+            Ok(())
+        }
+        Cmd::Job {
+            cmd: JobCmd::Show { id, json, server },
+        } => {
+            let job: JobView = Client::new(&server)?.get(&format!("/v1/jobs/{id}")).await?;
+            if json {
+                print_json(&job);
+            } else {
+                print_job(&job);
+            }
+            Ok(())
+        }
+        Cmd::Cancel { id, server } => {
+            let job: JobView = Client::new(&server)?
+                .post(&format!("/v1/jobs/{id}/cancel"), &serde_json::json!({}))
+                .await?;
+            println!("{} {}", job.id, job.stage);
+            Ok(())
+        }
+        Cmd::Audit {
+            job,
+            action,
+            since,
+            json,
+            server,
+        } => {
+            let mut q = Vec::new();
+            if let Some(j) = job {
+                q.push(format!("job={j}"));
+            }
+            if let Some(a) = action {
+                q.push(format!("action={a}"));
+            }
+            if let Some(s) = since {
+                q.push(format!("since={s}"));
+            }
+            let path = if q.is_empty() {
+                "/v1/audit".to_owned()
+            } else {
+                format!("/v1/audit?{}", q.join("&"))
+            };
+            let rows: Vec<AuditEntry> = Client::new(&server)?.get(&path).await?;
+            if json {
+                print_json(&rows);
+            } else {
+                print_audit(&rows);
+            }
+            Ok(())
+        }
+        Cmd::Plan { json, server } => {
+            let plan: Vec<PlanEntry> = Client::new(&server)?.get("/v1/plan").await?;
+            if json {
+                print_json(&plan);
+            } else {
+                print_plan(&plan, crate::clock::now());
+            }
+            Ok(())
+        }
+        Cmd::Orphans {
+            json,
+            clean,
+            server,
+        } => {
+            let c = Client::new(&server)?;
+            let r: OrphanReport = if clean {
+                c.post("/v1/orphans/clean", &serde_json::json!({})).await?
+            } else {
+                c.get("/v1/orphans").await?
+            };
+            if json {
+                print_json(&r);
+            } else {
+                for s in &r.skipped {
+                    println!("skipped {s}");
+                }
+                println!("{:<10} {:<28} {:>10} {:>10}  PATH", "KIND", "JOB", "BYTES", "AGE");
+                for o in &r.orphans {
+                    println!(
+                        "{:<10} {:<28} {:>10} {:>10}  {}",
+                        o.kind,
+                        o.job_id,
+                        o.bytes,
+                        crate::duration::format_duration(Duration::from_secs(o.age_seconds)),
+                        o.name
+                    );
+                }
+                if clean {
+                    println!("{} removal task(s) queued", r.queued);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    if args.runtime == RuntimeArg::Kubernetes {
+        return Err(fail(
+            2,
+            "--runtime kubernetes is not available in this build yet; use --runtime local",
+        ));
+    }
+    let (config, source) = match &args.config {
+        Some(path) => (
+            Config::load(path).map_err(|e| fail(2, e.to_string()))?,
+            path.display().to_string(),
+        ),
+        None => (Config::default(), "<built-in defaults>".to_owned()),
+    };
+    let opts = daemon_options(&args, config, &source)?;
+    let running = crate::daemon::start(opts)
+        .await
+        .map_err(|e| fail(1, e.to_string()))?;
+    eprintln!("jobwarden listening on http://{} (config: {source})", running.addr);
+    wait_for_signal().await;
+    eprintln!("jobwarden: shutting down; jobs keep running and are re-adopted on the next start");
+    let _ = running.shutdown.send(true);
+    let _ = running.done.await;
+    Ok(())
+}
+
+/// Merges flags, config and defaults into daemon options.
+pub fn daemon_options(
+    args: &RunArgs,
+    config: Config,
+    source: &str,
+) -> Result<crate::daemon::DaemonOptions, Failure> {
+    let listen: SocketAddr = match args.listen {
+        Some(a) => a,
+        None => config.server.listen.parse().map_err(|e| {
+            fail(
+                2,
+                format!("{source}: server.listen: {:?}: {e}", config.server.listen),
+            )
+        })?,
+    };
+    let token = match &config.server.token_file {
+        Some(path) => Some(read_token(path).map_err(|e| fail(2, format!("{source}: server.token_file: {e}")))?),
+        None => None,
+    };
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(fail(
+            2,
+            format!(
+                "refusing to listen on {listen} without authentication: set [server] token_file in the config (or listen on 127.0.0.1)"
+            ),
+        ));
+    }
+    let data_dir = absolute(&args.data_dir);
+    let store_url = args
+        .store
+        .clone()
+        .or_else(|| config.store.url.clone())
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("jobwarden.db").display()));
+    let artifacts_url = args
+        .artifacts
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()));
+    Ok(crate::daemon::DaemonOptions {
+        config,
+        data_dir,
+        listen,
+        store_url,
+        artifacts_url,
+        dry_run: args.dry_run,
+        token,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_owned())
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = t.trim().to_owned();
+    if t.len() < 16 {
+        return Err(format!(
+            "{}: the token must be at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(t)
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// A small HTTP client for the daemon.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for `server`; reads `$JOBWARDEN_TOKEN`.
+    pub fn new(server: &ServerArgs) -> Result<Self, Failure> {
+        let base = server.server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(fail(2, format!("--server {base:?}: must be an http:// or https:// URL")));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| fail(1, format!("HTTP client: {e}")))?;
+        Ok(Client {
+            base,
+            http,
+            token: std::env::var("JOBWARDEN_TOKEN").ok().filter(|t| !t.is_empty()),
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> Result<T, Failure> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| {
+            fail(
+                1,
+                format!(
+                    "cannot reach jobwarden at {} ({e}); is `jobwarden run` running? (--server / JOBWARDEN_SERVER)",
+                    self.base
+                ),
+            )
+        })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(1, format!("{what}: reading response: {e}")))?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<crate::api_types::ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+            return Err(fail(1, format!("{what}: {msg} (HTTP {})", status.as_u16())));
+        }
+        serde_json::from_slice(&body).map_err(|e| fail(1, format!("{what}: unexpected response: {e}")))
+    }
+
+    /// GET `path`.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        self.send(self.http.get(format!("{}{path}", self.base)), path).await
+    }
+
+    /// POST `body` to `path`.
+    pub async fn post<T: serde::de::DeserializeOwned, B: serde::Serialize>(&self, path: &str, body: &B) -> Result<T, Failure> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body), path)
+            .await
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("jobwarden: {e}"),
+    }
+}
+
+fn ago(now: Timestamp, t: Timestamp) -> String {
+    if t >= now {
+        format!("in {}", crate::duration::format_duration(crate::model::since(t, now)))
+    } else {
+        format!("{} ago", crate::duration::format_duration(crate::model::since(now, t)))
+    }
+}
+
+/// The `jobs` table.
+pub fn jobs_table(jobs: &[JobView], now: Timestamp) -> String {
+    let mut out = format!(
+        "{:<26}  {:<16} {:<8} {:<8} {:<11} {:>8} {:>8}  {}\n",
+        "ID", "NAME", "ORG", "TYPE", "STAGE", "ELAPSED", "TIMEOUT", "NEXT STEP"
+    );
+    for j in jobs {
+        let elapsed = match (j.started_at, j.finished_at) {
+            (Some(s), Some(f)) => crate::duration::format_duration(crate::model::since(f, s)),
+            (Some(s), None) => crate::duration::format_duration(crate::model::since(now, s)),
+            _ => "-".into(),
+        };
+        let next = match &j.next_step {
+            Some(n) => format!("{} {}", n.step, ago(now, n.due_at)),
+            None => j
+                .outcome
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "-".into()),
+        };
+        let mut name = j.name.clone();
+        name.truncate(16);
+        out.push_str(&format!(
+            "{:<26}  {:<16} {:<8} {:<8} {:<11} {:>8} {:>8}  {}\n",
+            j.id,
+            name,
+            j.org.as_deref().unwrap_or("-"),
+            j.job_type.as_deref().unwrap_or("-"),
+            j.stage.as_str(),
+            elapsed,
+            crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)),
+            next
+        ));
+    }
+    out
+}
+
+fn print_jobs(jobs: &[JobView], now: Timestamp) {
+    print!("{}", jobs_table(jobs, now));
+}
+
+fn print_job(j: &JobView) {
+    let opt = |t: Option<Timestamp>| t.map(fmt_ts).unwrap_or_else(|| "-".into());
+    println!("id:        {}", j.id);
+    println!("name:      {}", j.name);
+    println!("org/type:  {} / {}", j.org.as_deref().unwrap_or("-"), j.job_type.as_deref().unwrap_or("-"));
+    println!("stage:     {}", j.stage);
+    println!("outcome:   {}", j.outcome.map(|o| o.to_string()).unwrap_or_else(|| "-".into()));
+    println!("reason:    {}", j.reason.as_deref().unwrap_or("-"));
+    println!("pid:       {}", j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    println!("started:   {}", opt(j.started_at));
+    println!("finished:  {}", opt(j.finished_at));
+    println!("timeout:   {}  grace: {}", crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)), crate::duration::format_duration(Duration::from_secs(j.grace_period_seconds)));
+    println!("deadline:  {}", opt(j.deadline));
+    for s in &j.steps {
+        println!("step:      {:<12} due {}  taken {}", s.step.as_str(), fmt_ts(s.due_at), fmt_ts(s.at));
+    }
+    if let Some(n) = &j.next_step {
+        println!("next:      {} at {}", n.step, fmt_ts(n.due_at));
+    }
+}
+
+fn print_audit(rows: &[AuditEntry]) {
+    println!("{:<24}  {:<26}  {:<14} {:<5} {:<4}  REASON", "TIME", "JOB", "ACTION", "OK", "DRY");
+    for r in rows {
+        println!(
+            "{:<24}  {:<26}  {:<14} {:<5} {:<4}  {}{}",
+            fmt_ts(r.timestamp),
+            r.job_id,
+            r.action.as_str(),
+            r.success,
+            if r.dry_run { "yes" } else { "" },
+            r.reason,
+            r.error_message.as_deref().map(|e| format!(" (error: {e})")).unwrap_or_default()
+        );
+    }
+}
+
+fn print_plan(plan: &[PlanEntry], now: Timestamp) {
+    println!("{:<26}  {:<16} {:<11} {:<12} WHEN", "JOB", "NAME", "STAGE", "ACTION");
+    for p in plan {
+        let when = match (p.due_now, p.due_at) {
+            (true, _) => "now".to_owned(),
+            (false, Some(t)) => ago(now, t),
+            (false, None) => "-".to_owned(),
+        };
+        println!(
+            "{:<26}  {:<16} {:<11} {:<12} {}{}",
+            p.job_id,
+            p.name,
+            p.stage.as_str(),
+            p.action,
+            when,
+            p.detail.as_deref().map(|d| format!("  ({d})")).unwrap_or_default()
+        );
+    }
+}

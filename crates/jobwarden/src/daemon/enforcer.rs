@@ -1,0 +1,940 @@
+//! The enforcer: owns every live job and the deadline scheduler, decides with the engine
+//! and carries decisions out on the local runtime.
+//!
+//! One task, fed by a command channel (submit, cancel, heartbeat) and the runtime's exit
+//! channel, sleeping until the scheduler's next due time: no ticker scans all jobs. For
+//! each due job it calls [`crate::engine::decide`] with the current time and acts:
+//!
+//! - a step is first recorded in the store (with its audit row, once per run); only a
+//!   recorded step is carried out, so a store outage means "do nothing and retry", never
+//!   "act without a record";
+//! - signals go to the job's process group, guarded by the process start time;
+//! - a finished job's TTL queues its cleanup on the durable queue.
+//!
+//! On start it re-adopts the jobs the store says are active: a process still running is
+//! watched again (and a kill step already taken is re-sent once, audited, since a crash may
+//! have fallen between the record and the signal); a process that vanished while the daemon
+//! was down is marked `lost` (or `terminated` if jobwarden had already ended it), or handed
+//! to the recovery policy when the job opted into heartbeats.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::api_types::SubmitRequest;
+use crate::clock;
+use crate::daemon::Shared;
+use crate::engine::decide::{Decision, decide};
+use crate::engine::lifecycle;
+use crate::engine::recovery::Diagnosis;
+use crate::engine::retention;
+use crate::hooks::HookPayload;
+use crate::model::{
+    AuditAction, AuditEntry, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, StepTaken,
+    Timestamp, add, fmt_ts, since,
+};
+use crate::policy::{JobSettings, resolve};
+use crate::runtime::local::{Adopted, ExitEvent, LocalRuntime};
+use crate::runtime::proc::SignalResult;
+use crate::scheduler::Scheduler;
+use crate::store::{JobFilter, NewTask};
+
+/// An error for the API: HTTP status and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    /// HTTP status.
+    pub status: u16,
+    /// Message.
+    pub message: String,
+}
+
+impl CommandError {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        CommandError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// Requests to the enforcer.
+#[derive(Debug)]
+pub enum Command {
+    /// Start a job.
+    Submit(SubmitRequest, oneshot::Sender<Result<JobRecord, CommandError>>),
+    /// Cancel: soft_kill now, then the normal ladder.
+    Cancel(JobId, oneshot::Sender<Result<JobRecord, CommandError>>),
+    /// A heartbeat (never extends a deadline).
+    Heartbeat(JobId, oneshot::Sender<Result<(), CommandError>>),
+}
+
+/// The enforcer task's state.
+pub struct Enforcer {
+    shared: Arc<Shared>,
+    runtime: LocalRuntime,
+    jobs: HashMap<JobId, JobRecord>,
+    sched: Scheduler<JobId>,
+    commands: mpsc::Receiver<Command>,
+    exits: mpsc::UnboundedReceiver<ExitEvent>,
+    /// Exit events that arrived before the job was registered (spawn races).
+    early_exits: Vec<ExitEvent>,
+}
+
+/// Retry delay when the store did not answer.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+impl Enforcer {
+    /// A new enforcer.
+    pub fn new(
+        shared: Arc<Shared>,
+        runtime: LocalRuntime,
+        commands: mpsc::Receiver<Command>,
+        exits: mpsc::UnboundedReceiver<ExitEvent>,
+    ) -> Self {
+        Enforcer {
+            shared,
+            runtime,
+            jobs: HashMap::new(),
+            sched: Scheduler::new(),
+            commands,
+            exits,
+            early_exits: Vec::new(),
+        }
+    }
+
+    /// Runs until `shutdown` becomes true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.load().await;
+        loop {
+            let sleep = match self.sched.next_due() {
+                Some(at) => since(at, clock::now()),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                _ = super::stopped(&mut shutdown) => break,
+                Some(ev) = self.exits.recv() => self.on_exit(ev).await,
+                Some(cmd) = self.commands.recv() => self.on_command(cmd).await,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            self.run_due().await;
+        }
+        tracing::info!(jobs = self.jobs.len(), "enforcer stopped; jobs keep running");
+    }
+
+    async fn run_due(&mut self) {
+        let now = clock::now();
+        for (id, _) in self.sched.pop_due(now, 10_000) {
+            self.process(&id).await;
+        }
+        self.update_stage_metrics();
+    }
+
+    fn update_stage_metrics(&self) {
+        let mut counts: HashMap<Stage, u64> = HashMap::new();
+        for j in self.jobs.values() {
+            *counts.entry(j.stage).or_default() += 1;
+        }
+        self.shared.metrics.set_jobs_by_stage(counts);
+    }
+
+    /// Loads active and finished-but-not-cleaned jobs; re-adopts running processes.
+    async fn load(&mut self) {
+        let jobs = loop {
+            match self
+                .shared
+                .store
+                .list_jobs(&JobFilter {
+                    runtime: Some(RuntimeKind::Local),
+                    ..JobFilter::default()
+                })
+                .await
+            {
+                Ok(j) => break j,
+                Err(e) => {
+                    self.shared.set_store_ok(false);
+                    tracing::error!("loading jobs: {e}; retrying");
+                    tokio::time::sleep(STORE_RETRY).await;
+                }
+            }
+        };
+        self.shared.set_store_ok(true);
+        let now = clock::now();
+        for job in jobs {
+            if matches!(job.stage, Stage::Cleanup | Stage::Cleaned) {
+                continue;
+            }
+            let id = job.id.clone();
+            let active = job.stage.is_active();
+            self.jobs.insert(id.clone(), job);
+            if active {
+                self.readopt(&id, now).await;
+            }
+            self.sched.arm(id, now);
+        }
+        tracing::info!(jobs = self.jobs.len(), "loaded jobs from the store");
+    }
+
+    async fn readopt(&mut self, id: &JobId, now: Timestamp) {
+        let Some(job) = self.jobs.get(id).cloned() else {
+            return;
+        };
+        if job.pid.is_some() && self.runtime.adopt(&job) == Adopted::Running {
+            tracing::info!(job = %id, pid = ?job.pid, "re-adopted running job");
+            // A crash may have fallen between recording a kill step and sending it: send the
+            // strongest step taken once more (harmless for a process that already got it).
+            let last_kill = [Step::ForceDelete, Step::HardKill, Step::SoftKill]
+                .into_iter()
+                .find(|s| job.has_step(*s));
+            if let Some(step) = last_kill
+                && !job.dry_run
+            {
+                let sig = if step == Step::SoftKill { Signal::TERM } else { Signal::KILL };
+                let res = self.runtime.signal(&job, sig);
+                let audit = self.audit(
+                    &job,
+                    step.into(),
+                    format!("re-sent {} after a daemon restart (idempotent)", sig_name(sig)),
+                    res.as_ref().err().map(|e| e.to_string()),
+                    now,
+                );
+                self.append_audit(vec![audit]).await;
+            }
+            return;
+        }
+        // Vanished while the daemon was down.
+        let mut job = job;
+        if job.heartbeat_timeout.is_some() && job.stage == Stage::Running {
+            // The recovery policy decides (restart with backoff or mark failed).
+            job.reason = Some("process vanished while jobwarden was down".into());
+            self.jobs.insert(id.clone(), job);
+            return;
+        }
+        let killed = job.has_step(Step::SoftKill);
+        let outcome = if killed { Outcome::Terminated } else { Outcome::Lost };
+        self.finish(
+            &mut job,
+            outcome,
+            None,
+            None,
+            "process vanished while jobwarden was down; exit status unknown".into(),
+            now,
+        );
+        let audit = self.audit(
+            &job,
+            AuditAction::MarkFailed,
+            format!("marked {outcome}: process vanished while jobwarden was down"),
+            None,
+            now,
+        );
+        if let Err(e) = self.shared.store.update_job_with_audit(&job, &[audit]).await {
+            self.store_error("marking vanished job", &e);
+        }
+        self.jobs.insert(id.clone(), job);
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(req, reply) => {
+                let r = self.submit(req).await;
+                let _ = reply.send(r);
+            }
+            Command::Cancel(id, reply) => {
+                let r = self.cancel(&id).await;
+                let _ = reply.send(r);
+            }
+            Command::Heartbeat(id, reply) => {
+                let r = self.heartbeat(&id).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn submit(&mut self, req: SubmitRequest) -> Result<JobRecord, CommandError> {
+        if !self.shared.store_ok.load(std::sync::atomic::Ordering::SeqCst)
+            && self.shared.store.ping().await.is_err()
+        {
+            return Err(CommandError::new(503, "store unavailable; not accepting jobs"));
+        }
+        let now = clock::now();
+        let settings = JobSettings {
+            org: req.org.clone(),
+            job_type: req.job_type.clone(),
+            timeout: req.timeout.map(|d| d.0),
+            active_deadline: None,
+            grace: req.grace.map(|d| d.0),
+            ttl: req.ttl.map(|d| d.0),
+            heartbeat_timeout: req.heartbeat_timeout.map(|d| d.0),
+        };
+        let resolved = resolve(&settings, &self.shared.config.policy);
+        let id = JobId::generate(now);
+        let name = req.name.clone().unwrap_or_else(|| {
+            req.command
+                .first()
+                .and_then(|p| std::path::Path::new(p).file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "job".into())
+        });
+        let mut job = JobRecord {
+            id: id.clone(),
+            run_id: ulid::Ulid::from_parts(
+                u64::try_from(now.timestamp_millis()).unwrap_or(0),
+                rand::random::<u128>(),
+            )
+            .to_string()
+            .to_ascii_lowercase(),
+            attempt: 0,
+            runtime: RuntimeKind::Local,
+            namespace: None,
+            name,
+            org: req.org.clone(),
+            job_type: req.job_type.clone(),
+            stage: Stage::PreStart,
+            outcome: None,
+            reason: resolved
+                .capped_by
+                .map(|c| format!("timeout capped by {}", match c {
+                    crate::policy::Cap::OrganizationMax => "the organisation maximum",
+                    crate::policy::Cap::HardMax => "the platform hard maximum",
+                })),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            timeout: resolved.timeout,
+            grace: resolved.grace,
+            ttl: resolved.ttl,
+            deadline: None,
+            steps: vec![],
+            heartbeat_timeout: resolved.heartbeat_timeout,
+            last_heartbeat: None,
+            recovery_attempts: 0,
+            pid: None,
+            pid_start_ticks: None,
+            exit_code: None,
+            signal: None,
+            spec: serde_json::json!({ "command": req.command }),
+            dry_run: self.shared.dry_run,
+        };
+        self.shared.store.insert_job(&job).await.map_err(|e| {
+            self.store_error("recording a new job", &e);
+            CommandError::new(503, format!("store: {e}"))
+        })?;
+        // pre_start hooks may veto.
+        if self.shared.hooks.has("pre_start") {
+            let payload = HookPayload::new("pre_start", &job, None, now);
+            let outcomes = self.shared.hooks.fire(&payload).await;
+            let audits: Vec<AuditEntry> = outcomes
+                .iter()
+                .map(|o| self.hook_audit(&job, "pre_start", o, clock::now()))
+                .collect();
+            self.append_audit(audits).await;
+            if let Some(veto) = outcomes.iter().find(|o| !o.ok) {
+                let reason = format!(
+                    "pre_start hook vetoed the start: {}",
+                    veto.error.clone().unwrap_or_default()
+                );
+                let now = clock::now();
+                self.finish(&mut job, Outcome::Failed, None, None, reason, now);
+                self.persist(&job).await;
+                self.jobs.insert(id.clone(), job.clone());
+                self.sched.arm(id, now);
+                return Ok(job);
+            }
+        }
+        self.start_run(&mut job, clock::now());
+        self.persist(&job).await;
+        self.jobs.insert(id.clone(), job.clone());
+        self.sched.arm(id.clone(), clock::now());
+        self.flush_early_exits().await;
+        Ok(self.jobs.get(&id).cloned().unwrap_or(job))
+    }
+
+    /// Starts (or restarts) the job's command: sets run times and spawns.
+    fn start_run(&self, job: &mut JobRecord, now: Timestamp) {
+        let command: Vec<String> = job
+            .spec
+            .get("command")
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default();
+        job.started_at = Some(now);
+        job.deadline = Some(add(now, job.timeout));
+        match self.runtime.spawn(job, &command) {
+            Ok(started) => {
+                job.pid = Some(started.pid);
+                job.pid_start_ticks = Some(started.start_ticks);
+                job.stage = Stage::Running;
+                tracing::info!(job = %job.id, pid = started.pid, deadline = %fmt_ts(add(now, job.timeout)), "started");
+                self.fire_hooks("running", job, None, now);
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, "start failed: {e}");
+                self.finish(job, Outcome::Failed, None, None, format!("could not start: {e}"), now);
+            }
+        }
+    }
+
+    async fn flush_early_exits(&mut self) {
+        let pending = std::mem::take(&mut self.early_exits);
+        for ev in pending {
+            self.on_exit(ev).await;
+        }
+    }
+
+    async fn cancel(&mut self, id: &JobId) -> Result<JobRecord, CommandError> {
+        let Some(job) = self.jobs.get(id).cloned() else {
+            return match self.shared.store.get_job(id).await {
+                Ok(Some(j)) => Err(CommandError::new(
+                    409,
+                    format!("job {id} is not running (stage {})", j.stage),
+                )),
+                Ok(None) => Err(CommandError::new(404, format!("no job with id {id}"))),
+                Err(e) => Err(CommandError::new(503, format!("store: {e}"))),
+            };
+        };
+        if !job.stage.is_active() {
+            return Err(CommandError::new(
+                409,
+                format!("job {id} is not running (stage {})", job.stage),
+            ));
+        }
+        let now = clock::now();
+        let audit = AuditEntry {
+            initiated_by: "user".into(),
+            ..self.audit(&job, AuditAction::Cancel, "cancelled through the API".into(), None, now)
+        };
+        self.append_audit(vec![audit]).await;
+        if !job.has_step(Step::SoftKill) {
+            self.take_step(id, Step::SoftKill, now, now, "cancelled").await;
+        }
+        self.reschedule(id, clock::now());
+        self.jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CommandError::new(404, format!("no job with id {id}")))
+    }
+
+    async fn heartbeat(&mut self, id: &JobId) -> Result<(), CommandError> {
+        let now = clock::now();
+        match self.shared.store.record_heartbeat(id, now).await {
+            Ok(true) => {}
+            Ok(false) => return Err(CommandError::new(404, format!("no job with id {id}"))),
+            Err(e) => {
+                self.store_error("recording a heartbeat", &e);
+                return Err(CommandError::new(503, format!("store: {e}")));
+            }
+        }
+        if let Some(job) = self.jobs.get_mut(id) {
+            // Only the heartbeat moves; the deadline never does.
+            job.last_heartbeat = Some(now);
+            self.reschedule(id, now);
+        }
+        Ok(())
+    }
+
+    async fn on_exit(&mut self, ev: ExitEvent) {
+        let Some(job) = self.jobs.get(&ev.job_id) else {
+            self.early_exits.push(ev);
+            return;
+        };
+        if job.run_id != ev.run_id || !job.stage.is_active() {
+            return; // an earlier run, or already settled
+        }
+        let mut job = job.clone();
+        let now = clock::now();
+        let by_us = job.has_step(Step::SoftKill) && !job.dry_run
+            || job.has_step(Step::HardKill) && !job.dry_run;
+        let outcome = if ev.status_known {
+            lifecycle::outcome_of_exit(ev.exit_code, ev.signal, by_us)
+        } else if by_us {
+            Outcome::Terminated
+        } else {
+            Outcome::Lost
+        };
+        let reason = match (ev.status_known, ev.exit_code, ev.signal) {
+            (false, _, _) => "exited; status unknown (re-adopted after a restart)".to_owned(),
+            (true, Some(c), _) => format!("exited with status {c}"),
+            (true, None, Some(s)) => format!("killed by signal {s}"),
+            _ => "exited".to_owned(),
+        };
+        let reason = if outcome == Outcome::Terminated {
+            format!("terminated by jobwarden ({}); {reason}", job.reason.clone().unwrap_or_else(|| "timeout".into()))
+        } else {
+            reason
+        };
+        self.finish(&mut job, outcome, ev.exit_code, ev.signal, reason, now);
+        self.persist(&job).await;
+        let id = job.id.clone();
+        self.jobs.insert(id.clone(), job);
+        self.reschedule(&id, now);
+    }
+
+    /// Settles a run: outcome, stage, times; fires the stage hooks.
+    fn finish(
+        &self,
+        job: &mut JobRecord,
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: String,
+        now: Timestamp,
+    ) {
+        job.outcome = Some(outcome);
+        job.stage = lifecycle::stage_after(outcome);
+        job.finished_at = Some(now);
+        job.exit_code = exit_code;
+        job.signal = signal;
+        job.reason = Some(reason.clone());
+        tracing::info!(job = %job.id, %outcome, reason, "finished");
+        self.fire_hooks(job.stage.as_str(), job, Some(reason), now);
+    }
+
+    /// Decides and acts for one job; re-arms it.
+    async fn process(&mut self, id: &JobId) {
+        // Several steps may be overdue (daemon was down); each iteration takes one.
+        for _ in 0..8 {
+            let Some(job) = self.jobs.get(id) else {
+                return;
+            };
+            let now = clock::now();
+            let diagnosis = self.diagnose(job);
+            let (decision, wake) = decide(job, &diagnosis, &self.shared.policy, now);
+            match decision {
+                Decision::Nothing => {
+                    self.sched.set(id.clone(), wake);
+                    if wake.is_none() && !self.jobs.get(id).is_some_and(|j| j.stage.is_active()) {
+                        // Finished without TTL (missing finish time) or handed to cleanup.
+                        if self.jobs.get(id).is_some_and(|j| matches!(j.stage, Stage::Cleanup | Stage::Cleaned)) {
+                            self.jobs.remove(id);
+                        }
+                    }
+                    return;
+                }
+                Decision::Step { step, due_at } => {
+                    if !self.take_step(id, step, due_at, now, "timeout").await {
+                        self.sched.arm(id.clone(), add(now, STORE_RETRY));
+                        return;
+                    }
+                }
+                Decision::Cleanup { due_at, finish_in_future } => {
+                    if !self.schedule_cleanup(id, due_at, finish_in_future, now).await {
+                        self.sched.arm(id.clone(), add(now, STORE_RETRY));
+                        return;
+                    }
+                }
+                Decision::Recover { attempt, reason } => {
+                    if !self.recover(id, attempt, reason, now).await {
+                        self.sched.arm(id.clone(), add(now, STORE_RETRY));
+                        return;
+                    }
+                }
+                Decision::MarkFailed { reason } => {
+                    if !self.mark_failed(id, reason, now).await {
+                        self.sched.arm(id.clone(), add(now, STORE_RETRY));
+                        return;
+                    }
+                }
+            }
+        }
+        self.sched.arm(id.clone(), clock::now());
+    }
+
+    fn diagnose(&self, job: &JobRecord) -> Diagnosis {
+        if job.stage == Stage::Running && job.heartbeat_timeout.is_some() && !self.runtime.is_alive(job) {
+            // Only reached for jobs whose process vanished while the daemon was down: a
+            // process exiting under our watch is reported through its exit instead.
+            return Diagnosis::Gone;
+        }
+        Diagnosis::Healthy
+    }
+
+    fn reschedule(&mut self, id: &JobId, now: Timestamp) {
+        self.sched.arm(id.clone(), now);
+    }
+
+    /// Records and carries out an escalation step. False if the store could not record it
+    /// (nothing was done).
+    async fn take_step(
+        &mut self,
+        id: &JobId,
+        step: Step,
+        due_at: Timestamp,
+        now: Timestamp,
+        why: &str,
+    ) -> bool {
+        let Some(job) = self.jobs.get(id).cloned() else {
+            return true;
+        };
+        let dry = self.shared.dry_run || job.dry_run;
+        let reason = match step {
+            Step::Warn => format!(
+                "{} left before the deadline {} (timeout {})",
+                crate::duration::format_duration(since(job.deadline.unwrap_or(now), now)),
+                job.deadline.map(fmt_ts).unwrap_or_default(),
+                crate::duration::format_duration(job.timeout)
+            ),
+            Step::SoftKill => format!(
+                "{why}: deadline {} reached; SIGTERM to the process group, grace {}",
+                job.deadline.map(fmt_ts).unwrap_or_default(),
+                crate::duration::format_duration(job.grace)
+            ),
+            Step::HardKill => format!(
+                "still running {} after SIGTERM; SIGKILL to the process group",
+                crate::duration::format_duration(job.grace)
+            ),
+            Step::ForceDelete => "still present after SIGKILL; removing the workspace and marking the job".into(),
+        };
+        let mut audit = self.audit(&job, step.into(), reason, None, now);
+        audit.dry_run = dry;
+        let taken = StepTaken { step, due_at, at: now };
+        match self.shared.store.record_step(&job.id, &job.run_id, &taken, &audit).await {
+            Ok(true) => {
+                self.shared.set_store_ok(true);
+                self.shared.metrics.audit_written(1);
+            }
+            Ok(false) => {
+                // Already recorded (e.g. by a previous daemon): keep our copy in sync.
+                if let Ok(Some(stored)) = self.shared.store.get_job(id).await {
+                    self.jobs.insert(id.clone(), stored);
+                }
+                return true;
+            }
+            Err(e) => {
+                self.store_error("recording an escalation step", &e);
+                return false;
+            }
+        }
+        let delay = (now - due_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        self.shared.metrics.step_taken(step, delay);
+        let mut job = job;
+        job.steps.push(taken);
+        let mut failure = None;
+        if !dry {
+            let signal = match step {
+                Step::Warn => None,
+                Step::SoftKill => Some(Signal::TERM),
+                Step::HardKill | Step::ForceDelete => Some(Signal::KILL),
+            };
+            if let Some(sig) = signal {
+                match self.runtime.signal(&job, sig) {
+                    Ok(SignalResult::Sent) => {
+                        tracing::info!(job = %job.id, step = %step, delay_ms = delay * 1e3, "sent {}", sig_name(sig));
+                    }
+                    Ok(SignalResult::Gone) => {
+                        tracing::info!(job = %job.id, step = %step, "process already gone");
+                    }
+                    Err(e) => {
+                        self.shared.metrics.error("signal");
+                        failure = Some(format!("{} failed: {e}", sig_name(sig)));
+                    }
+                }
+            }
+            if step == Step::ForceDelete {
+                let ws = self.runtime.workspace(&job.id);
+                if let Err(e) = crate::runtime::local::remove_tree(&ws) {
+                    failure = Some(format!("removing {}: {e}", ws.display()));
+                }
+                self.finish(
+                    &mut job,
+                    Outcome::Terminated,
+                    None,
+                    None,
+                    "force deleted: the process did not exit after SIGKILL".into(),
+                    now,
+                );
+            }
+        } else {
+            tracing::info!(job = %job.id, step = %step, "dry-run: decided, not carried out");
+        }
+        if step == Step::SoftKill && !dry && job.stage == Stage::Running {
+            job.stage = Stage::Terminating;
+            job.reason = Some(why.to_owned());
+            self.fire_hooks("terminating", &job, Some(why.to_owned()), now);
+        }
+        self.fire_hooks(step.as_str(), &job, None, now);
+        if let Some(err) = failure {
+            let a = self.audit(&job, step.into(), "step failed".into(), Some(err), now);
+            self.append_audit(vec![a]).await;
+        }
+        self.persist(&job).await;
+        self.jobs.insert(id.clone(), job);
+        true
+    }
+
+    /// TTL expired: queue removal of the workspace (now) and of the log (by its own
+    /// retention); the job moves to `cleanup`.
+    async fn schedule_cleanup(
+        &mut self,
+        id: &JobId,
+        due_at: Timestamp,
+        finish_in_future: bool,
+        now: Timestamp,
+    ) -> bool {
+        let Some(mut job) = self.jobs.get(id).cloned() else {
+            return true;
+        };
+        if finish_in_future {
+            tracing::warn!(job = %id, "finish time is in the future (clock skew); cleanup deferred to finish + TTL");
+        }
+        let dry = self.shared.dry_run || job.dry_run;
+        let ttl = retention::ttl_for(&job, &self.shared.config.retention);
+        if dry {
+            let mut a = self.audit(
+                &job,
+                AuditAction::TtlCleanup,
+                format!("TTL {} expired at {}; would remove workspace and logs", crate::duration::format_duration(ttl), fmt_ts(due_at)),
+                None,
+                now,
+            );
+            a.dry_run = true;
+            a.resource_type = "workspace".into();
+            a.resource_name = self.runtime.workspace(id).display().to_string();
+            job.stage = Stage::Cleanup;
+            job.reason = Some("dry-run: cleanup decided, not carried out".into());
+            if let Err(e) = self.shared.store.update_job_with_audit(&job, &[a]).await {
+                self.store_error("recording a dry-run cleanup", &e);
+                return false;
+            }
+            self.jobs.remove(id);
+            self.sched.cancel(id);
+            return true;
+        }
+        let max_attempts = self.shared.config.queue.max_attempts;
+        let finished = job.finished_at.unwrap_or(now);
+        let log_at = add(finished, self.shared.config.retention.artifacts.logs.0);
+        let tasks = vec![
+            NewTask {
+                dedup_key: format!("workspace:{}:{}", id, job.run_id),
+                job_id: Some(id.to_string()),
+                kind: "workspace".into(),
+                resource_name: self.runtime.workspace(id).display().to_string(),
+                payload: serde_json::json!({ "run_id": job.run_id, "ttl_seconds": ttl.as_secs() }),
+                priority: 10,
+                scheduled_at: now,
+                max_attempts,
+            },
+            NewTask {
+                dedup_key: format!("log:{id}"),
+                job_id: Some(id.to_string()),
+                kind: "log".into(),
+                resource_name: self.runtime.log_path(id).display().to_string(),
+                payload: serde_json::json!({ "run_id": job.run_id }),
+                priority: 0,
+                scheduled_at: log_at.max(now),
+                max_attempts,
+            },
+        ];
+        job.stage = Stage::Cleanup;
+        // Stage first, then tasks: a crash in between leaves a `cleanup` job whose tasks
+        // are re-queued on the next start (see `load`), never tasks for a job we forgot.
+        if let Err(e) = self.shared.store.update_job(&job).await {
+            self.store_error("moving a job to cleanup", &e);
+            return false;
+        }
+        if let Err(e) = self.shared.store.enqueue_many(&tasks, now).await {
+            self.store_error("queueing cleanup", &e);
+            job.stage = self.jobs.get(id).map(|j| j.stage).unwrap_or(Stage::Failed);
+            let _ = self.shared.store.update_job(&job).await;
+            return false;
+        }
+        self.fire_hooks("cleanup", &job, None, now);
+        self.shared.queue_kick.notify_waiters();
+        self.jobs.remove(id);
+        self.sched.cancel(id);
+        true
+    }
+
+    async fn recover(&mut self, id: &JobId, attempt: u32, reason: String, now: Timestamp) -> bool {
+        let Some(mut job) = self.jobs.get(id).cloned() else {
+            return true;
+        };
+        let dry = self.shared.dry_run || job.dry_run;
+        let mut a = self.audit(
+            &job,
+            AuditAction::Recover,
+            format!("recovery attempt {attempt}: {reason}"),
+            None,
+            now,
+        );
+        a.dry_run = dry;
+        if dry {
+            // Record the decision and stop re-deciding it: count the attempt.
+            job.recovery_attempts = attempt;
+            if let Err(e) = self.shared.store.update_job_with_audit(&job, &[a]).await {
+                self.store_error("recording a recovery", &e);
+                return false;
+            }
+            self.jobs.insert(id.clone(), job);
+            return true;
+        }
+        if let Err(e) = self.shared.store.append_audit(&[a]).await {
+            self.store_error("auditing a recovery", &e);
+            return false;
+        }
+        // Stop whatever is left of the old run.
+        let _ = self.runtime.signal(&job, Signal::KILL);
+        job.run_id = ulid::Ulid::from_parts(
+            u64::try_from(now.timestamp_millis()).unwrap_or(0),
+            rand::random::<u128>(),
+        )
+        .to_string()
+        .to_ascii_lowercase();
+        job.attempt += 1;
+        job.recovery_attempts = attempt;
+        job.steps.clear();
+        job.last_heartbeat = None;
+        job.finished_at = None;
+        job.outcome = None;
+        job.exit_code = None;
+        job.signal = None;
+        job.reason = Some(format!("recovered (attempt {attempt}): {reason}"));
+        self.start_run(&mut job, now);
+        self.persist(&job).await;
+        self.jobs.insert(id.clone(), job);
+        true
+    }
+
+    async fn mark_failed(&mut self, id: &JobId, reason: String, now: Timestamp) -> bool {
+        let Some(mut job) = self.jobs.get(id).cloned() else {
+            return true;
+        };
+        let dry = self.shared.dry_run || job.dry_run;
+        let mut a = self.audit(&job, AuditAction::MarkFailed, reason.clone(), None, now);
+        a.dry_run = dry;
+        if dry {
+            if let Err(e) = self.shared.store.append_audit(&[a]).await {
+                self.store_error("auditing mark_failed", &e);
+                return false;
+            }
+            // Decided once; do not decide it again every wake-up.
+            job.heartbeat_timeout = None;
+            self.jobs.insert(id.clone(), job);
+            return true;
+        }
+        let _ = self.runtime.signal(&job, Signal::KILL);
+        self.finish(&mut job, Outcome::Failed, None, None, reason, now);
+        if let Err(e) = self.shared.store.update_job_with_audit(&job, &[a]).await {
+            self.store_error("marking a job failed", &e);
+            return false;
+        }
+        self.jobs.insert(id.clone(), job);
+        true
+    }
+
+    async fn persist(&self, job: &JobRecord) {
+        if let Err(e) = self.shared.store.update_job(job).await {
+            self.store_error("saving a job", &e);
+        } else {
+            self.shared.set_store_ok(true);
+        }
+    }
+
+    async fn append_audit(&self, rows: Vec<AuditEntry>) {
+        if rows.is_empty() {
+            return;
+        }
+        let n = rows.len() as u64;
+        match self.shared.store.append_audit(&rows).await {
+            Ok(()) => self.shared.metrics.audit_written(n),
+            Err(e) => self.store_error("writing audit rows", &e),
+        }
+    }
+
+    fn store_error(&self, what: &str, e: &crate::store::Error) {
+        self.shared.metrics.error("store");
+        self.shared.set_store_ok(false);
+        tracing::error!("{what}: {e}");
+    }
+
+    fn audit(
+        &self,
+        job: &JobRecord,
+        action: AuditAction,
+        reason: String,
+        error: Option<String>,
+        now: Timestamp,
+    ) -> AuditEntry {
+        AuditEntry {
+            id: 0,
+            timestamp: now,
+            job_id: job.id.to_string(),
+            resource_type: "process_group".into(),
+            resource_name: job.pid.map(|p| p.to_string()).unwrap_or_default(),
+            action,
+            reason,
+            initiated_by: "jobwarden".into(),
+            success: error.is_none(),
+            error_message: error,
+            dry_run: self.shared.dry_run || job.dry_run,
+            details: None,
+        }
+    }
+
+    fn hook_audit(
+        &self,
+        job: &JobRecord,
+        event: &str,
+        o: &crate::hooks::HookOutcome,
+        now: Timestamp,
+    ) -> AuditEntry {
+        AuditEntry {
+            resource_type: "hook".into(),
+            resource_name: o.hook.clone(),
+            success: o.ok,
+            error_message: o.error.clone(),
+            dry_run: false,
+            details: Some(serde_json::json!({ "event": event, "attempts": o.attempts })),
+            ..self.audit(job, AuditAction::Hook, format!("hook on {event}"), None, now)
+        }
+    }
+
+    /// Fires hooks for `event` in the background: hooks never block the ladder.
+    fn fire_hooks(&self, event: &str, job: &JobRecord, reason: Option<String>, now: Timestamp) {
+        if !self.shared.hooks.has(event) {
+            return;
+        }
+        let payload = HookPayload::new(event, job, reason, now);
+        let shared = self.shared.clone();
+        let job = job.clone();
+        let event = event.to_owned();
+        tokio::spawn(async move {
+            let outcomes = shared.hooks.fire(&payload).await;
+            let rows: Vec<AuditEntry> = outcomes
+                .iter()
+                .map(|o| AuditEntry {
+                    id: 0,
+                    timestamp: clock::now(),
+                    job_id: job.id.to_string(),
+                    resource_type: "hook".into(),
+                    resource_name: o.hook.clone(),
+                    action: AuditAction::Hook,
+                    reason: format!("hook on {event}"),
+                    initiated_by: "jobwarden".into(),
+                    success: o.ok,
+                    error_message: o.error.clone(),
+                    dry_run: false,
+                    details: Some(serde_json::json!({ "event": event, "attempts": o.attempts })),
+                })
+                .collect();
+            for o in outcomes.iter().filter(|o| !o.ok) {
+                shared.metrics.error("hook");
+                tracing::warn!(job = %job.id, hook = %o.hook, "hook failed: {}", o.error.clone().unwrap_or_default());
+            }
+            if shared.store.append_audit(&rows).await.is_ok() {
+                shared.metrics.audit_written(rows.len() as u64);
+            }
+        });
+    }
+}
+
+fn sig_name(s: Signal) -> &'static str {
+    if s == Signal::TERM {
+        "SIGTERM"
+    } else if s == Signal::KILL {
+        "SIGKILL"
+    } else {
+        "signal"
+    }
+}

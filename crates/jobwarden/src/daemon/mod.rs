@@ -1,0 +1,221 @@
+//! The daemon (`jobwarden run`): wires the store, the engine, the local runtime, the
+//! cleanup workers and the HTTP API together, and shuts them down cleanly.
+//!
+//! - [`enforcer`] owns the jobs and the deadline scheduler; it is the only writer of job
+//!   state and the only sender of signals (an actor fed by a command channel).
+//! - [`worker`] drains the durable cleanup queue (workspaces, logs, artifacts).
+//! - [`orphans`] finds workspaces and log files whose job the store does not know.
+//! - [`api`] serves HTTP and translates requests into enforcer commands or store reads.
+//!
+//! Graceful shutdown (SIGINT/SIGTERM): stop accepting requests, stop the loops, leave jobs
+//! running (they are re-adopted on the next start), close the store.
+
+pub mod api;
+pub mod enforcer;
+pub mod orphans;
+pub mod ratelimit;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::engine::Policy;
+use crate::hooks::Hooks;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Everything `jobwarden run` needs, after flags, config and defaults were merged.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The validated configuration.
+    pub config: Config,
+    /// Where workspaces, logs, the SQLite file and file:// artifacts live.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Store URL.
+    pub store_url: String,
+    /// Artifacts URL (`file://…` or `s3://…`).
+    pub artifacts_url: String,
+    /// Record decisions, carry none out.
+    pub dry_run: bool,
+    /// Bearer token required on non-public routes (set when not listening on loopback).
+    pub token: Option<String>,
+}
+
+/// State shared by the daemon's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    /// Configuration.
+    pub config: Config,
+    /// Decision-ready policy.
+    pub policy: Policy,
+    /// The store.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Hooks.
+    pub hooks: Hooks,
+    /// Dry-run mode.
+    pub dry_run: bool,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// False while the store is unreachable.
+    pub store_ok: AtomicBool,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Deletion rate limit shared by every destructive cleanup path.
+    pub deletions: ratelimit::RateLimiter,
+    /// Wakes the cleanup workers when a task was queued.
+    pub queue_kick: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// Records whether the store answered; logs transitions.
+    pub fn set_store_ok(&self, ok: bool) {
+        let was = self.store_ok.swap(ok, Ordering::SeqCst);
+        if was && !ok {
+            tracing::error!("store unreachable: not acting on decisions it cannot record");
+        } else if !was && ok {
+            tracing::info!("store reachable again");
+        }
+    }
+}
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running daemon: its address and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// Send `true` to stop.
+    pub shutdown: watch::Sender<bool>,
+    /// Resolves when everything has stopped.
+    pub done: tokio::task::JoinHandle<()>,
+    /// Shared state (for in-process callers such as `demo`).
+    pub shared: Arc<Shared>,
+}
+
+/// Starts the daemon; returns once it listens.
+pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
+    for dir in [
+        opts.data_dir.clone(),
+        opts.data_dir.join("workspaces"),
+        opts.data_dir.join("logs"),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir { path: dir, source })?;
+    }
+    let store = Store::open(&opts.store_url).await?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: opts.listen,
+        source,
+    })?;
+    let shared = Arc::new(Shared {
+        policy: Policy::from_config(&opts.config),
+        hooks: Hooks::new(opts.config.hooks.clone()),
+        deletions: ratelimit::RateLimiter::per_minute(opts.config.safety.max_deletions_per_minute),
+        config: opts.config,
+        store,
+        metrics: Metrics::default(),
+        dry_run: opts.dry_run,
+        data_dir: opts.data_dir.clone(),
+        store_ok: AtomicBool::new(true),
+        token: opts.token,
+        queue_kick: tokio::sync::Notify::new(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+    let runtime = crate::runtime::local::LocalRuntime::new(
+        &opts.data_dir,
+        exit_tx,
+        Some(format!("http://{addr}")),
+        Some(opts.artifacts_url.clone()),
+    );
+    let enforcer = enforcer::Enforcer::new(shared.clone(), runtime.clone(), cmd_rx, exit_rx);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(enforcer.run(shutdown_rx.clone())));
+    for i in 0..shared.config.queue.workers {
+        tasks.push(tokio::spawn(worker::run(
+            shared.clone(),
+            runtime.clone(),
+            format!("{}-w{i}", std::process::id()),
+            shutdown_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(orphans::run_periodic(
+        shared.clone(),
+        runtime.clone(),
+        shutdown_rx.clone(),
+    )));
+    let app = api::router(api::ApiState {
+        shared: shared.clone(),
+        commands: cmd_tx,
+        runtime,
+    });
+    let mut srv_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = srv_shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!("http server: {e}");
+        }
+    });
+    let shared2 = shared.clone();
+    let done = tokio::spawn(async move {
+        let _ = server.await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        shared2.store.close().await;
+    });
+    tracing::info!(%addr, dry_run = opts.dry_run, "jobwarden listening");
+    Ok(Running {
+        addr,
+        shutdown: shutdown_tx,
+        done,
+        shared,
+    })
+}
+
+/// Resolves once `shutdown` says stop (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}

@@ -1,0 +1,257 @@
+//! Cleanup workers: drain the durable queue.
+//!
+//! Each worker claims a small batch of due tasks with a lease, carries each out, and
+//! completes it together with its audit row in one transaction (so an action is never
+//! unaudited: a crash after the action re-runs the task, which finds the resource gone and
+//! audits that). A failure is retried with exponential backoff and jitter, then
+//! dead-lettered. Every deletion takes a token from the shared rate limiter first.
+//!
+//! Paths are never taken from the task: they are rebuilt from the validated job id under
+//! the data directory, so a corrupt row cannot point a worker at `/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock;
+use crate::daemon::Shared;
+use crate::engine::retention::cleanup_applies;
+use crate::model::{AuditAction, AuditEntry, JobId, Stage, Timestamp};
+use crate::runtime::local::{LocalRuntime, remove_file, remove_tree};
+use crate::store::{Backoff, FailOutcome, Jitter, Task};
+
+/// How many tasks a worker claims at once.
+const BATCH: u32 = 16;
+/// Longest sleep between queue checks: due work starts within this.
+const MAX_IDLE: Duration = Duration::from_millis(500);
+
+/// What carrying out a task produced.
+struct Done {
+    audit: Vec<AuditEntry>,
+}
+
+/// Runs one worker until shutdown.
+pub async fn run(
+    shared: Arc<Shared>,
+    runtime: LocalRuntime,
+    name: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let q = &shared.config.queue;
+    let backoff = Backoff {
+        initial: q.backoff_initial.0,
+        multiplier: 2.0,
+        max: q.backoff_max.0,
+        jitter: Jitter::Equal,
+    };
+    let lease = q.lease.0;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let now = clock::now();
+        let tasks = match shared.store.claim(&name, BATCH, lease, now).await {
+            Ok(t) => t,
+            Err(e) => {
+                shared.metrics.error("store");
+                shared.set_store_ok(false);
+                tracing::warn!(worker = %name, "claiming cleanup tasks: {e}");
+                Vec::new()
+            }
+        };
+        if let Ok(stats) = shared.store.queue_stats().await {
+            shared.metrics.set_queue(stats.pending + stats.running, stats.dead);
+        }
+        if tasks.is_empty() {
+            let wait = match shared.store.next_due_at().await {
+                Ok(Some(at)) => crate::model::since(at, clock::now()).min(MAX_IDLE),
+                _ => MAX_IDLE,
+            };
+            tokio::select! {
+                _ = super::stopped(&mut shutdown) => return,
+                _ = shared.queue_kick.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+        for task in tasks {
+            let result = execute(&shared, &runtime, &task).await;
+            let now = clock::now();
+            match result {
+                Ok(done) => {
+                    let n = done.audit.len() as u64;
+                    match shared.store.complete(task.id, &name, &done.audit, now).await {
+                        Ok(true) => {
+                            shared.metrics.audit_written(n);
+                            shared.metrics.cleanup_task(&task.kind, "ok");
+                        }
+                        Ok(false) => tracing::warn!(task = task.id, "lease lost before completion; the new holder re-runs it"),
+                        Err(e) => {
+                            shared.metrics.error("store");
+                            tracing::error!(task = task.id, "completing task: {e}");
+                        }
+                    }
+                }
+                Err(err) => {
+                    shared.metrics.error("cleanup");
+                    let audit = vec![failure_audit(&task, &err, now, shared.dry_run)];
+                    match shared.store.fail(task.id, &name, &err, &audit, now, &backoff).await {
+                        Ok(FailOutcome::Retry(at)) => {
+                            shared.metrics.cleanup_task(&task.kind, "retry");
+                            tracing::warn!(task = task.id, kind = %task.kind, "failed: {err}; retry at {}", crate::model::fmt_ts(at));
+                        }
+                        Ok(FailOutcome::DeadLetter) => {
+                            shared.metrics.cleanup_task(&task.kind, "dead");
+                            tracing::error!(task = task.id, kind = %task.kind, "failed: {err}; dead-lettered after {} attempts", task.attempts);
+                        }
+                        Ok(FailOutcome::LeaseLost) => {}
+                        Err(e) => tracing::error!(task = task.id, "recording failure: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn failure_audit(task: &Task, err: &str, now: Timestamp, dry_run: bool) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        timestamp: now,
+        job_id: task.job_id.clone().unwrap_or_default(),
+        resource_type: task.kind.clone(),
+        resource_name: task.resource_name.clone(),
+        action: if task.kind.starts_with("orphan_") {
+            AuditAction::OrphanCleanup
+        } else {
+            AuditAction::TtlCleanup
+        },
+        reason: format!("cleanup attempt {} of {}", task.attempts, task.max_attempts),
+        initiated_by: "jobwarden".into(),
+        success: false,
+        error_message: Some(err.to_owned()),
+        dry_run,
+        details: None,
+    }
+}
+
+async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result<Done, String> {
+    let job_id = task
+        .job_id
+        .as_deref()
+        .ok_or_else(|| format!("task {} has no job id", task.id))
+        .and_then(|s| JobId::parse(s).map_err(|e| e.to_string()))?;
+    let now = clock::now();
+    let audit = |action: AuditAction, resource_type: &str, path: String, reason: String, bytes: u64| AuditEntry {
+        id: 0,
+        timestamp: now,
+        job_id: job_id.to_string(),
+        resource_type: resource_type.to_owned(),
+        resource_name: path,
+        action,
+        reason,
+        initiated_by: "jobwarden".into(),
+        success: true,
+        error_message: None,
+        dry_run: shared.dry_run,
+        details: Some(serde_json::json!({ "bytes": bytes })),
+    };
+    match task.kind.as_str() {
+        "workspace" | "log" => {
+            let run_id = task.payload.get("run_id").and_then(|v| v.as_str()).unwrap_or("");
+            let job = shared.store.get_job(&job_id).await.map_err(|e| e.to_string())?;
+            let Some(mut job) = job else {
+                return Err(format!("job {job_id} is not in the store"));
+            };
+            let (path, rtype) = if task.kind == "workspace" {
+                (runtime.workspace(&job_id), "workspace")
+            } else {
+                (runtime.log_path(&job_id), "log")
+            };
+            // A retried run is never cleaned by an earlier run's TTL; the log outlives runs.
+            if task.kind == "workspace" && !cleanup_applies(run_id, &job) {
+                return Ok(Done {
+                    audit: vec![audit(
+                        AuditAction::TtlCleanup,
+                        rtype,
+                        path.display().to_string(),
+                        format!("skipped: run {run_id} is no longer the job's finished run"),
+                        0,
+                    )],
+                });
+            }
+            if task.kind == "log" && job.stage.is_active() {
+                return Ok(Done {
+                    audit: vec![audit(AuditAction::TtlCleanup, rtype, path.display().to_string(), "skipped: the job is running again".into(), 0)],
+                });
+            }
+            if shared.dry_run {
+                return Ok(Done {
+                    audit: vec![audit(AuditAction::TtlCleanup, rtype, path.display().to_string(), "dry-run: would remove".into(), 0)],
+                });
+            }
+            shared.deletions.take().await;
+            let bytes = if task.kind == "workspace" {
+                remove_tree(&path)
+            } else {
+                remove_file(&path)
+            }
+            .map_err(|e| format!("removing {}: {e}", path.display()))?;
+            if task.kind == "workspace" && job.stage == Stage::Cleanup {
+                // Before the completion: a crash in between re-runs an idempotent removal.
+                job.stage = Stage::Cleaned;
+                shared.store.update_job(&job).await.map_err(|e| e.to_string())?;
+            }
+            Ok(Done {
+                audit: vec![audit(
+                    AuditAction::TtlCleanup,
+                    rtype,
+                    path.display().to_string(),
+                    format!("TTL expired; removed ({bytes} bytes)"),
+                    bytes,
+                )],
+            })
+        }
+        "orphan_workspace" | "orphan_log" => {
+            // Re-check at execution time: the job may have appeared since the scan. A store
+            // error fails the task (retried later), never deletes.
+            let known = shared
+                .store
+                .known_job_ids(&[job_id.to_string()])
+                .await
+                .map_err(|e| format!("checking job {job_id}: {e}"))?;
+            let (path, rtype) = if task.kind == "orphan_workspace" {
+                (runtime.workspace(&job_id), "workspace")
+            } else {
+                (runtime.log_path(&job_id), "log")
+            };
+            if known.contains(job_id.as_str()) {
+                return Ok(Done {
+                    audit: vec![audit(AuditAction::OrphanCleanup, rtype, path.display().to_string(), "skipped: the job is known now".into(), 0)],
+                });
+            }
+            if shared.dry_run {
+                return Ok(Done {
+                    audit: vec![audit(AuditAction::OrphanCleanup, rtype, path.display().to_string(), "dry-run: would remove orphan".into(), 0)],
+                });
+            }
+            shared.deletions.take().await;
+            let bytes = if task.kind == "orphan_workspace" {
+                remove_tree(&path)
+            } else {
+                remove_file(&path)
+            }
+            .map_err(|e| format!("removing {}: {e}", path.display()))?;
+            Ok(Done {
+                audit: vec![audit(
+                    AuditAction::OrphanCleanup,
+                    rtype,
+                    path.display().to_string(),
+                    format!("no job {job_id} in the store; removed ({bytes} bytes)"),
+                    bytes,
+                )],
+            })
+        }
+        other => Err(format!("unknown task kind {other:?}")),
+    }
+}

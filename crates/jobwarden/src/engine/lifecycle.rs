@@ -1,0 +1,89 @@
+//! Lifecycle stages, their transitions, and the events hooks fire on.
+//!
+//! pre_start → running → (terminating →) completing → completed | failed → cleanup → cleaned.
+//! Every stage transition and every escalation step is an event; `[[hooks]]` subscribe by
+//! name. The stage after a run ends follows from the outcome.
+
+use crate::model::{Outcome, Stage, Step};
+
+/// Whether `name` is something a hook can subscribe to: a stage or an escalation step.
+pub fn is_hook_event(name: &str) -> bool {
+    name.parse::<Stage>().is_ok() || name.parse::<Step>().is_ok()
+}
+
+/// The stage a finished run settles in.
+pub fn stage_after(outcome: Outcome) -> Stage {
+    match outcome {
+        Outcome::Succeeded => Stage::Completed,
+        Outcome::Failed | Outcome::Terminated | Outcome::Lost => Stage::Failed,
+    }
+}
+
+/// Whether a job may move from `from` to `to`. Used to refuse stale or replayed updates
+/// (a late exit report must not resurrect a cleaned job).
+pub fn can_transition(from: Stage, to: Stage) -> bool {
+    use Stage::*;
+    if from == to {
+        return true;
+    }
+    match from {
+        PreStart => matches!(to, Running | Completing | Completed | Failed | Terminating),
+        Running => matches!(to, Terminating | Completing | Completed | Failed),
+        Terminating => matches!(to, Completing | Completed | Failed),
+        Completing => matches!(to, Completed | Failed),
+        // A finished job may be restarted by recovery (new run) or cleaned up.
+        Completed | Failed => matches!(to, Cleanup | Running | PreStart),
+        Cleanup => matches!(to, Cleaned),
+        Cleaned => false,
+    }
+}
+
+/// How an exit status maps to an outcome: jobwarden ending the job wins over the status.
+pub fn outcome_of_exit(
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    terminated_by_jobwarden: bool,
+) -> Outcome {
+    if terminated_by_jobwarden {
+        Outcome::Terminated
+    } else if exit_code == Some(0) && signal.is_none() {
+        Outcome::Succeeded
+    } else {
+        Outcome::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_events_are_stages_and_steps() {
+        for ok in ["pre_start", "terminating", "cleaned", "warn", "force_delete"] {
+            assert!(is_hook_event(ok), "{ok}");
+        }
+        for bad in ["", "Terminating", "kill", "done"] {
+            assert!(!is_hook_event(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(outcome_of_exit(Some(0), None, false), Outcome::Succeeded);
+        assert_eq!(outcome_of_exit(Some(1), None, false), Outcome::Failed);
+        assert_eq!(outcome_of_exit(None, Some(9), false), Outcome::Failed);
+        // Exit 0 after our SIGTERM is still "terminated".
+        assert_eq!(outcome_of_exit(Some(0), None, true), Outcome::Terminated);
+        assert_eq!(stage_after(Outcome::Terminated), Stage::Failed);
+        assert_eq!(stage_after(Outcome::Succeeded), Stage::Completed);
+    }
+
+    #[test]
+    fn transitions() {
+        assert!(can_transition(Stage::Running, Stage::Terminating));
+        assert!(can_transition(Stage::Completed, Stage::Cleanup));
+        assert!(!can_transition(Stage::Cleaned, Stage::Running));
+        assert!(!can_transition(Stage::Cleanup, Stage::Running));
+        assert!(!can_transition(Stage::Terminating, Stage::Running));
+    }
+}

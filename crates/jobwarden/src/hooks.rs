@@ -1,0 +1,199 @@
+//! `[[hooks]]`: the one notification mechanism for both runtimes.
+//!
+//! A hook subscribes to an event (a stage name or an escalation step) and is either a
+//! webhook (HTTP POST of a JSON body with the job and the event) or a command (the job's
+//! fields in its environment). Each runs once per event with a timeout and bounded retries.
+//! Hooks never block the ladder: the daemon runs them in the background and audits the
+//! result. The exception is `pre_start`, whose command hooks may veto the start: a non-zero
+//! exit fails the job with the hook's output as the reason.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::HookConfig;
+use crate::model::{JobRecord, Timestamp, fmt_ts};
+
+/// The JSON body a webhook receives.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookPayload {
+    /// The event: a stage or an escalation step.
+    pub event: String,
+    /// When it happened (RFC 3339).
+    pub at: String,
+    /// Why, when there is a reason (timeout, cancel, exit status…).
+    pub reason: Option<String>,
+    /// The job as the API shows it.
+    pub job: serde_json::Value,
+}
+
+impl HookPayload {
+    /// A payload for `event` on `job`.
+    pub fn new(event: &str, job: &JobRecord, reason: Option<String>, at: Timestamp) -> Self {
+        HookPayload {
+            event: event.to_owned(),
+            at: fmt_ts(at),
+            reason,
+            job: serde_json::to_value(crate::api_types::JobView::from(job))
+                .unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// What happened when a hook ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookOutcome {
+    /// `webhook http://…` or `command /path/prog`.
+    pub hook: String,
+    /// Whether the last attempt succeeded.
+    pub ok: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The error or the command's output when it failed.
+    pub error: Option<String>,
+}
+
+/// The configured hooks.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    entries: Vec<HookConfig>,
+    http: reqwest::Client,
+}
+
+impl Hooks {
+    /// Hooks from the config.
+    pub fn new(entries: Vec<HookConfig>) -> Self {
+        Hooks {
+            entries,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Whether any hook listens to `event`.
+    pub fn has(&self, event: &str) -> bool {
+        self.entries.iter().any(|h| h.on == event)
+    }
+
+    /// Runs every hook for `payload.event`, sequentially, each with its timeout and retries.
+    pub async fn fire(&self, payload: &HookPayload) -> Vec<HookOutcome> {
+        let mut out = Vec::new();
+        for h in self.entries.iter().filter(|h| h.on == payload.event) {
+            out.push(self.run(h, payload).await);
+        }
+        out
+    }
+
+    async fn run(&self, hook: &HookConfig, payload: &HookPayload) -> HookOutcome {
+        let name = describe(hook);
+        let mut last_err = None;
+        let attempts = hook.retries.saturating_add(1);
+        for attempt in 1..=attempts {
+            let result = tokio::time::timeout(hook.timeout.0, self.once(hook, payload)).await;
+            match result {
+                Ok(Ok(())) => {
+                    return HookOutcome {
+                        hook: name,
+                        ok: true,
+                        attempts: attempt,
+                        error: None,
+                    };
+                }
+                Ok(Err(e)) => last_err = Some(e),
+                Err(_) => last_err = Some(format!("timed out after {}", hook.timeout)),
+            }
+            if attempt < attempts {
+                // Short, bounded backoff between retries: 200 ms, 400 ms, … (max 2 s).
+                let ms = 200u64.saturating_mul(1 << (attempt - 1).min(3));
+                tokio::time::sleep(Duration::from_millis(ms.min(2000))).await;
+            }
+        }
+        HookOutcome {
+            hook: name,
+            ok: false,
+            attempts,
+            error: last_err,
+        }
+    }
+
+    async fn once(&self, hook: &HookConfig, payload: &HookPayload) -> Result<(), String> {
+        if let Some(url) = &hook.webhook {
+            let resp = self
+                .http
+                .post(url)
+                .json(payload)
+                .send()
+                .await
+                .map_err(|e| format!("POST {url}: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("POST {url}: HTTP {}", resp.status()));
+            }
+            return Ok(());
+        }
+        let Some((prog, args)) = hook.command.as_ref().and_then(|c| c.split_first()) else {
+            return Err("hook has neither webhook nor command".into());
+        };
+        let mut cmd = tokio::process::Command::new(prog);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env_for(payload) {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| format!("running {prog}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let mut text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if text.is_empty() {
+                text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            }
+            text.truncate(1000);
+            Err(format!(
+                "{prog} exited with {}{}",
+                out.status,
+                if text.is_empty() { String::new() } else { format!(": {text}") }
+            ))
+        }
+    }
+}
+
+fn describe(h: &HookConfig) -> String {
+    match (&h.webhook, &h.command) {
+        (Some(u), _) => format!("webhook {u}"),
+        (None, Some(c)) => format!("command {}", c.first().map(String::as_str).unwrap_or("")),
+        (None, None) => "hook".into(),
+    }
+}
+
+/// The environment a command hook receives.
+fn env_for(p: &HookPayload) -> Vec<(String, String)> {
+    let field = |k: &str| {
+        p.job
+            .get(k)
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    vec![
+        ("JOBWARDEN_EVENT".into(), p.event.clone()),
+        ("JOBWARDEN_EVENT_AT".into(), p.at.clone()),
+        ("JOBWARDEN_REASON".into(), p.reason.clone().unwrap_or_default()),
+        ("JOBWARDEN_JOB_ID".into(), field("id")),
+        ("JOBWARDEN_JOB_NAME".into(), field("name")),
+        ("JOBWARDEN_JOB_ORG".into(), field("org")),
+        ("JOBWARDEN_JOB_TYPE".into(), field("type")),
+        ("JOBWARDEN_JOB_STAGE".into(), field("stage")),
+        ("JOBWARDEN_JOB_OUTCOME".into(), field("outcome")),
+        ("JOBWARDEN_JOB_DEADLINE".into(), field("deadline")),
+        ("JOBWARDEN_JOB_JSON".into(), p.job.to_string()),
+    ]
+}

@@ -1,0 +1,175 @@
+//! Prometheus metrics, rendered in the text exposition format for `/metrics`.
+//!
+//! Hand-rolled on atomics: a handful of counters, gauges and one histogram do not justify a
+//! metrics dependency. Labels are fixed enums, so cardinality is bounded.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::model::{Stage, Step};
+
+/// Upper bounds (seconds) of the enforcement-delay histogram buckets.
+pub const DELAY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// All metrics of one daemon.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    jobs_by_stage: Mutex<BTreeMap<&'static str, u64>>,
+    steps: [AtomicU64; 4],
+    delay_buckets: [AtomicU64; 15],
+    delay_count: AtomicU64,
+    delay_sum_micros: AtomicU64,
+    queue_depth: AtomicU64,
+    queue_dead: AtomicU64,
+    audit_rows: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    cleanup_tasks: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+fn step_index(s: Step) -> usize {
+    match s {
+        Step::Warn => 0,
+        Step::SoftKill => 1,
+        Step::HardKill => 2,
+        Step::ForceDelete => 3,
+    }
+}
+
+impl Metrics {
+    /// Replaces the jobs-by-stage gauge.
+    pub fn set_jobs_by_stage(&self, counts: impl IntoIterator<Item = (Stage, u64)>) {
+        let mut m = self.jobs_by_stage.lock().unwrap_or_else(|e| e.into_inner());
+        m.clear();
+        for s in Stage::ALL {
+            m.insert(s.as_str(), 0);
+        }
+        for (s, n) in counts {
+            *m.entry(s.as_str()).or_default() += n;
+        }
+    }
+
+    /// An escalation step was carried out `delay_secs` after it was due.
+    pub fn step_taken(&self, step: Step, delay_secs: f64) {
+        self.steps[step_index(step)].fetch_add(1, Ordering::Relaxed);
+        let d = delay_secs.max(0.0);
+        for (i, b) in DELAY_BUCKETS.iter().enumerate() {
+            if d <= *b {
+                self.delay_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.delay_count.fetch_add(1, Ordering::Relaxed);
+        self.delay_sum_micros
+            .fetch_add((d * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Current cleanup-queue depth (pending + running) and dead letters.
+    pub fn set_queue(&self, depth: u64, dead: u64) {
+        self.queue_depth.store(depth, Ordering::Relaxed);
+        self.queue_dead.store(dead, Ordering::Relaxed);
+    }
+
+    /// Audit rows written.
+    pub fn audit_written(&self, n: u64) {
+        self.audit_rows.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// An error of `kind` (store, signal, hook, cleanup, …).
+    pub fn error(&self, kind: &str) {
+        let mut m = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    /// A cleanup task finished with `result` (`ok`, `retry`, `dead`).
+    pub fn cleanup_task(&self, kind: &str, result: &'static str) {
+        let mut m = self.cleanup_tasks.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((kind.to_owned(), result)).or_default() += 1;
+    }
+
+    /// Steps taken so far, by step.
+    pub fn steps_taken(&self, step: Step) -> u64 {
+        self.steps[step_index(step)].load(Ordering::Relaxed)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "# HELP jobwarden_jobs Jobs by lifecycle stage.");
+        let _ = writeln!(o, "# TYPE jobwarden_jobs gauge");
+        for (stage, n) in self.jobs_by_stage.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(o, "jobwarden_jobs{{stage=\"{stage}\"}} {n}");
+        }
+        let _ = writeln!(o, "# HELP jobwarden_escalation_steps_total Escalation steps carried out.");
+        let _ = writeln!(o, "# TYPE jobwarden_escalation_steps_total counter");
+        for s in Step::ALL {
+            let _ = writeln!(
+                o,
+                "jobwarden_escalation_steps_total{{action=\"{}\"}} {}",
+                s.as_str(),
+                self.steps_taken(*s)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP jobwarden_enforcement_delay_seconds Seconds between a step's due time and its execution."
+        );
+        let _ = writeln!(o, "# TYPE jobwarden_enforcement_delay_seconds histogram");
+        for (i, b) in DELAY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "jobwarden_enforcement_delay_seconds_bucket{{le=\"{b}\"}} {}",
+                self.delay_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.delay_count.load(Ordering::Relaxed);
+        let _ = writeln!(o, "jobwarden_enforcement_delay_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            o,
+            "jobwarden_enforcement_delay_seconds_sum {}",
+            self.delay_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "jobwarden_enforcement_delay_seconds_count {count}");
+        let _ = writeln!(o, "# HELP jobwarden_cleanup_queue_depth Cleanup tasks pending or running.");
+        let _ = writeln!(o, "# TYPE jobwarden_cleanup_queue_depth gauge");
+        let _ = writeln!(o, "jobwarden_cleanup_queue_depth {}", self.queue_depth.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP jobwarden_cleanup_queue_dead Dead-lettered cleanup tasks.");
+        let _ = writeln!(o, "# TYPE jobwarden_cleanup_queue_dead gauge");
+        let _ = writeln!(o, "jobwarden_cleanup_queue_dead {}", self.queue_dead.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP jobwarden_cleanup_tasks_total Cleanup task executions by kind and result.");
+        let _ = writeln!(o, "# TYPE jobwarden_cleanup_tasks_total counter");
+        for ((kind, result), n) in self.cleanup_tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(o, "jobwarden_cleanup_tasks_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(o, "# HELP jobwarden_audit_rows_total Audit rows written.");
+        let _ = writeln!(o, "# TYPE jobwarden_audit_rows_total counter");
+        let _ = writeln!(o, "jobwarden_audit_rows_total {}", self.audit_rows.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP jobwarden_errors_total Errors by kind.");
+        let _ = writeln!(o, "# TYPE jobwarden_errors_total counter");
+        for (kind, n) in self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(o, "jobwarden_errors_total{{kind=\"{kind}\"}} {n}");
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_histogram_cumulatively() {
+        let m = Metrics::default();
+        m.step_taken(Step::SoftKill, 0.003);
+        m.step_taken(Step::SoftKill, 0.2);
+        m.step_taken(Step::Warn, 100.0);
+        let text = m.render();
+        assert!(text.contains("jobwarden_escalation_steps_total{action=\"soft_kill\"} 2"), "{text}");
+        assert!(text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"0.25\"} 2"), "{text}");
+        assert!(text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
+        assert!(text.contains("jobwarden_enforcement_delay_seconds_count 3"), "{text}");
+    }
+}

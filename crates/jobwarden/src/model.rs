@@ -1,0 +1,427 @@
+//! The records jobwarden keeps and passes between the engine, the runtimes and the store.
+//!
+//! Plain data: no I/O, no clock. The store persists these types; the engine reads them; the
+//! HTTP API serialises them.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A point in time (UTC). Serialised as RFC 3339 with at least millisecond precision.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// `ts + d`, saturating far in the future instead of overflowing.
+pub fn add(ts: Timestamp, d: Duration) -> Timestamp {
+    chrono::TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| ts.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
+/// `ts - d`, saturating far in the past instead of overflowing.
+pub fn sub(ts: Timestamp, d: Duration) -> Timestamp {
+    chrono::TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| ts.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+}
+
+/// `later - earlier` as a std duration, zero when `later` is not after `earlier`.
+pub fn since(later: Timestamp, earlier: Timestamp) -> Duration {
+    (later - earlier).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// Formats a timestamp as RFC 3339 UTC with millisecond precision (`2026-11-28T09:45:14.123Z`).
+pub fn fmt_ts(ts: Timestamp) -> String {
+    ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid job id {input:?}: {problem}")]
+pub struct IdError {
+    /// The rejected input.
+    pub input: String,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
+/// A job id: 1–128 characters of `[A-Za-z0-9._-]`, never `.` or `..`.
+///
+/// It is used verbatim in file names, object keys, git refs, URLs and Kubernetes label values,
+/// so anything that could escape a path prefix or inject into a ref is refused here, once.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Validates `s` as a job id.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let err = |problem| IdError {
+            input: s.to_owned(),
+            problem,
+        };
+        if s.is_empty() {
+            return Err(err("it is empty"));
+        }
+        if s.len() > 128 {
+            return Err(err("it is longer than 128 characters"));
+        }
+        if s == "." || s == ".." {
+            return Err(err("it would escape its directory"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(err("only letters, digits, '.', '_' and '-' are allowed"));
+        }
+        Ok(JobId(s.to_owned()))
+    }
+
+    /// A fresh id: a lowercase ULID (26 characters, sortable by creation time, unique).
+    pub fn generate(now: Timestamp) -> Self {
+        let ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        let ulid = ulid::Ulid::from_parts(ms, rand::random::<u128>());
+        JobId(ulid.to_string().to_ascii_lowercase())
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobId::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        JobId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Defines a string-valued enum with `as_str`, `FromStr`, `Display` and serde in snake_case.
+macro_rules! string_enum {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $v,)+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)+];
+            /// The stable name used in the store, the API and the config.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s,)+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($name::$v),)+
+                    _ => Err(format!(
+                        "unknown {} {:?} (expected one of: {})",
+                        stringify!($name).to_ascii_lowercase(),
+                        s,
+                        [$($s),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+pub(crate) use string_enum;
+
+string_enum! {
+    /// Lifecycle stage of a job (`../shared/DESIGN.md` §1).
+    pub enum Stage {
+        /// Accepted, not yet started (pending, pulling images, pre_start hooks).
+        PreStart => "pre_start",
+        /// Its process or pods run.
+        Running => "running",
+        /// Exited; outcome being recorded.
+        Completing => "completing",
+        /// Finished successfully; waiting for its TTL.
+        Completed => "completed",
+        /// Finished unsuccessfully (including lost and terminated); waiting for its TTL.
+        Failed => "failed",
+        /// jobwarden is ending it (soft_kill sent, grace running).
+        Terminating => "terminating",
+        /// Its TTL expired; its resources are being removed.
+        Cleanup => "cleanup",
+        /// Resources removed; the record and its audit rows stay.
+        Cleaned => "cleaned",
+    }
+}
+
+impl Stage {
+    /// The job's process/pods may still run.
+    pub fn is_active(self) -> bool {
+        matches!(self, Stage::PreStart | Stage::Running | Stage::Terminating)
+    }
+}
+
+string_enum! {
+    /// How a run ended.
+    pub enum Outcome {
+        /// Exit status 0.
+        Succeeded => "succeeded",
+        /// Non-zero exit, or killed by a signal jobwarden did not send.
+        Failed => "failed",
+        /// jobwarden ended it (timeout or cancel), whatever the exit status.
+        Terminated => "terminated",
+        /// Vanished while the daemon was down; status unknown.
+        Lost => "lost",
+    }
+}
+
+string_enum! {
+    /// A step of the escalation ladder.
+    pub enum Step {
+        /// Notify (audit, log, hooks); never touches the job.
+        Warn => "warn",
+        /// SIGTERM / let the Job controller end the Job.
+        SoftKill => "soft_kill",
+        /// SIGKILL / delete pods with grace 0.
+        HardKill => "hard_kill",
+        /// Remove whatever is left.
+        ForceDelete => "force_delete",
+    }
+}
+
+string_enum! {
+    /// The `action` column of the audit log.
+    pub enum AuditAction {
+        /// Warning before the deadline.
+        Warn => "warn",
+        /// SIGTERM / activeDeadlineSeconds patch.
+        SoftKill => "soft_kill",
+        /// SIGKILL / pod delete with grace 0.
+        HardKill => "hard_kill",
+        /// Force removal after 2 × grace.
+        ForceDelete => "force_delete",
+        /// Removal of a finished job's resources after its TTL.
+        TtlCleanup => "ttl_cleanup",
+        /// Removal of a resource whose job does not exist.
+        OrphanCleanup => "orphan_cleanup",
+        /// A dead job restarted or recreated.
+        Recover => "recover",
+        /// A dead job given up on.
+        MarkFailed => "mark_failed",
+        /// A job was cancelled by a user (followed by the ladder).
+        Cancel => "cancel",
+        /// A malformed setting was ignored (annotation, flag).
+        ConfigWarning => "config_warning",
+        /// A hook ran (or failed).
+        Hook => "hook",
+    }
+}
+
+impl From<Step> for AuditAction {
+    fn from(s: Step) -> Self {
+        match s {
+            Step::Warn => AuditAction::Warn,
+            Step::SoftKill => AuditAction::SoftKill,
+            Step::HardKill => AuditAction::HardKill,
+            Step::ForceDelete => AuditAction::ForceDelete,
+        }
+    }
+}
+
+/// An escalation step that was carried out (or decided, in dry-run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTaken {
+    /// Which step.
+    pub step: Step,
+    /// When it was due.
+    pub due_at: Timestamp,
+    /// When it was carried out.
+    pub at: Timestamp,
+}
+
+/// Which runtime owns a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// An OS process group on this machine.
+    Local,
+    /// A batch/v1 Job.
+    Kubernetes,
+}
+
+impl RuntimeKind {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Local => "local",
+            RuntimeKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// One job as the store keeps it: identity, policy outcome, progress and runtime handles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job id (`submit` prints it; the Kubernetes job-id label's value).
+    pub id: JobId,
+    /// Identity of the current run: a fresh value per (re)start; the Kubernetes Job UID.
+    /// Steps and TTLs are keyed on it, so a retried run is never judged by an earlier run.
+    pub run_id: String,
+    /// 0 for the first run, +1 per recovery restart.
+    pub attempt: u32,
+    /// Owning runtime.
+    pub runtime: RuntimeKind,
+    /// Kubernetes namespace (None for local jobs).
+    pub namespace: Option<String>,
+    /// Human name (the Kubernetes Job name).
+    pub name: String,
+    /// Organisation (for `organization_max`).
+    pub org: Option<String>,
+    /// Job type (for `job_type_overrides`).
+    #[serde(rename = "type")]
+    pub job_type: Option<String>,
+    /// Lifecycle stage.
+    pub stage: Stage,
+    /// Outcome once finished.
+    pub outcome: Option<Outcome>,
+    /// Why it ended / why it failed, for humans.
+    pub reason: Option<String>,
+    /// When jobwarden first saw it.
+    pub created_at: Timestamp,
+    /// When its current run started (process spawn, Job `status.startTime`).
+    pub started_at: Option<Timestamp>,
+    /// When its current run finished.
+    pub finished_at: Option<Timestamp>,
+    /// Effective timeout after the policy hierarchy and caps.
+    pub timeout: Duration,
+    /// Effective grace period.
+    pub grace: Duration,
+    /// TTL after finish requested for this job (None: the outcome's retention applies).
+    pub ttl: Option<Duration>,
+    /// `started_at + timeout` (None until started).
+    pub deadline: Option<Timestamp>,
+    /// Escalation steps carried out in the current run.
+    pub steps: Vec<StepTaken>,
+    /// Heartbeat threshold; None means "never judged dead by heartbeat".
+    pub heartbeat_timeout: Option<Duration>,
+    /// Last heartbeat received.
+    pub last_heartbeat: Option<Timestamp>,
+    /// Recovery attempts made so far.
+    pub recovery_attempts: u32,
+    /// Local runtime: process group leader pid.
+    pub pid: Option<i32>,
+    /// Local runtime: the pid's start time in clock ticks since boot (`/proc/PID/stat` field 22),
+    /// so a reused pid is never signalled.
+    pub pid_start_ticks: Option<u64>,
+    /// Exit status, when it exited normally.
+    pub exit_code: Option<i32>,
+    /// Terminating signal, when killed by one.
+    pub signal: Option<i32>,
+    /// What is needed to start it again (command, env; the Kubernetes Job spec).
+    pub spec: serde_json::Value,
+    /// Set by dry-run daemons: decisions are recorded but not carried out.
+    pub dry_run: bool,
+}
+
+impl JobRecord {
+    /// Whether `step` was already taken in the current run.
+    pub fn has_step(&self, step: Step) -> bool {
+        self.steps.iter().any(|s| s.step == step)
+    }
+}
+
+/// One row of `cleanup_audit_log` (the seed's columns plus dry-run marking and details).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Row id (assigned by the store; 0 before insert).
+    pub id: i64,
+    /// When the action happened.
+    pub timestamp: Timestamp,
+    /// The job it concerns.
+    pub job_id: String,
+    /// `process`, `workspace`, `log`, `job`, `pod`, `pvc`, `secret`, `configmap`, `object_prefix`…
+    pub resource_type: String,
+    /// The resource's name (pid, path, namespace/name, key prefix).
+    pub resource_name: String,
+    /// What was done.
+    pub action: AuditAction,
+    /// Why.
+    pub reason: String,
+    /// `jobwarden` (engine), `user:<name>`, `api`…
+    pub initiated_by: String,
+    /// Whether it worked.
+    pub success: bool,
+    /// The error when it did not.
+    pub error_message: Option<String>,
+    /// Decided but not carried out (`--dry-run`).
+    pub dry_run: bool,
+    /// Extra facts (object counts, bytes, exit status) as JSON.
+    pub details: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_refuse_path_and_ref_escapes() {
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "a\nb", "a\0b", "ä", "x:y", "a~1", "a^"] {
+            assert!(JobId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "job-1", "J.O_B-9", "01jds2k3...x", &"a".repeat(128)] {
+            assert!(JobId::parse(good).is_ok(), "{good:?} refused");
+        }
+        assert!(JobId::parse(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn generated_ids_are_url_safe_unique_and_long_enough() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("ts");
+        let a = JobId::generate(now);
+        let b = JobId::generate(now);
+        assert_ne!(a, b);
+        assert!(a.as_str().len() >= 10);
+        assert_eq!(a.as_str(), a.as_str().to_ascii_lowercase());
+        assert!(JobId::parse(a.as_str()).is_ok());
+    }
+
+    #[test]
+    fn enums_round_trip_through_strings() {
+        for s in Stage::ALL {
+            assert_eq!(s.as_str().parse::<Stage>(), Ok(*s));
+        }
+        for a in AuditAction::ALL {
+            assert_eq!(a.as_str().parse::<AuditAction>(), Ok(*a));
+        }
+        assert!("bogus".parse::<Step>().unwrap_err().contains("soft_kill"));
+    }
+
+    #[test]
+    fn timestamps_format_with_millis() {
+        let ts = chrono::DateTime::from_timestamp_millis(1_800_000_000_123).expect("ts");
+        assert_eq!(fmt_ts(ts), "2027-01-15T08:00:00.123Z");
+    }
+}

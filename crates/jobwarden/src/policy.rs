@@ -1,0 +1,428 @@
+//! Policy resolution (pure): which timeout, grace period and TTL apply to a job.
+//!
+//! Precedence (`../shared/DESIGN.md` §1, with the seed's bug fixed): job override >
+//! job-type override > global default, then **capped** by the organisation maximum and the
+//! platform hard maximum. A job's own setting can never exceed its organisation's maximum
+//! (invariant 6). The grace period resolves job > type > global and is capped by `grace_max`.
+//!
+//! Per-job settings arrive as annotations (Kubernetes) or flags (local). A malformed
+//! annotation is never fatal and never silently ignored: resolution falls back to the next
+//! level and returns a [`SettingWarning`] naming the job, the key and the value.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::PolicyConfig;
+use crate::duration::parse_duration;
+
+/// A job's own settings, before policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobSettings {
+    /// Organisation, for `organization_max`.
+    pub org: Option<String>,
+    /// Job type, for `job_type_overrides` / `job_type_grace`.
+    pub job_type: Option<String>,
+    /// Requested timeout.
+    pub timeout: Option<Duration>,
+    /// Kubernetes `spec.activeDeadlineSeconds`: also a job override; the smaller wins.
+    pub active_deadline: Option<Duration>,
+    /// Requested grace period.
+    pub grace: Option<Duration>,
+    /// Requested TTL after finish.
+    pub ttl: Option<Duration>,
+    /// Heartbeat threshold (opt-in dead-job detection).
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+/// A per-job setting that was ignored, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SettingWarning {
+    /// The job (name or id) it concerns.
+    pub job: String,
+    /// The annotation or flag.
+    pub key: String,
+    /// The value as given.
+    pub value: String,
+    /// What was wrong and what was used instead.
+    pub problem: String,
+}
+
+impl std::fmt::Display for SettingWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "job {}: ignoring {}={:?}: {}",
+            self.job, self.key, self.value, self.problem
+        )
+    }
+}
+
+/// Where the effective timeout came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutSource {
+    /// The job's own setting (annotation, flag or activeDeadlineSeconds).
+    Job,
+    /// `policy.job_type_overrides`.
+    JobType,
+    /// `policy.global_default`.
+    Global,
+}
+
+/// What capped the timeout, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cap {
+    /// `policy.organization_max`.
+    OrganizationMax,
+    /// `policy.hard_max`.
+    HardMax,
+}
+
+/// The resolved policy for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resolved {
+    /// Effective timeout (> 0, ≤ org max, ≤ hard max).
+    pub timeout: Duration,
+    /// Where the uncapped value came from.
+    pub source: TimeoutSource,
+    /// What lowered it, if anything.
+    pub capped_by: Option<Cap>,
+    /// Effective grace period (≤ grace_max).
+    pub grace: Duration,
+    /// The job's TTL override, if any (otherwise retention per outcome applies).
+    pub ttl: Option<Duration>,
+    /// Heartbeat threshold, if the job opted in.
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+/// Resolves the effective timeout and grace for a job.
+pub fn resolve(job: &JobSettings, policy: &PolicyConfig) -> Resolved {
+    let own = match (job.timeout, job.active_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+    .filter(|d| !d.is_zero());
+    let type_default = job
+        .job_type
+        .as_ref()
+        .and_then(|t| policy.job_type_overrides.get(t))
+        .map(|d| d.0);
+    let (mut timeout, source) = match (own, type_default) {
+        (Some(d), _) => (d, TimeoutSource::Job),
+        (None, Some(d)) => (d, TimeoutSource::JobType),
+        (None, None) => (policy.global_default.0, TimeoutSource::Global),
+    };
+    let mut capped_by = None;
+    if let Some(max) = job
+        .org
+        .as_ref()
+        .and_then(|o| policy.organization_max.get(o))
+        .map(|d| d.0)
+        .filter(|d| !d.is_zero())
+        && timeout > max
+    {
+        timeout = max;
+        capped_by = Some(Cap::OrganizationMax);
+    }
+    if !policy.hard_max.0.is_zero() && timeout > policy.hard_max.0 {
+        timeout = policy.hard_max.0;
+        capped_by = Some(Cap::HardMax);
+    }
+    if timeout.is_zero() {
+        // Only reachable with an unvalidated config; a zero timeout would kill at once.
+        timeout = Duration::from_secs(1);
+    }
+    let type_grace = job
+        .job_type
+        .as_ref()
+        .and_then(|t| policy.job_type_grace.get(t))
+        .map(|d| d.0);
+    let grace = job
+        .grace
+        .or(type_grace)
+        .unwrap_or(policy.grace_period.0)
+        .min(policy.grace_max.0);
+    Resolved {
+        timeout,
+        source,
+        capped_by,
+        grace,
+        ttl: job.ttl,
+        heartbeat_timeout: job.heartbeat_timeout.filter(|d| !d.is_zero()),
+    }
+}
+
+/// Annotation names under a configurable prefix (default `flowforge.io/`).
+#[derive(Debug, Clone)]
+pub struct AnnotationKeys {
+    /// `<prefix>timeout-seconds`
+    pub timeout: String,
+    /// `<prefix>grace-period-seconds`
+    pub grace: String,
+    /// `<prefix>ttl-seconds-after-finished`
+    pub ttl: String,
+    /// `<prefix>heartbeat-timeout-seconds`
+    pub heartbeat_timeout: String,
+    /// `<prefix>organization-id`
+    pub org: String,
+    /// `<prefix>job-type`
+    pub job_type: String,
+}
+
+impl AnnotationKeys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        AnnotationKeys {
+            timeout: format!("{prefix}timeout-seconds"),
+            grace: format!("{prefix}grace-period-seconds"),
+            ttl: format!("{prefix}ttl-seconds-after-finished"),
+            heartbeat_timeout: format!("{prefix}heartbeat-timeout-seconds"),
+            org: format!("{prefix}organization-id"),
+            job_type: format!("{prefix}job-type"),
+        }
+    }
+}
+
+/// Reads a job's settings from its annotations (and labels, for org and type).
+///
+/// Malformed values are dropped with a warning; resolution then falls back to the next level.
+pub fn settings_from_annotations(
+    job: &str,
+    annotations: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    keys: &AnnotationKeys,
+) -> (JobSettings, Vec<SettingWarning>) {
+    let mut warnings = Vec::new();
+    let mut duration = |key: &str, zero_ok: bool, fallback: &str| -> Option<Duration> {
+        let value = annotations.get(key)?;
+        match parse_duration(value) {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                warnings.push(SettingWarning {
+                    job: job.to_owned(),
+                    key: key.to_owned(),
+                    value: value.clone(),
+                    problem: format!("must be greater than 0; using {fallback}"),
+                });
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                warnings.push(SettingWarning {
+                    job: job.to_owned(),
+                    key: key.to_owned(),
+                    value: value.clone(),
+                    problem: format!("{}; using {fallback}", e.problem),
+                });
+                None
+            }
+        }
+    };
+    let timeout = duration(&keys.timeout, false, "the job type's or global timeout");
+    let grace = duration(&keys.grace, true, "the job type's or global grace period");
+    let ttl = duration(&keys.ttl, true, "the retention for the job's outcome");
+    let heartbeat_timeout = duration(
+        &keys.heartbeat_timeout,
+        false,
+        "no heartbeat check (the job is never judged dead)",
+    );
+    let text = |key: &str| {
+        labels
+            .get(key)
+            .or_else(|| annotations.get(key))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    (
+        JobSettings {
+            org: text(&keys.org),
+            job_type: text(&keys.job_type),
+            timeout,
+            active_deadline: None,
+            grace,
+            ttl,
+            heartbeat_timeout,
+        },
+        warnings,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::Dur;
+    use proptest::prelude::*;
+
+    fn policy() -> PolicyConfig {
+        let mut p = PolicyConfig::default();
+        p.organization_max.insert("acme".into(), Dur::secs(1800));
+        p.job_type_overrides.insert("build".into(), Dur::secs(3600));
+        p.job_type_grace.insert("build".into(), Dur::secs(60));
+        p
+    }
+
+    fn job(org: Option<&str>, ty: Option<&str>, timeout: Option<u64>) -> JobSettings {
+        JobSettings {
+            org: org.map(Into::into),
+            job_type: ty.map(Into::into),
+            timeout: timeout.map(Duration::from_secs),
+            ..JobSettings::default()
+        }
+    }
+
+    #[test]
+    fn precedence_job_then_type_then_global() {
+        let p = policy();
+        let r = resolve(&job(None, Some("build"), Some(600)), &p);
+        assert_eq!((r.timeout.as_secs(), r.source), (600, TimeoutSource::Job));
+        let r = resolve(&job(None, Some("build"), None), &p);
+        assert_eq!((r.timeout.as_secs(), r.source), (3600, TimeoutSource::JobType));
+        let r = resolve(&job(None, Some("other"), None), &p);
+        assert_eq!((r.timeout.as_secs(), r.source), (7200, TimeoutSource::Global));
+    }
+
+    #[test]
+    fn org_max_caps_even_the_jobs_own_setting() {
+        // The seed let a job annotation beat the org max; here it cannot.
+        let p = policy();
+        let r = resolve(&job(Some("acme"), None, Some(36_000)), &p);
+        assert_eq!(r.timeout.as_secs(), 1800);
+        assert_eq!(r.capped_by, Some(Cap::OrganizationMax));
+        let r = resolve(&job(Some("acme"), Some("build"), None), &p);
+        assert_eq!(r.timeout.as_secs(), 1800);
+        let r = resolve(&job(Some("acme"), None, Some(60)), &p);
+        assert_eq!((r.timeout.as_secs(), r.capped_by), (60, None));
+    }
+
+    #[test]
+    fn hard_max_caps_everything() {
+        let p = policy();
+        let r = resolve(&job(Some("other"), None, Some(100 * 3600)), &p);
+        assert_eq!((r.timeout.as_secs(), r.capped_by), (24 * 3600, Some(Cap::HardMax)));
+    }
+
+    #[test]
+    fn active_deadline_counts_as_job_override_smaller_wins() {
+        let p = policy();
+        let mut j = job(None, None, Some(600));
+        j.active_deadline = Some(Duration::from_secs(300));
+        assert_eq!(resolve(&j, &p).timeout.as_secs(), 300);
+        j.active_deadline = Some(Duration::from_secs(6000));
+        assert_eq!(resolve(&j, &p).timeout.as_secs(), 600);
+        j.timeout = None;
+        assert_eq!(resolve(&j, &p).timeout.as_secs(), 6000);
+    }
+
+    #[test]
+    fn grace_resolves_job_type_global_capped() {
+        let p = policy();
+        let mut j = job(None, Some("build"), None);
+        assert_eq!(resolve(&j, &p).grace.as_secs(), 60);
+        j.grace = Some(Duration::from_secs(120));
+        assert_eq!(resolve(&j, &p).grace.as_secs(), 120);
+        j.grace = Some(Duration::from_secs(7200));
+        assert_eq!(resolve(&j, &p).grace.as_secs(), 3600);
+        assert_eq!(resolve(&job(None, None, None), &p).grace.as_secs(), 300);
+    }
+
+    #[test]
+    fn malformed_annotations_fall_back_with_a_named_warning() {
+        let keys = AnnotationKeys::new("flowforge.io/");
+        let ann: BTreeMap<String, String> = [
+            ("flowforge.io/timeout-seconds", "2 hours"),
+            ("flowforge.io/grace-period-seconds", "-5"),
+            ("flowforge.io/ttl-seconds-after-finished", "90m"),
+            ("flowforge.io/job-type", "build"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let (s, w) = settings_from_annotations("ns/claude-job-1", &ann, &BTreeMap::new(), &keys);
+        assert_eq!(s.timeout, None);
+        assert_eq!(s.grace, None);
+        assert_eq!(s.ttl, Some(Duration::from_secs(5400)));
+        assert_eq!(w.len(), 2);
+        let text = w[0].to_string();
+        assert!(
+            text.contains("ns/claude-job-1")
+                && text.contains("flowforge.io/timeout-seconds")
+                && text.contains("2 hours"),
+            "{text}"
+        );
+        let r = resolve(&s, &policy());
+        assert_eq!((r.timeout.as_secs(), r.source), (3600, TimeoutSource::JobType));
+    }
+
+    #[test]
+    fn zero_timeout_annotation_is_rejected_zero_ttl_accepted() {
+        let keys = AnnotationKeys::new("x/");
+        let ann: BTreeMap<String, String> = [("x/timeout-seconds", "0"), ("x/ttl-seconds-after-finished", "0")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let (s, w) = settings_from_annotations("j", &ann, &BTreeMap::new(), &keys);
+        assert_eq!(s.timeout, None);
+        assert_eq!(s.ttl, Some(Duration::ZERO));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].problem.contains("greater than 0"));
+    }
+
+    #[test]
+    fn labels_win_for_org_and_type() {
+        let keys = AnnotationKeys::new("flowforge.io/");
+        let ann = BTreeMap::from([("flowforge.io/organization-id".to_owned(), "a".to_owned())]);
+        let labels = BTreeMap::from([("flowforge.io/organization-id".to_owned(), "b".to_owned())]);
+        let (s, _) = settings_from_annotations("j", &ann, &labels, &keys);
+        assert_eq!(s.org.as_deref(), Some("b"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("JOBWARDEN_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
+        #[test]
+        fn effective_timeout_is_positive_and_never_exceeds_caps(
+            own in proptest::option::of(0u64..10_000_000),
+            ads in proptest::option::of(0u64..10_000_000),
+            type_t in proptest::option::of(1u64..10_000_000),
+            org_max in proptest::option::of(1u64..10_000_000),
+            global in 1u64..10_000_000,
+            hard in 1u64..10_000_000,
+            grace in proptest::option::of(0u64..10_000_000),
+        ) {
+            let mut p = PolicyConfig { global_default: Dur::secs(global), hard_max: Dur::secs(hard), ..PolicyConfig::default() };
+            if let Some(t) = type_t { p.job_type_overrides.insert("t".into(), Dur::secs(t)); }
+            if let Some(m) = org_max { p.organization_max.insert("o".into(), Dur::secs(m)); }
+            let j = JobSettings {
+                org: Some("o".into()), job_type: Some("t".into()),
+                timeout: own.map(Duration::from_secs), active_deadline: ads.map(Duration::from_secs),
+                grace: grace.map(Duration::from_secs), ..JobSettings::default()
+            };
+            let r = resolve(&j, &p);
+            prop_assert!(r.timeout > Duration::ZERO);
+            prop_assert!(r.timeout.as_secs() <= hard);
+            if let Some(m) = org_max { prop_assert!(r.timeout.as_secs() <= m); }
+            prop_assert!(r.grace <= p.grace_max.0);
+        }
+
+        #[test]
+        fn annotations_never_panic(
+            t in "\\PC{0,12}", g in "\\PC{0,12}", ttl in "\\PC{0,12}", hb in "[0-9a-z.-]{0,8}",
+        ) {
+            let keys = AnnotationKeys::new("flowforge.io/");
+            let ann: BTreeMap<String, String> = [
+                (keys.timeout.clone(), t), (keys.grace.clone(), g),
+                (keys.ttl.clone(), ttl), (keys.heartbeat_timeout.clone(), hb),
+            ].into_iter().collect();
+            let (s, w) = settings_from_annotations("j", &ann, &BTreeMap::new(), &keys);
+            // Every annotation is either used or warned about; none silently ignored.
+            let used = [s.timeout.is_some(), s.grace.is_some(), s.ttl.is_some(), s.heartbeat_timeout.is_some()]
+                .iter().filter(|b| **b).count();
+            prop_assert_eq!(used + w.len(), 4);
+            let r = resolve(&s, &PolicyConfig::default());
+            prop_assert!(r.timeout > Duration::ZERO);
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The local runtime: jobs are process groups on this machine.
+//!
+//! Each job runs in its own process group (so SIGTERM/SIGKILL reach every process it
+//! started), with cwd `<data-dir>/workspaces/<id>/`, stdout and stderr appended to
+//! `<data-dir>/logs/<id>.log`, and the `FLOWFORGE_*` environment jobwarden-init reads.
+//! The daemon reaps its own children and reports each exit on a channel. After a daemon
+//! restart the processes are no longer its children: [`LocalRuntime::adopt`] watches them
+//! through `/proc` (pid + start time, so a reused pid is never mistaken for the job) and
+//! reports the exit once the process is gone or a zombie (there may be no init reaping
+//! orphans on the host).
+//!
+//! Why a process group and not a new session: `setsid` must run between fork and exec,
+//! which needs `unsafe` (`pre_exec`), and the workspace forbids unsafe code. The group is
+//! what the ladder signals, and it also keeps the terminal's Ctrl-C away from jobs.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::model::{JobId, JobRecord, fmt_ts};
+use crate::runtime::proc::{self, ProcState, SignalResult};
+
+/// A process exited (or vanished).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitEvent {
+    /// The job.
+    pub job_id: JobId,
+    /// The run that exited.
+    pub run_id: String,
+    /// Exit code, when it exited normally and the status is known.
+    pub exit_code: Option<i32>,
+    /// Signal that killed it, when known.
+    pub signal: Option<i32>,
+    /// False for re-adopted processes: the exit status of a non-child is unknowable.
+    pub status_known: bool,
+}
+
+/// A started process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// Process group leader.
+    pub pid: i32,
+    /// Its start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+/// What re-adoption found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    /// Still running; its exit will be reported.
+    Running,
+    /// Gone (or the pid now belongs to another process).
+    Vanished,
+}
+
+/// Errors starting a job.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The command is empty.
+    #[error("command is empty")]
+    EmptyCommand,
+    /// Preparing the workspace or log failed.
+    #[error("preparing {path}: {source}")]
+    Prepare {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// exec failed (not found, not executable…).
+    #[error("starting {program:?}: {source}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The local runtime.
+#[derive(Debug, Clone)]
+pub struct LocalRuntime {
+    data_dir: PathBuf,
+    exits: mpsc::UnboundedSender<ExitEvent>,
+    /// Extra environment for every job (heartbeat URL base, artifacts URL).
+    heartbeat_base: Option<String>,
+    artifacts_url: Option<String>,
+}
+
+impl LocalRuntime {
+    /// A runtime rooted at `data_dir`; exits are sent on `exits`.
+    pub fn new(
+        data_dir: &Path,
+        exits: mpsc::UnboundedSender<ExitEvent>,
+        heartbeat_base: Option<String>,
+        artifacts_url: Option<String>,
+    ) -> Self {
+        LocalRuntime {
+            data_dir: data_dir.to_owned(),
+            exits,
+            heartbeat_base,
+            artifacts_url,
+        }
+    }
+
+    /// `<data-dir>/workspaces`.
+    pub fn workspaces_dir(&self) -> PathBuf {
+        self.data_dir.join("workspaces")
+    }
+
+    /// `<data-dir>/logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// `<data-dir>/workspaces/<id>`.
+    pub fn workspace(&self, id: &JobId) -> PathBuf {
+        self.workspaces_dir().join(id.as_str())
+    }
+
+    /// `<data-dir>/logs/<id>.log`.
+    pub fn log_path(&self, id: &JobId) -> PathBuf {
+        self.logs_dir().join(format!("{}.log", id.as_str()))
+    }
+
+    /// Starts `command` for `job` (its timeout, grace and deadline must be set).
+    pub fn spawn(&self, job: &JobRecord, command: &[String]) -> Result<Started, SpawnError> {
+        let (program, args) = command.split_first().ok_or(SpawnError::EmptyCommand)?;
+        let ws = self.workspace(&job.id);
+        let artifacts = ws.join("artifacts");
+        let prep = |path: &Path| {
+            std::fs::create_dir_all(path).map_err(|source| SpawnError::Prepare {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        prep(&artifacts)?;
+        prep(&self.logs_dir())?;
+        let log_path = self.log_path(&job.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| SpawnError::Prepare {
+                path: log_path.clone(),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| SpawnError::Prepare {
+            path: log_path.clone(),
+            source,
+        })?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
+            .current_dir(&ws)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .env("FLOWFORGE_JOB_ID", job.id.as_str())
+            .env("FLOWFORGE_TIMEOUT", job.timeout.as_secs().to_string())
+            .env("FLOWFORGE_GRACE_PERIOD", job.grace.as_secs().to_string())
+            .env("FLOWFORGE_ARTIFACTS_DIR", &artifacts)
+            .env("FLOWFORGE_RUN_ID", &job.run_id);
+        if let Some(d) = job.deadline {
+            cmd.env("FLOWFORGE_DEADLINE", fmt_ts(d));
+        }
+        if let Some(base) = &self.heartbeat_base {
+            cmd.env(
+                "FLOWFORGE_HEARTBEAT_URL",
+                format!("{base}/v1/jobs/{}/heartbeat", job.id),
+            );
+        }
+        if let Some(url) = &self.artifacts_url {
+            cmd.env("FLOWFORGE_ARTIFACTS_URL", url);
+        }
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| SpawnError::Exec {
+                program: program.clone(),
+                source,
+            })?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or_default();
+        // The child cannot be reaped before we call wait(), so /proc still has it.
+        let start_ticks = proc::start_ticks(pid).unwrap_or_default();
+        let exits = self.exits.clone();
+        let (job_id, run_id) = (job.id.clone(), job.run_id.clone());
+        tokio::spawn(async move {
+            let ev = match child.wait().await {
+                Ok(status) => ExitEvent {
+                    job_id,
+                    run_id,
+                    exit_code: status.code(),
+                    signal: status.signal(),
+                    status_known: true,
+                },
+                Err(_) => ExitEvent {
+                    job_id,
+                    run_id,
+                    exit_code: None,
+                    signal: None,
+                    status_known: false,
+                },
+            };
+            let _ = exits.send(ev);
+        });
+        Ok(Started { pid, start_ticks })
+    }
+
+    /// Re-adopts a job's process after a daemon restart.
+    pub fn adopt(&self, job: &JobRecord) -> Adopted {
+        let (Some(pid), Some(ticks)) = (job.pid, job.pid_start_ticks) else {
+            return Adopted::Vanished;
+        };
+        if !proc::is_same_live_process(pid, ticks) {
+            return Adopted::Vanished;
+        }
+        let exits = self.exits.clone();
+        let (job_id, run_id) = (job.id.clone(), job.run_id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match proc::proc_state(pid) {
+                    ProcState::Alive { start_ticks } if start_ticks == ticks => continue,
+                    _ => break,
+                }
+            }
+            let _ = exits.send(ExitEvent {
+                job_id,
+                run_id,
+                exit_code: None,
+                signal: None,
+                status_known: false,
+            });
+        });
+        Adopted::Running
+    }
+
+    /// Signals the job's process group, if its process is still the one we started.
+    pub fn signal(
+        &self,
+        job: &JobRecord,
+        signal: rustix::process::Signal,
+    ) -> std::io::Result<SignalResult> {
+        match (job.pid, job.pid_start_ticks) {
+            (Some(pid), Some(ticks)) => proc::signal_group(pid, ticks, signal),
+            _ => Ok(SignalResult::Gone),
+        }
+    }
+
+    /// Whether the job's process still runs.
+    pub fn is_alive(&self, job: &JobRecord) -> bool {
+        match (job.pid, job.pid_start_ticks) {
+            (Some(pid), Some(ticks)) => proc::is_same_live_process(pid, ticks),
+            _ => false,
+        }
+    }
+}
+
+/// Removes a directory tree; a missing one is success. Returns bytes removed (best effort).
+pub fn remove_tree(path: &Path) -> std::io::Result<u64> {
+    let bytes = tree_size(path);
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a file; a missing one is success. Returns bytes removed.
+pub fn remove_file(path: &Path) -> std::io::Result<u64> {
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Total size of regular files under `path` (0 if missing).
+pub fn tree_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| tree_size(&e.path()))
+        .sum()
+}
