@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 eval "$(scripts/start-postgres.sh)"
 eval "$(scripts/start-moto.sh)"
 export JOBWARDEN_REQUIRE_SERVERS=1
-cargo test --workspace --all-targets "$@"
+# Benches are built by clippy --all-targets in .ci/run and run with `cargo bench` (BENCHMARKS.md).
+cargo test --workspace --lib --bins --tests "$@"

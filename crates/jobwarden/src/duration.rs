@@ -73,6 +73,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             b'd' => 86_400,
             b'w' => 604_800,
             b'.' | b',' => return Err(err("fractions are not allowed")),
+            c if c.is_ascii_whitespace() => {
+                return Err(err("unexpected character: no spaces inside a duration"));
+            }
             _ => return Err(err("unknown unit (expected s, m, h, d or w)")),
         };
         rest = tail;

@@ -596,9 +596,15 @@ impl Enforcer {
             }
             Ok(false) => {
                 // Already recorded (e.g. by a previous daemon): keep our copy in sync.
-                if let Ok(Some(stored)) = self.shared.store.get_job(id).await {
-                    self.jobs.insert(id.clone(), stored);
+                let mut synced = match self.shared.store.get_job(id).await {
+                    Ok(Some(stored)) if stored.run_id == job.run_id => stored,
+                    _ => job,
+                };
+                if !synced.steps.iter().any(|s| s.step == step && s.due_at == due_at) {
+                    // Never decide the same step again, whatever the store's copy says.
+                    synced.steps.push(taken);
                 }
+                self.jobs.insert(id.clone(), synced);
                 return true;
             }
             Err(e) => {
