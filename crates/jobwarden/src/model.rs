@@ -416,7 +416,7 @@ mod tests {
         for a in AuditAction::ALL {
             assert_eq!(a.as_str().parse::<AuditAction>(), Ok(*a));
         }
-        assert!("bogus".parse::<Step>().unwrap_err().contains("soft_kill"));
+        assert!("bogus".parse::<Step>().expect_err("unknown").contains("soft_kill"));
     }
 
     #[test]

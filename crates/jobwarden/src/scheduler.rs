@@ -1,28 +1,43 @@
 //! The deadline scheduler: wakes the engine at the next due time for any of N jobs.
 //!
-//! An ordered set of `(due, key)` plus a map `key → due`: insert, re-arm (earlier *or*
-//! later: Kubernetes' controllers once ignored raised deadlines because their queue only
-//! moved items earlier) and cancel are O(log N); [`Scheduler::pop_due`] removes exactly the
-//! due entries; nothing ever scans all jobs. The daemon sleeps until [`Scheduler::next_due`]
-//! (or until a new observation arrives) — no fixed ticker.
+//! A binary min-heap of `(due, sequence, key)` plus a map `key → (due, sequence)`. Arming
+//! pushes a new heap entry and records it in the map; re-arming (earlier *or* later:
+//! Kubernetes' controllers once ignored raised deadlines because their queue only moved
+//! items earlier) and cancelling just replace or drop the map entry, so the old heap entry
+//! becomes stale and is skipped when it surfaces. Insert, re-arm and cancel are O(log N)
+//! (amortised O(1) pushes), [`Scheduler::pop_due`] removes exactly the due entries, and the
+//! heap is rebuilt from the map when stale entries outnumber live ones, so memory stays
+//! bounded. Nothing ever scans all jobs on a timer: the daemon sleeps until
+//! [`Scheduler::next_due`] or until a new observation arrives.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::Hash;
 
 use crate::model::Timestamp;
 
+fn micros(t: Timestamp) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(m: i64) -> Timestamp {
+    chrono::DateTime::from_timestamp_micros(m).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 /// Pending wake-ups, one per key.
 #[derive(Debug, Clone)]
 pub struct Scheduler<K> {
-    by_time: BTreeSet<(Timestamp, K)>,
-    by_key: HashMap<K, Timestamp>,
+    heap: BinaryHeap<Reverse<(i64, u64, K)>>,
+    by_key: HashMap<K, (i64, u64)>,
+    seq: u64,
 }
 
 impl<K: Ord + Hash + Clone> Default for Scheduler<K> {
     fn default() -> Self {
         Scheduler {
-            by_time: BTreeSet::new(),
+            heap: BinaryHeap::new(),
             by_key: HashMap::new(),
+            seq: 0,
         }
     }
 }
@@ -33,15 +48,16 @@ impl<K: Ord + Hash + Clone> Scheduler<K> {
         Self::default()
     }
 
-    /// Arms `key` at `at`, replacing any earlier arming (earlier or later). O(log N).
+    /// Arms `key` at `at`, replacing any earlier arming (earlier or later).
     pub fn arm(&mut self, key: K, at: Timestamp) {
-        if let Some(old) = self.by_key.insert(key.clone(), at) {
-            if old == at {
-                return;
-            }
-            self.by_time.remove(&(old, key.clone()));
+        let at = micros(at);
+        if self.by_key.get(&key).is_some_and(|(t, _)| *t == at) {
+            return;
         }
-        self.by_time.insert((at, key));
+        self.seq += 1;
+        self.by_key.insert(key.clone(), (at, self.seq));
+        self.heap.push(Reverse((at, self.seq, key)));
+        self.maybe_compact();
     }
 
     /// Arms `key` at `at`, or cancels it when `at` is None.
@@ -54,34 +70,37 @@ impl<K: Ord + Hash + Clone> Scheduler<K> {
         }
     }
 
-    /// Removes `key`; returns when it was due. O(log N).
+    /// Removes `key`; returns when it was due.
     pub fn cancel(&mut self, key: &K) -> Option<Timestamp> {
-        let at = self.by_key.remove(key)?;
-        self.by_time.remove(&(at, key.clone()));
-        Some(at)
+        let (at, _) = self.by_key.remove(key)?;
+        self.maybe_compact();
+        Some(from_micros(at))
     }
 
     /// When `key` is armed.
     pub fn due_at(&self, key: &K) -> Option<Timestamp> {
-        self.by_key.get(key).copied()
+        self.by_key.get(key).map(|(t, _)| from_micros(*t))
     }
 
     /// The earliest armed time.
-    pub fn next_due(&self) -> Option<Timestamp> {
-        self.by_time.first().map(|(t, _)| *t)
+    pub fn next_due(&mut self) -> Option<Timestamp> {
+        self.drop_stale_top();
+        self.heap.peek().map(|Reverse((t, _, _))| from_micros(*t))
     }
 
     /// Removes and returns every key due at or before `now`, earliest first, at most `max`.
     pub fn pop_due(&mut self, now: Timestamp, max: usize) -> Vec<(K, Timestamp)> {
+        let now = micros(now);
         let mut out = Vec::new();
         while out.len() < max {
-            match self.by_time.first() {
-                Some((t, _)) if *t <= now => {}
+            self.drop_stale_top();
+            match self.heap.peek() {
+                Some(Reverse((t, _, _))) if *t <= now => {}
                 _ => break,
             }
-            if let Some((t, k)) = self.by_time.pop_first() {
+            if let Some(Reverse((t, _, k))) = self.heap.pop() {
                 self.by_key.remove(&k);
-                out.push((k, t));
+                out.push((k, from_micros(t)));
             }
         }
         out
@@ -95,6 +114,30 @@ impl<K: Ord + Hash + Clone> Scheduler<K> {
     /// Whether nothing is armed.
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
+    }
+
+    fn is_live(&self, seq: u64, key: &K) -> bool {
+        self.by_key.get(key).is_some_and(|(_, s)| *s == seq)
+    }
+
+    fn drop_stale_top(&mut self) {
+        while let Some(Reverse((_, seq, k))) = self.heap.peek() {
+            if self.is_live(*seq, k) {
+                return;
+            }
+            self.heap.pop();
+        }
+    }
+
+    /// Rebuilds the heap from the map when stale entries dominate (amortised O(1)).
+    fn maybe_compact(&mut self) {
+        if self.heap.len() > 2 * self.by_key.len() + 1024 {
+            self.heap = self
+                .by_key
+                .iter()
+                .map(|(k, (t, s))| Reverse((*t, *s, k.clone())))
+                .collect();
+        }
     }
 }
 
@@ -144,6 +187,17 @@ mod tests {
         assert_eq!(s.len(), 5);
         s.set(9, None);
         assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn rearming_many_times_keeps_memory_bounded() {
+        let mut s = Scheduler::new();
+        for i in 0..100_000 {
+            s.arm("a", t(i));
+        }
+        assert_eq!(s.len(), 1);
+        assert!(s.heap.len() <= 1024 + 2, "heap holds {} stale entries", s.heap.len());
+        assert_eq!(s.pop_due(t(1_000_000), 10), vec![("a", t(99_999))]);
     }
 
     proptest! {
