@@ -90,7 +90,11 @@ fn bench_scheduler() {
         let b = Instant::now();
         for (i, d) in deadlines.iter().enumerate() {
             let shift = Duration::from_secs(600);
-            let at = if i % 2 == 0 { jobwarden::model::sub(*d, shift) } else { add(*d, shift) };
+            let at = if i % 2 == 0 {
+                jobwarden::model::sub(*d, shift)
+            } else {
+                add(*d, shift)
+            };
             s.arm(i as u32, at);
         }
         let c = Instant::now();
@@ -104,11 +108,26 @@ fn bench_scheduler() {
         total.push(d - a);
     }
     println!("scheduler, {N} deadlines (u32 keys), median of {RUNS}:");
-    println!("  insert all        {:>8.1} ms", median(ins).as_secs_f64() * 1e3);
-    println!("  re-arm all        {:>8.1} ms  (half earlier, half later)", median(rearm).as_secs_f64() * 1e3);
-    println!("  pop all due       {:>8.1} ms", median(pop).as_secs_f64() * 1e3);
-    println!("  total             {:>8.1} ms  (target < 1000 ms)", median(total).as_secs_f64() * 1e3);
-    println!("  peak RSS so far   {:>8.1} MB  (target < 200 MB)", peak_rss_mb());
+    println!(
+        "  insert all        {:>8.1} ms",
+        median(ins).as_secs_f64() * 1e3
+    );
+    println!(
+        "  re-arm all        {:>8.1} ms  (half earlier, half later)",
+        median(rearm).as_secs_f64() * 1e3
+    );
+    println!(
+        "  pop all due       {:>8.1} ms",
+        median(pop).as_secs_f64() * 1e3
+    );
+    println!(
+        "  total             {:>8.1} ms  (target < 1000 ms)",
+        median(total).as_secs_f64() * 1e3
+    );
+    println!(
+        "  peak RSS so far   {:>8.1} MB  (target < 200 MB)",
+        peak_rss_mb()
+    );
 }
 
 fn bench_engine() {
@@ -156,17 +175,32 @@ fn bench_engine() {
             }
         }
         poll_runs.push(b.elapsed());
-        assert_eq!(acted, acted_poll, "both designs must find the same due work");
+        assert_eq!(
+            acted, acted_poll,
+            "both designs must find the same due work"
+        );
         black_box((acted, due.len()));
     }
     let arm = median(arm_runs);
     let ev = median(ev_runs);
     let poll = median(poll_runs);
     println!("engine, {N} tracked jobs, median of {RUNS}:");
-    println!("  decide + arm all  {:>8.1} ms  ({:.0} ns per job)", arm.as_secs_f64() * 1e3, arm.as_secs_f64() * 1e9 / N as f64);
-    println!("  tick, 1% due: event-driven {:>8.2} ms vs polling every job {:>8.1} ms  (polling / event-driven = {:.0}x)",
-        ev.as_secs_f64() * 1e3, poll.as_secs_f64() * 1e3, poll.as_secs_f64() / ev.as_secs_f64());
-    println!("  peak RSS          {:>8.1} MB  ({:.1} MB of it the 1M job records)", peak_rss_mb(), rss_jobs);
+    println!(
+        "  decide + arm all  {:>8.1} ms  ({:.0} ns per job)",
+        arm.as_secs_f64() * 1e3,
+        arm.as_secs_f64() * 1e9 / N as f64
+    );
+    println!(
+        "  tick, 1% due: event-driven {:>8.2} ms vs polling every job {:>8.1} ms  (polling / event-driven = {:.0}x)",
+        ev.as_secs_f64() * 1e3,
+        poll.as_secs_f64() * 1e3,
+        poll.as_secs_f64() / ev.as_secs_f64()
+    );
+    println!(
+        "  peak RSS          {:>8.1} MB  ({:.1} MB of it the 1M job records)",
+        peak_rss_mb(),
+        rss_jobs
+    );
 }
 
 fn main() {

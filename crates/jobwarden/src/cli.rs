@@ -125,7 +125,11 @@ pub enum ConfigCmd {
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// Daemon URL.
-    #[arg(long, env = "JOBWARDEN_SERVER", default_value = "http://127.0.0.1:7800")]
+    #[arg(
+        long,
+        env = "JOBWARDEN_SERVER",
+        default_value = "http://127.0.0.1:7800"
+    )]
     pub server: String,
 }
 
@@ -323,7 +327,10 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
                 for s in &r.skipped {
                     println!("skipped {s}");
                 }
-                println!("{:<10} {:<28} {:>10} {:>10}  PATH", "KIND", "JOB", "BYTES", "AGE");
+                println!(
+                    "{:<10} {:<28} {:>10} {:>10}  PATH",
+                    "KIND", "JOB", "BYTES", "AGE"
+                );
                 for o in &r.orphans {
                     println!(
                         "{:<10} {:<28} {:>10} {:>10}  {}",
@@ -361,7 +368,10 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     let running = crate::daemon::start(opts)
         .await
         .map_err(|e| fail(1, e.to_string()))?;
-    eprintln!("jobwarden listening on http://{} (config: {source})", running.addr);
+    eprintln!(
+        "jobwarden listening on http://{} (config: {source})",
+        running.addr
+    );
     wait_for_signal().await;
     eprintln!("jobwarden: shutting down; jobs keep running and are re-adopted on the next start");
     let _ = running.shutdown.send(true);
@@ -385,7 +395,9 @@ pub fn daemon_options(
         })?,
     };
     let token = match &config.server.token_file {
-        Some(path) => Some(read_token(path).map_err(|e| fail(2, format!("{source}: server.token_file: {e}")))?),
+        Some(path) => Some(
+            read_token(path).map_err(|e| fail(2, format!("{source}: server.token_file: {e}")))?,
+        ),
         None => None,
     };
     if !listen.ip().is_loopback() && token.is_none() {
@@ -405,7 +417,10 @@ pub fn daemon_options(
     let artifacts_url = args
         .artifacts
         .clone()
+        .or_else(|| config.artifacts.url.clone())
         .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()));
+    crate::artifacts::config::parse_url(&artifacts_url)
+        .map_err(|e| fail(2, format!("--artifacts / artifacts.url: {e}")))?;
     Ok(crate::daemon::DaemonOptions {
         config,
         data_dir,
@@ -464,7 +479,10 @@ impl Client {
     pub fn new(server: &ServerArgs) -> Result<Self, Failure> {
         let base = server.server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(fail(2, format!("--server {base:?}: must be an http:// or https:// URL")));
+            return Err(fail(
+                2,
+                format!("--server {base:?}: must be an http:// or https:// URL"),
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -473,11 +491,17 @@ impl Client {
         Ok(Client {
             base,
             http,
-            token: std::env::var("JOBWARDEN_TOKEN").ok().filter(|t| !t.is_empty()),
+            token: std::env::var("JOBWARDEN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
         })
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> Result<T, Failure> {
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<T, Failure> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -502,18 +526,27 @@ impl Client {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
             return Err(fail(1, format!("{what}: {msg} (HTTP {})", status.as_u16())));
         }
-        serde_json::from_slice(&body).map_err(|e| fail(1, format!("{what}: unexpected response: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| fail(1, format!("{what}: unexpected response: {e}")))
     }
 
     /// GET `path`.
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
-        self.send(self.http.get(format!("{}{path}", self.base)), path).await
+        self.send(self.http.get(format!("{}{path}", self.base)), path)
+            .await
     }
 
     /// POST `body` to `path`.
-    pub async fn post<T: serde::de::DeserializeOwned, B: serde::Serialize>(&self, path: &str, body: &B) -> Result<T, Failure> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body), path)
-            .await
+    pub async fn post<T: serde::de::DeserializeOwned, B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Failure> {
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).json(body),
+            path,
+        )
+        .await
     }
 }
 
@@ -526,9 +559,15 @@ fn print_json<T: serde::Serialize>(v: &T) {
 
 fn ago(now: Timestamp, t: Timestamp) -> String {
     if t >= now {
-        format!("in {}", crate::duration::format_duration(crate::model::since(t, now)))
+        format!(
+            "in {}",
+            crate::duration::format_duration(crate::model::since(t, now))
+        )
     } else {
-        format!("{} ago", crate::duration::format_duration(crate::model::since(now, t)))
+        format!(
+            "{} ago",
+            crate::duration::format_duration(crate::model::since(now, t))
+        )
     }
 }
 
@@ -576,17 +615,38 @@ fn print_job(j: &JobView) {
     let opt = |t: Option<Timestamp>| t.map(fmt_ts).unwrap_or_else(|| "-".into());
     println!("id:        {}", j.id);
     println!("name:      {}", j.name);
-    println!("org/type:  {} / {}", j.org.as_deref().unwrap_or("-"), j.job_type.as_deref().unwrap_or("-"));
+    println!(
+        "org/type:  {} / {}",
+        j.org.as_deref().unwrap_or("-"),
+        j.job_type.as_deref().unwrap_or("-")
+    );
     println!("stage:     {}", j.stage);
-    println!("outcome:   {}", j.outcome.map(|o| o.to_string()).unwrap_or_else(|| "-".into()));
+    println!(
+        "outcome:   {}",
+        j.outcome
+            .map(|o| o.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
     println!("reason:    {}", j.reason.as_deref().unwrap_or("-"));
-    println!("pid:       {}", j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    println!(
+        "pid:       {}",
+        j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+    );
     println!("started:   {}", opt(j.started_at));
     println!("finished:  {}", opt(j.finished_at));
-    println!("timeout:   {}  grace: {}", crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)), crate::duration::format_duration(Duration::from_secs(j.grace_period_seconds)));
+    println!(
+        "timeout:   {}  grace: {}",
+        crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)),
+        crate::duration::format_duration(Duration::from_secs(j.grace_period_seconds))
+    );
     println!("deadline:  {}", opt(j.deadline));
     for s in &j.steps {
-        println!("step:      {:<12} due {}  taken {}", s.step.as_str(), fmt_ts(s.due_at), fmt_ts(s.at));
+        println!(
+            "step:      {:<12} due {}  taken {}",
+            s.step.as_str(),
+            fmt_ts(s.due_at),
+            fmt_ts(s.at)
+        );
     }
     if let Some(n) = &j.next_step {
         println!("next:      {} at {}", n.step, fmt_ts(n.due_at));
@@ -594,7 +654,10 @@ fn print_job(j: &JobView) {
 }
 
 fn print_audit(rows: &[AuditEntry]) {
-    println!("{:<24}  {:<26}  {:<14} {:<5} {:<4}  REASON", "TIME", "JOB", "ACTION", "OK", "DRY");
+    println!(
+        "{:<24}  {:<26}  {:<14} {:<5} {:<4}  REASON",
+        "TIME", "JOB", "ACTION", "OK", "DRY"
+    );
     for r in rows {
         println!(
             "{:<24}  {:<26}  {:<14} {:<5} {:<4}  {}{}",
@@ -604,13 +667,19 @@ fn print_audit(rows: &[AuditEntry]) {
             r.success,
             if r.dry_run { "yes" } else { "" },
             r.reason,
-            r.error_message.as_deref().map(|e| format!(" (error: {e})")).unwrap_or_default()
+            r.error_message
+                .as_deref()
+                .map(|e| format!(" (error: {e})"))
+                .unwrap_or_default()
         );
     }
 }
 
 fn print_plan(plan: &[PlanEntry], now: Timestamp) {
-    println!("{:<26}  {:<16} {:<11} {:<12} WHEN", "JOB", "NAME", "STAGE", "ACTION");
+    println!(
+        "{:<26}  {:<16} {:<11} {:<12} WHEN",
+        "JOB", "NAME", "STAGE", "ACTION"
+    );
     for p in plan {
         let when = match (p.due_now, p.due_at) {
             (true, _) => "now".to_owned(),
@@ -624,7 +693,10 @@ fn print_plan(plan: &[PlanEntry], now: Timestamp) {
             p.stage.as_str(),
             p.action,
             when,
-            p.detail.as_deref().map(|d| format!("  ({d})")).unwrap_or_default()
+            p.detail
+                .as_deref()
+                .map(|d| format!("  ({d})"))
+                .unwrap_or_default()
         );
     }
 }

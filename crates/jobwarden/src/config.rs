@@ -68,6 +68,9 @@ pub struct Config {
     pub annotations: AnnotationsConfig,
     /// `[[hooks]]`: notifications on stages and escalation steps.
     pub hooks: Vec<HookConfig>,
+    /// `[artifacts]`: object storage (file:// or s3://) for artifacts, partial saves and logs.
+    #[serde(skip_serializing)]
+    pub artifacts: crate::artifacts::config::ArtifactsConfig,
 }
 
 /// `[server]`.
@@ -377,7 +380,10 @@ impl Config {
         };
         let p = &self.policy;
         if p.global_default.0.is_zero() {
-            return bad("policy.global_default", "a timeout must be greater than 0".into());
+            return bad(
+                "policy.global_default",
+                "a timeout must be greater than 0".into(),
+            );
         }
         if p.hard_max.0.is_zero() {
             return bad("policy.hard_max", "a timeout must be greater than 0".into());
@@ -385,26 +391,32 @@ impl Config {
         if p.global_default > p.hard_max {
             return bad(
                 "policy.global_default",
-                format!("{} exceeds policy.hard_max ({})", p.global_default, p.hard_max),
+                format!(
+                    "{} exceeds policy.hard_max ({})",
+                    p.global_default, p.hard_max
+                ),
             );
         }
         if p.grace_period > p.grace_max {
             return bad(
                 "policy.grace_period",
-                format!("{} exceeds policy.grace_max ({})", p.grace_period, p.grace_max),
+                format!(
+                    "{} exceeds policy.grace_max ({})",
+                    p.grace_period, p.grace_max
+                ),
             );
         }
         if p.startup_timeout.0.is_zero() {
             return bad("policy.startup_timeout", "must be greater than 0".into());
         }
-        if let WarnBefore::Many(v) = &p.warn_before {
-            if v.is_empty() {
-                return bad(
-                    "policy.warn_before",
-                    "an empty list; give at least one duration (or \"0s\" to warn at the deadline)"
-                        .into(),
-                );
-            }
+        if let WarnBefore::Many(v) = &p.warn_before
+            && v.is_empty()
+        {
+            return bad(
+                "policy.warn_before",
+                "an empty list; give at least one duration (or \"0s\" to warn at the deadline)"
+                    .into(),
+            );
         }
         for (org, d) in &p.organization_max {
             if d.0.is_zero() {
@@ -440,7 +452,10 @@ impl Config {
         if r.backoff_initial > r.backoff_max {
             return bad(
                 "recovery.backoff_initial",
-                format!("{} exceeds recovery.backoff_max ({})", r.backoff_initial, r.backoff_max),
+                format!(
+                    "{} exceeds recovery.backoff_max ({})",
+                    r.backoff_initial, r.backoff_max
+                ),
             );
         }
         let q = &self.queue;
@@ -456,7 +471,10 @@ impl Config {
         if q.backoff_initial > q.backoff_max {
             return bad(
                 "queue.backoff_initial",
-                format!("{} exceeds queue.backoff_max ({})", q.backoff_initial, q.backoff_max),
+                format!(
+                    "{} exceeds queue.backoff_max ({})",
+                    q.backoff_initial, q.backoff_max
+                ),
             );
         }
         if self.safety.max_deletions_per_minute == 0 {
@@ -470,6 +488,15 @@ impl Config {
         }
         if self.orphans.scan_interval.0 < Duration::from_secs(1) {
             return bad("orphans.scan_interval", "must be at least 1s".into());
+        }
+        if let Err(problems) = self.artifacts.validate()
+            && let Some(first) = problems.into_iter().next()
+        {
+            return Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                key: first.key.to_string(),
+                problem: first.problem,
+            });
         }
         if self.annotations.prefix.is_empty() {
             return bad("annotations.prefix", "must not be empty".into());
@@ -562,13 +589,16 @@ partial = "3d"
         assert_eq!(c.policy.organization_max["acme"].as_secs(), 1800);
         assert_eq!(c.policy.job_type_overrides["build"].as_secs(), 3600);
         assert_eq!(c.retention.artifacts.partial.as_secs(), 3 * 86_400);
-        assert_eq!(c.policy.warn_before.offsets(), vec![Duration::from_secs(600)]);
+        assert_eq!(
+            c.policy.warn_before.offsets(),
+            vec![Duration::from_secs(600)]
+        );
     }
 
     #[test]
     fn warn_before_takes_a_list() {
-        let c = Config::parse("[policy]\nwarn_before = [\"10m\", \"30m\", 600]\n", "f")
-            .expect("valid");
+        let c =
+            Config::parse("[policy]\nwarn_before = [\"10m\", \"30m\", 600]\n", "f").expect("valid");
         assert_eq!(
             c.policy.warn_before.offsets(),
             vec![Duration::from_secs(1800), Duration::from_secs(600)]
@@ -578,17 +608,26 @@ partial = "3d"
     #[test]
     fn errors_name_file_key_and_problem() {
         let e = err("[policy]\nglobal_default = \"2x\"\n");
-        assert!(e.contains("jw.toml") && e.contains("global_default") && e.contains("\"2x\""), "{e}");
+        assert!(
+            e.contains("jw.toml") && e.contains("global_default") && e.contains("\"2x\""),
+            "{e}"
+        );
         let e = err("[policy]\nglobal_defualt = \"2h\"\n");
         assert!(e.contains("jw.toml") && e.contains("global_defualt"), "{e}");
         let e = err("[policy]\nglobal_default = \"0s\"\n");
-        assert!(e.contains("policy.global_default") && e.contains("greater than 0"), "{e}");
+        assert!(
+            e.contains("policy.global_default") && e.contains("greater than 0"),
+            "{e}"
+        );
         let e = err("[policy.organization_max]\nacme = 0\n");
         assert!(e.contains("policy.organization_max.acme"), "{e}");
         let e = err("[policy]\nglobal_default = \"48h\"\n");
         assert!(e.contains("hard_max"), "{e}");
         let e = err("[policy]\ngrace_period = \"2h\"\n");
-        assert!(e.contains("policy.grace_period") && e.contains("grace_max"), "{e}");
+        assert!(
+            e.contains("policy.grace_period") && e.contains("grace_max"),
+            "{e}"
+        );
         let e = err("[recovery]\nbackoff_multiplier = 0.5\n");
         assert!(e.contains("recovery.backoff_multiplier"), "{e}");
         let e = err("[[hooks]]\non = \"teminating\"\ncommand = [\"/bin/true\"]\n");

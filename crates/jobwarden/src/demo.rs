@@ -42,24 +42,49 @@ pub async fn run() -> Result<(), String> {
         dry_run: false,
         token: None,
     };
-    let running = crate::daemon::start(opts).await.map_err(|e| e.to_string())?;
+    let running = crate::daemon::start(opts)
+        .await
+        .map_err(|e| e.to_string())?;
     let server = ServerArgs {
         server: format!("http://{}", running.addr),
     };
-    println!("jobwarden demo: daemon on {} with data in {}", server.server, data_dir.display());
-    println!("policy: warn 1s before the deadline, SIGTERM at the deadline, SIGKILL 2s later; org acme max 4s\n");
+    println!(
+        "jobwarden demo: daemon on {} with data in {}",
+        server.server,
+        data_dir.display()
+    );
+    println!(
+        "policy: warn 1s before the deadline, SIGTERM at the deadline, SIGKILL 2s later; org acme max 4s\n"
+    );
     let client = Client::new(&server).map_err(|f| f.message)?;
     let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
     let jobs = [
-        ("finishes", sh("echo working; sleep 1; echo done"), Some(10), None),
+        (
+            "finishes",
+            sh("echo working; sleep 1; echo done"),
+            Some(10),
+            None,
+        ),
         (
             "saves-work",
-            sh("trap 'echo \"progress saved at SIGTERM\" > saved.txt; exit 0' TERM; while :; do sleep 0.1; done"),
+            sh(
+                "trap 'echo \"progress saved at SIGTERM\" > saved.txt; exit 0' TERM; while :; do sleep 0.1; done",
+            ),
             Some(3),
             None,
         ),
-        ("ignores-term", sh("trap '' TERM; while :; do sleep 0.1; done"), Some(3), None),
-        ("capped", vec!["sleep".into(), "3600".into()], Some(3600), Some("acme")),
+        (
+            "ignores-term",
+            sh("trap '' TERM; while :; do sleep 0.1; done"),
+            Some(3),
+            None,
+        ),
+        (
+            "capped",
+            vec!["sleep".into(), "3600".into()],
+            Some(3600),
+            Some("acme"),
+        ),
     ];
     let mut ids = Vec::new();
     for (name, command, timeout, org) in jobs {
@@ -96,7 +121,13 @@ pub async fn run() -> Result<(), String> {
             .position(|i| *i == r.job_id)
             .map(|i| ["finishes", "saves-work", "ignores-term", "capped"][i])
             .unwrap_or("?");
-        println!("  {}  {:<13} {:<12} {}", crate::model::fmt_ts(r.timestamp), name, r.action.as_str(), r.reason);
+        println!(
+            "  {}  {:<13} {:<12} {}",
+            crate::model::fmt_ts(r.timestamp),
+            name,
+            r.action.as_str(),
+            r.reason
+        );
     }
     let _ = running.shutdown.send(true);
     let _ = running.done.await;

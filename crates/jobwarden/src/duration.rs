@@ -17,7 +17,9 @@ pub const MAX_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
 /// Why a duration string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {problem} (use whole seconds like \"7200\" or units like \"90s\", \"30m\", \"2h\", \"1h30m\", \"7d\", \"1w\")")]
+#[error(
+    "invalid duration {input:?}: {problem} (use whole seconds like \"7200\" or units like \"90s\", \"30m\", \"2h\", \"1h30m\", \"7d\", \"1w\")"
+)]
 pub struct DurationError {
     /// The rejected input, verbatim.
     pub input: String,
@@ -257,7 +259,12 @@ mod tests {
         assert_eq!(t.d.as_secs(), 7200);
         let t: T = serde_json::from_str(r#"{"d":60}"#).expect("integer");
         assert_eq!(t.d.as_secs(), 60);
-        for bad in [r#"{"d":-1}"#, r#"{"d":1.5}"#, r#"{"d":"x"}"#, r#"{"d":true}"#] {
+        for bad in [
+            r#"{"d":-1}"#,
+            r#"{"d":1.5}"#,
+            r#"{"d":"x"}"#,
+            r#"{"d":true}"#,
+        ] {
             assert!(serde_json::from_str::<T>(bad).is_err(), "{bad}");
         }
     }

@@ -157,7 +157,11 @@ impl Hooks {
             Err(format!(
                 "{prog} exited with {}{}",
                 out.status,
-                if text.is_empty() { String::new() } else { format!(": {text}") }
+                if text.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {text}")
+                }
             ))
         }
     }
@@ -186,7 +190,10 @@ fn env_for(p: &HookPayload) -> Vec<(String, String)> {
     vec![
         ("JOBWARDEN_EVENT".into(), p.event.clone()),
         ("JOBWARDEN_EVENT_AT".into(), p.at.clone()),
-        ("JOBWARDEN_REASON".into(), p.reason.clone().unwrap_or_default()),
+        (
+            "JOBWARDEN_REASON".into(),
+            p.reason.clone().unwrap_or_default(),
+        ),
         ("JOBWARDEN_JOB_ID".into(), field("id")),
         ("JOBWARDEN_JOB_NAME".into(), field("name")),
         ("JOBWARDEN_JOB_ORG".into(), field("org")),

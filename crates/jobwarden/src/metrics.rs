@@ -99,10 +99,18 @@ impl Metrics {
         let mut o = String::new();
         let _ = writeln!(o, "# HELP jobwarden_jobs Jobs by lifecycle stage.");
         let _ = writeln!(o, "# TYPE jobwarden_jobs gauge");
-        for (stage, n) in self.jobs_by_stage.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (stage, n) in self
+            .jobs_by_stage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = writeln!(o, "jobwarden_jobs{{stage=\"{stage}\"}} {n}");
         }
-        let _ = writeln!(o, "# HELP jobwarden_escalation_steps_total Escalation steps carried out.");
+        let _ = writeln!(
+            o,
+            "# HELP jobwarden_escalation_steps_total Escalation steps carried out."
+        );
         let _ = writeln!(o, "# TYPE jobwarden_escalation_steps_total counter");
         for s in Step::ALL {
             let _ = writeln!(
@@ -125,27 +133,59 @@ impl Metrics {
             );
         }
         let count = self.delay_count.load(Ordering::Relaxed);
-        let _ = writeln!(o, "jobwarden_enforcement_delay_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            o,
+            "jobwarden_enforcement_delay_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             o,
             "jobwarden_enforcement_delay_seconds_sum {}",
             self.delay_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(o, "jobwarden_enforcement_delay_seconds_count {count}");
-        let _ = writeln!(o, "# HELP jobwarden_cleanup_queue_depth Cleanup tasks pending or running.");
+        let _ = writeln!(
+            o,
+            "# HELP jobwarden_cleanup_queue_depth Cleanup tasks pending or running."
+        );
         let _ = writeln!(o, "# TYPE jobwarden_cleanup_queue_depth gauge");
-        let _ = writeln!(o, "jobwarden_cleanup_queue_depth {}", self.queue_depth.load(Ordering::Relaxed));
-        let _ = writeln!(o, "# HELP jobwarden_cleanup_queue_dead Dead-lettered cleanup tasks.");
+        let _ = writeln!(
+            o,
+            "jobwarden_cleanup_queue_depth {}",
+            self.queue_depth.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP jobwarden_cleanup_queue_dead Dead-lettered cleanup tasks."
+        );
         let _ = writeln!(o, "# TYPE jobwarden_cleanup_queue_dead gauge");
-        let _ = writeln!(o, "jobwarden_cleanup_queue_dead {}", self.queue_dead.load(Ordering::Relaxed));
-        let _ = writeln!(o, "# HELP jobwarden_cleanup_tasks_total Cleanup task executions by kind and result.");
+        let _ = writeln!(
+            o,
+            "jobwarden_cleanup_queue_dead {}",
+            self.queue_dead.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP jobwarden_cleanup_tasks_total Cleanup task executions by kind and result."
+        );
         let _ = writeln!(o, "# TYPE jobwarden_cleanup_tasks_total counter");
-        for ((kind, result), n) in self.cleanup_tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(o, "jobwarden_cleanup_tasks_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
+        for ((kind, result), n) in self
+            .cleanup_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                o,
+                "jobwarden_cleanup_tasks_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
+            );
         }
         let _ = writeln!(o, "# HELP jobwarden_audit_rows_total Audit rows written.");
         let _ = writeln!(o, "# TYPE jobwarden_audit_rows_total counter");
-        let _ = writeln!(o, "jobwarden_audit_rows_total {}", self.audit_rows.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "jobwarden_audit_rows_total {}",
+            self.audit_rows.load(Ordering::Relaxed)
+        );
         let _ = writeln!(o, "# HELP jobwarden_errors_total Errors by kind.");
         let _ = writeln!(o, "# TYPE jobwarden_errors_total counter");
         for (kind, n) in self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -166,10 +206,25 @@ mod tests {
         m.step_taken(Step::SoftKill, 0.2);
         m.step_taken(Step::Warn, 100.0);
         let text = m.render();
-        assert!(text.contains("jobwarden_escalation_steps_total{action=\"soft_kill\"} 2"), "{text}");
-        assert!(text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"0.25\"} 2"), "{text}");
-        assert!(text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
-        assert!(text.contains("jobwarden_enforcement_delay_seconds_count 3"), "{text}");
+        assert!(
+            text.contains("jobwarden_escalation_steps_total{action=\"soft_kill\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"0.25\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jobwarden_enforcement_delay_seconds_bucket{le=\"+Inf\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jobwarden_enforcement_delay_seconds_count 3"),
+            "{text}"
+        );
     }
 }

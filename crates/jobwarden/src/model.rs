@@ -388,7 +388,9 @@ mod tests {
 
     #[test]
     fn job_ids_refuse_path_and_ref_escapes() {
-        for bad in ["", ".", "..", "a/b", "../x", "a b", "a\nb", "a\0b", "ä", "x:y", "a~1", "a^"] {
+        for bad in [
+            "", ".", "..", "a/b", "../x", "a b", "a\nb", "a\0b", "ä", "x:y", "a~1", "a^",
+        ] {
             assert!(JobId::parse(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["a", "job-1", "J.O_B-9", "01jds2k3...x", &"a".repeat(128)] {
@@ -416,7 +418,12 @@ mod tests {
         for a in AuditAction::ALL {
             assert_eq!(a.as_str().parse::<AuditAction>(), Ok(*a));
         }
-        assert!("bogus".parse::<Step>().expect_err("unknown").contains("soft_kill"));
+        assert!(
+            "bogus"
+                .parse::<Step>()
+                .expect_err("unknown")
+                .contains("soft_kill")
+        );
     }
 
     #[test]

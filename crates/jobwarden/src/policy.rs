@@ -278,9 +278,15 @@ mod tests {
         let r = resolve(&job(None, Some("build"), Some(600)), &p);
         assert_eq!((r.timeout.as_secs(), r.source), (600, TimeoutSource::Job));
         let r = resolve(&job(None, Some("build"), None), &p);
-        assert_eq!((r.timeout.as_secs(), r.source), (3600, TimeoutSource::JobType));
+        assert_eq!(
+            (r.timeout.as_secs(), r.source),
+            (3600, TimeoutSource::JobType)
+        );
         let r = resolve(&job(None, Some("other"), None), &p);
-        assert_eq!((r.timeout.as_secs(), r.source), (7200, TimeoutSource::Global));
+        assert_eq!(
+            (r.timeout.as_secs(), r.source),
+            (7200, TimeoutSource::Global)
+        );
     }
 
     #[test]
@@ -300,7 +306,10 @@ mod tests {
     fn hard_max_caps_everything() {
         let p = policy();
         let r = resolve(&job(Some("other"), None, Some(100 * 3600)), &p);
-        assert_eq!((r.timeout.as_secs(), r.capped_by), (24 * 3600, Some(Cap::HardMax)));
+        assert_eq!(
+            (r.timeout.as_secs(), r.capped_by),
+            (24 * 3600, Some(Cap::HardMax))
+        );
     }
 
     #[test]
@@ -352,16 +361,22 @@ mod tests {
             "{text}"
         );
         let r = resolve(&s, &policy());
-        assert_eq!((r.timeout.as_secs(), r.source), (3600, TimeoutSource::JobType));
+        assert_eq!(
+            (r.timeout.as_secs(), r.source),
+            (3600, TimeoutSource::JobType)
+        );
     }
 
     #[test]
     fn zero_timeout_annotation_is_rejected_zero_ttl_accepted() {
         let keys = AnnotationKeys::new("x/");
-        let ann: BTreeMap<String, String> = [("x/timeout-seconds", "0"), ("x/ttl-seconds-after-finished", "0")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let ann: BTreeMap<String, String> = [
+            ("x/timeout-seconds", "0"),
+            ("x/ttl-seconds-after-finished", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
         let (s, w) = settings_from_annotations("j", &ann, &BTreeMap::new(), &keys);
         assert_eq!(s.timeout, None);
         assert_eq!(s.ttl, Some(Duration::ZERO));

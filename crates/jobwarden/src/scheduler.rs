@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(s.cancel(&3), Some(t(3)));
         assert_eq!(s.cancel(&3), None);
         let first = s.pop_due(t(100), 4);
-        assert_eq!(first.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![0, 1, 2, 4]);
+        assert_eq!(
+            first.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![0, 1, 2, 4]
+        );
         assert_eq!(s.len(), 5);
         s.set(9, None);
         assert_eq!(s.len(), 4);
@@ -196,7 +199,11 @@ mod tests {
             s.arm("a", t(i));
         }
         assert_eq!(s.len(), 1);
-        assert!(s.heap.len() <= 1024 + 2, "heap holds {} stale entries", s.heap.len());
+        assert!(
+            s.heap.len() <= 1024 + 2,
+            "heap holds {} stale entries",
+            s.heap.len()
+        );
         assert_eq!(s.pop_due(t(1_000_000), 10), vec![("a", t(99_999))]);
     }
 

@@ -71,7 +71,12 @@ fn from_command(e: CommandError) -> Response {
     )
 }
 
-async fn require_token(State(st): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn require_token(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &st.shared.token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -87,6 +92,10 @@ async fn require_token(State(st): State<ApiState>, headers: HeaderMap, req: Requ
     next.run(req).await
 }
 
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the handler's early 404 response, built once per bad request"
+)]
 fn parse_id(id: &str) -> Result<JobId, Response> {
     JobId::parse(id).map_err(|e| error(StatusCode::NOT_FOUND, e.to_string()))
 }
@@ -121,7 +130,11 @@ pub fn validate_submit(req: &SubmitRequest) -> Result<(), String> {
     {
         return Err("field `timeout`: must be greater than 0".into());
     }
-    for (field, v) in [("name", &req.name), ("org", &req.org), ("type", &req.job_type)] {
+    for (field, v) in [
+        ("name", &req.name),
+        ("org", &req.org),
+        ("type", &req.job_type),
+    ] {
         if let Some(v) = v
             && (v.is_empty() || v.len() > 253 || v.chars().any(char::is_control))
         {
@@ -168,7 +181,9 @@ fn view(st: &ApiState, job: &JobRecord) -> JobView {
 
 async fn list_jobs(State(st): State<ApiState>) -> Response {
     match st.shared.store.list_jobs(&JobFilter::default()).await {
-        Ok(jobs) => axum::Json(jobs.iter().map(|j| view(&st, j)).collect::<Vec<_>>()).into_response(),
+        Ok(jobs) => {
+            axum::Json(jobs.iter().map(|j| view(&st, j)).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
     }
 }
@@ -227,7 +242,12 @@ struct AuditParams {
 }
 
 async fn audit(State(st): State<ApiState>, Query(p): Query<AuditParams>) -> Response {
-    let action = match p.action.as_deref().map(str::parse::<AuditAction>).transpose() {
+    let action = match p
+        .action
+        .as_deref()
+        .map(str::parse::<AuditAction>)
+        .transpose()
+    {
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("parameter `action`: {e}")),
     };
@@ -271,14 +291,28 @@ async fn plan(State(st): State<ApiState>) -> Response {
             Decision::Nothing => match ladder::next_step(job, &st.shared.policy.warn_before) {
                 Some(s) => (s.step.as_str().to_owned(), Some(s.due_at), false, None),
                 None => match wake {
-                    Some(w) if !job.stage.is_active() => ("ttl_cleanup".to_owned(), Some(w), false, None),
-                    Some(w) => ("check".to_owned(), Some(w), false, Some("heartbeat / startup check".to_owned())),
+                    Some(w) if !job.stage.is_active() => {
+                        ("ttl_cleanup".to_owned(), Some(w), false, None)
+                    }
+                    Some(w) => (
+                        "check".to_owned(),
+                        Some(w),
+                        false,
+                        Some("heartbeat / startup check".to_owned()),
+                    ),
                     None => continue,
                 },
             },
             Decision::Step { step, due_at } => (step.as_str().to_owned(), Some(due_at), true, None),
-            Decision::Cleanup { due_at, .. } => ("ttl_cleanup".to_owned(), Some(due_at), true, None),
-            Decision::Recover { attempt, reason } => ("recover".to_owned(), None, true, Some(format!("attempt {attempt}: {reason}"))),
+            Decision::Cleanup { due_at, .. } => {
+                ("ttl_cleanup".to_owned(), Some(due_at), true, None)
+            }
+            Decision::Recover { attempt, reason } => (
+                "recover".to_owned(),
+                None,
+                true,
+                Some(format!("attempt {attempt}: {reason}")),
+            ),
             Decision::MarkFailed { reason } => ("mark_failed".to_owned(), None, true, Some(reason)),
         };
         out.push(PlanEntry {
@@ -296,7 +330,8 @@ async fn plan(State(st): State<ApiState>) -> Response {
 }
 
 async fn orphans(State(st): State<ApiState>) -> Response {
-    let (report, _) = crate::daemon::orphans::scan(&st.shared, &st.runtime, clock::now()).await;
+    let (report, _, _) =
+        crate::daemon::orphans::scan_all(&st.shared, &st.runtime, clock::now()).await;
     axum::Json(report).into_response()
 }
 
@@ -308,6 +343,29 @@ async fn orphans_clean(State(st): State<ApiState>) -> Response {
 }
 
 async fn readyz(State(st): State<ApiState>) -> Response {
+    let artifacts = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        st.shared.artifacts.check_reachable(),
+    )
+    .await;
+    match artifacts {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("artifacts unreachable: {e}"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "artifacts unreachable: {} did not answer within 5s",
+                    st.shared.artifacts.location()
+                ),
+            );
+        }
+    }
     match st.shared.store.ping().await {
         Ok(()) => {
             st.shared.set_store_ok(true);
@@ -315,7 +373,10 @@ async fn readyz(State(st): State<ApiState>) -> Response {
         }
         Err(e) => {
             st.shared.set_store_ok(false);
-            error(StatusCode::SERVICE_UNAVAILABLE, format!("store unreachable: {e}"))
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store unreachable: {e}"),
+            )
         }
     }
 }
@@ -334,22 +395,34 @@ mod tests {
 
     #[test]
     fn body_errors_name_the_field() {
-        let e = parse_body::<SubmitRequest>(br#"{"command":["x"],"timout":"1h"}"#).expect_err("unknown");
+        let e = parse_body::<SubmitRequest>(br#"{"command":["x"],"timout":"1h"}"#)
+            .expect_err("unknown");
         assert!(e.contains("timout"), "{e}");
         let e = parse_body::<SubmitRequest>(br#"{"command":"x"}"#).expect_err("type");
         assert!(e.contains("`command`"), "{e}");
-        let e = parse_body::<SubmitRequest>(br#"{"command":["x"],"timeout":"2x"}"#).expect_err("dur");
+        let e =
+            parse_body::<SubmitRequest>(br#"{"command":["x"],"timeout":"2x"}"#).expect_err("dur");
         assert!(e.contains("`timeout`") && e.contains("2x"), "{e}");
         let e = parse_body::<SubmitRequest>(br#"{"command":["x"],"grace":-1}"#).expect_err("neg");
         assert!(e.contains("`grace`"), "{e}");
         let e = parse_body::<SubmitRequest>(b"not json").expect_err("syntax");
         assert!(e.contains("invalid request body"), "{e}");
-        let ok: SubmitRequest = parse_body(br#"{"command":["sleep","1"],"timeout":30,"ttl":"1h"}"#).expect("ok");
+        let ok: SubmitRequest =
+            parse_body(br#"{"command":["sleep","1"],"timeout":30,"ttl":"1h"}"#).expect("ok");
         assert_eq!(ok.timeout.map(|d| d.as_secs()), Some(30));
         assert!(validate_submit(&ok).is_ok());
         let empty: SubmitRequest = parse_body(br#"{"command":[]}"#).expect("parses");
-        assert!(validate_submit(&empty).expect_err("empty").contains("`command`"));
-        let zero: SubmitRequest = parse_body(br#"{"command":["x"],"timeout":"0s"}"#).expect("parses");
-        assert!(validate_submit(&zero).expect_err("zero").contains("`timeout`"));
+        assert!(
+            validate_submit(&empty)
+                .expect_err("empty")
+                .contains("`command`")
+        );
+        let zero: SubmitRequest =
+            parse_body(br#"{"command":["x"],"timeout":"0s"}"#).expect("parses");
+        assert!(
+            validate_submit(&zero)
+                .expect_err("zero")
+                .contains("`timeout`")
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! and carries decisions out on the local runtime.
 //!
 //! One task, fed by a command channel (submit, cancel, heartbeat) and the runtime's exit
-//! channel, sleeping until the scheduler's next due time: no ticker scans all jobs. For
+//! channel, sleeping until the scheduler's next due time: no ticker scans all jobs.
+//! pre_start hooks run in tasks of their own and report back, so a slow hook never delays
+//! another job's ladder. For
 //! each due job it calls [`crate::engine::decide`] with the current time and acts:
 //!
 //! - a step is first recorded in the store (with its audit row, once per run); only a
@@ -64,7 +66,10 @@ impl CommandError {
 #[derive(Debug)]
 pub enum Command {
     /// Start a job.
-    Submit(SubmitRequest, oneshot::Sender<Result<JobRecord, CommandError>>),
+    Submit(
+        SubmitRequest,
+        oneshot::Sender<Result<JobRecord, CommandError>>,
+    ),
     /// Cancel: soft_kill now, then the normal ladder.
     Cancel(JobId, oneshot::Sender<Result<JobRecord, CommandError>>),
     /// A heartbeat (never extends a deadline).
@@ -81,6 +86,19 @@ pub struct Enforcer {
     exits: mpsc::UnboundedReceiver<ExitEvent>,
     /// Exit events that arrived before the job was registered (spawn races).
     early_exits: Vec<ExitEvent>,
+    /// pre_start hooks run in their own tasks (a slow hook must not stall every other job's
+    /// ladder) and report back here.
+    pre_started_tx: mpsc::UnboundedSender<PreStarted>,
+    pre_started: mpsc::UnboundedReceiver<PreStarted>,
+    /// Jobs whose pre_start hooks are running → whether they were cancelled meanwhile.
+    starting: HashMap<JobId, bool>,
+}
+
+/// A submitted job whose pre_start hooks have run.
+struct PreStarted {
+    job: JobRecord,
+    outcomes: Vec<crate::hooks::HookOutcome>,
+    reply: oneshot::Sender<Result<JobRecord, CommandError>>,
 }
 
 /// Retry delay when the store did not answer.
@@ -94,6 +112,7 @@ impl Enforcer {
         commands: mpsc::Receiver<Command>,
         exits: mpsc::UnboundedReceiver<ExitEvent>,
     ) -> Self {
+        let (pre_started_tx, pre_started) = mpsc::unbounded_channel();
         Enforcer {
             shared,
             runtime,
@@ -102,6 +121,9 @@ impl Enforcer {
             commands,
             exits,
             early_exits: Vec::new(),
+            pre_started_tx,
+            pre_started,
+            starting: HashMap::new(),
         }
     }
 
@@ -118,11 +140,15 @@ impl Enforcer {
                 _ = super::stopped(&mut shutdown) => break,
                 Some(ev) = self.exits.recv() => self.on_exit(ev).await,
                 Some(cmd) = self.commands.recv() => self.on_command(cmd).await,
+                Some(p) = self.pre_started.recv() => self.after_pre_start(p).await,
                 _ = tokio::time::sleep(sleep) => {}
             }
             self.run_due().await;
         }
-        tracing::info!(jobs = self.jobs.len(), "enforcer stopped; jobs keep running");
+        tracing::info!(
+            jobs = self.jobs.len(),
+            "enforcer stopped; jobs keep running"
+        );
     }
 
     async fn run_due(&mut self) {
@@ -163,7 +189,13 @@ impl Enforcer {
         };
         self.shared.set_store_ok(true);
         let now = clock::now();
+        let mut requeue = Vec::new();
         for job in jobs {
+            if job.stage == Stage::Cleanup && !job.dry_run {
+                // A crash may have fallen between the stage change and the enqueue; the
+                // queue de-duplicates tasks that are still pending.
+                requeue.extend(self.cleanup_tasks(&job, now));
+            }
             if matches!(job.stage, Stage::Cleanup | Stage::Cleaned) {
                 continue;
             }
@@ -174,6 +206,12 @@ impl Enforcer {
                 self.readopt(&id, now).await;
             }
             self.sched.arm(id, now);
+        }
+        if !requeue.is_empty() {
+            match self.shared.store.enqueue_many(&requeue, now).await {
+                Ok(_) => self.shared.queue_kick.notify_waiters(),
+                Err(e) => self.store_error("re-queueing interrupted cleanups", &e),
+            }
         }
         tracing::info!(jobs = self.jobs.len(), "loaded jobs from the store");
     }
@@ -192,12 +230,19 @@ impl Enforcer {
             if let Some(step) = last_kill
                 && !job.dry_run
             {
-                let sig = if step == Step::SoftKill { Signal::TERM } else { Signal::KILL };
+                let sig = if step == Step::SoftKill {
+                    Signal::TERM
+                } else {
+                    Signal::KILL
+                };
                 let res = self.runtime.signal(&job, sig);
                 let audit = self.audit(
                     &job,
                     step.into(),
-                    format!("re-sent {} after a daemon restart (idempotent)", sig_name(sig)),
+                    format!(
+                        "re-sent {} after a daemon restart (idempotent)",
+                        sig_name(sig)
+                    ),
                     res.as_ref().err().map(|e| e.to_string()),
                     now,
                 );
@@ -214,7 +259,11 @@ impl Enforcer {
             return;
         }
         let killed = job.has_step(Step::SoftKill);
-        let outcome = if killed { Outcome::Terminated } else { Outcome::Lost };
+        let outcome = if killed {
+            Outcome::Terminated
+        } else {
+            Outcome::Lost
+        };
         self.finish(
             &mut job,
             outcome,
@@ -230,7 +279,12 @@ impl Enforcer {
             None,
             now,
         );
-        if let Err(e) = self.shared.store.update_job_with_audit(&job, &[audit]).await {
+        if let Err(e) = self
+            .shared
+            .store
+            .update_job_with_audit(&job, &[audit])
+            .await
+        {
             self.store_error("marking vanished job", &e);
         }
         self.jobs.insert(id.clone(), job);
@@ -238,10 +292,7 @@ impl Enforcer {
 
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit(req, reply) => {
-                let r = self.submit(req).await;
-                let _ = reply.send(r);
-            }
+            Command::Submit(req, reply) => self.submit(req, reply).await,
             Command::Cancel(id, reply) => {
                 let r = self.cancel(&id).await;
                 let _ = reply.send(r);
@@ -253,11 +304,92 @@ impl Enforcer {
         }
     }
 
-    async fn submit(&mut self, req: SubmitRequest) -> Result<JobRecord, CommandError> {
-        if !self.shared.store_ok.load(std::sync::atomic::Ordering::SeqCst)
+    /// Records a new job, then runs its pre_start hooks (in the background) or starts it.
+    /// `reply` gets the job once it started or was vetoed.
+    async fn submit(
+        &mut self,
+        req: SubmitRequest,
+        reply: oneshot::Sender<Result<JobRecord, CommandError>>,
+    ) {
+        let job = match self.record_new_job(req).await {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if !self.shared.hooks.has("pre_start") {
+            let job = self.start_new_job(job).await;
+            let _ = reply.send(Ok(job));
+            return;
+        }
+        let shared = self.shared.clone();
+        let done = self.pre_started_tx.clone();
+        self.starting.insert(job.id.clone(), false);
+        tokio::spawn(async move {
+            let payload = HookPayload::new("pre_start", &job, None, clock::now());
+            let outcomes = shared.hooks.fire(&payload).await;
+            let _ = done.send(PreStarted {
+                job,
+                outcomes,
+                reply,
+            });
+        });
+    }
+
+    /// pre_start hooks have run: audit them, then start the job or fail it (veto).
+    async fn after_pre_start(&mut self, p: PreStarted) {
+        let PreStarted {
+            mut job,
+            outcomes,
+            reply,
+        } = p;
+        let audits: Vec<AuditEntry> = outcomes
+            .iter()
+            .map(|o| self.hook_audit(&job, "pre_start", o, clock::now()))
+            .collect();
+        self.append_audit(audits).await;
+        let cancelled = self.starting.remove(&job.id).unwrap_or(false);
+        let veto = outcomes.iter().find(|o| !o.ok).map(|veto| {
+            format!(
+                "pre_start hook vetoed the start: {}",
+                veto.error.clone().unwrap_or_default()
+            )
+        });
+        let end = match (cancelled, veto) {
+            (true, _) => Some((
+                Outcome::Terminated,
+                "cancelled before it started".to_owned(),
+            )),
+            (false, Some(reason)) => Some((Outcome::Failed, reason)),
+            (false, None) => None,
+        };
+        let job = if let Some((outcome, reason)) = end {
+            let now = clock::now();
+            let id = job.id.clone();
+            self.finish(&mut job, outcome, None, None, reason, now);
+            self.persist(&job).await;
+            self.jobs.insert(id.clone(), job.clone());
+            self.sched.arm(id, now);
+            job
+        } else {
+            self.start_new_job(job).await
+        };
+        let _ = reply.send(Ok(job));
+    }
+
+    /// Validates the store is up, resolves the policy and inserts the job (stage pre_start).
+    async fn record_new_job(&mut self, req: SubmitRequest) -> Result<JobRecord, CommandError> {
+        if !self
+            .shared
+            .store_ok
+            .load(std::sync::atomic::Ordering::SeqCst)
             && self.shared.store.ping().await.is_err()
         {
-            return Err(CommandError::new(503, "store unavailable; not accepting jobs"));
+            return Err(CommandError::new(
+                503,
+                "store unavailable; not accepting jobs",
+            ));
         }
         let now = clock::now();
         let settings = JobSettings {
@@ -278,7 +410,7 @@ impl Enforcer {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "job".into())
         });
-        let mut job = JobRecord {
+        let job = JobRecord {
             id: id.clone(),
             run_id: ulid::Ulid::from_parts(
                 u64::try_from(now.timestamp_millis()).unwrap_or(0),
@@ -294,12 +426,15 @@ impl Enforcer {
             job_type: req.job_type.clone(),
             stage: Stage::PreStart,
             outcome: None,
-            reason: resolved
-                .capped_by
-                .map(|c| format!("timeout capped by {}", match c {
-                    crate::policy::Cap::OrganizationMax => "the organisation maximum",
-                    crate::policy::Cap::HardMax => "the platform hard maximum",
-                })),
+            reason: resolved.capped_by.map(|c| {
+                format!(
+                    "timeout capped by {}",
+                    match c {
+                        crate::policy::Cap::OrganizationMax => "the organisation maximum",
+                        crate::policy::Cap::HardMax => "the platform hard maximum",
+                    }
+                )
+            }),
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -322,34 +457,18 @@ impl Enforcer {
             self.store_error("recording a new job", &e);
             CommandError::new(503, format!("store: {e}"))
         })?;
-        // pre_start hooks may veto.
-        if self.shared.hooks.has("pre_start") {
-            let payload = HookPayload::new("pre_start", &job, None, now);
-            let outcomes = self.shared.hooks.fire(&payload).await;
-            let audits: Vec<AuditEntry> = outcomes
-                .iter()
-                .map(|o| self.hook_audit(&job, "pre_start", o, clock::now()))
-                .collect();
-            self.append_audit(audits).await;
-            if let Some(veto) = outcomes.iter().find(|o| !o.ok) {
-                let reason = format!(
-                    "pre_start hook vetoed the start: {}",
-                    veto.error.clone().unwrap_or_default()
-                );
-                let now = clock::now();
-                self.finish(&mut job, Outcome::Failed, None, None, reason, now);
-                self.persist(&job).await;
-                self.jobs.insert(id.clone(), job.clone());
-                self.sched.arm(id, now);
-                return Ok(job);
-            }
-        }
+        Ok(job)
+    }
+
+    /// Spawns a recorded job's first run and starts watching it.
+    async fn start_new_job(&mut self, mut job: JobRecord) -> JobRecord {
+        let id = job.id.clone();
         self.start_run(&mut job, clock::now());
         self.persist(&job).await;
         self.jobs.insert(id.clone(), job.clone());
         self.sched.arm(id.clone(), clock::now());
         self.flush_early_exits().await;
-        Ok(self.jobs.get(&id).cloned().unwrap_or(job))
+        self.jobs.get(&id).cloned().unwrap_or(job)
     }
 
     /// Starts (or restarts) the job's command: sets run times and spawns.
@@ -371,7 +490,14 @@ impl Enforcer {
             }
             Err(e) => {
                 tracing::warn!(job = %job.id, "start failed: {e}");
-                self.finish(job, Outcome::Failed, None, None, format!("could not start: {e}"), now);
+                self.finish(
+                    job,
+                    Outcome::Failed,
+                    None,
+                    None,
+                    format!("could not start: {e}"),
+                    now,
+                );
             }
         }
     }
@@ -384,6 +510,27 @@ impl Enforcer {
     }
 
     async fn cancel(&mut self, id: &JobId) -> Result<JobRecord, CommandError> {
+        if let Some(cancelled) = self.starting.get_mut(id) {
+            // Its pre_start hooks are still running: it will not be started.
+            *cancelled = true;
+            let job = match self.shared.store.get_job(id).await {
+                Ok(Some(j)) => j,
+                Ok(None) => return Err(CommandError::new(404, format!("no job with id {id}"))),
+                Err(e) => return Err(CommandError::new(503, format!("store: {e}"))),
+            };
+            let audit = AuditEntry {
+                initiated_by: "user".into(),
+                ..self.audit(
+                    &job,
+                    AuditAction::Cancel,
+                    "cancelled through the API before it started (pre_start hooks running)".into(),
+                    None,
+                    clock::now(),
+                )
+            };
+            self.append_audit(vec![audit]).await;
+            return Ok(job);
+        }
         let Some(job) = self.jobs.get(id).cloned() else {
             return match self.shared.store.get_job(id).await {
                 Ok(Some(j)) => Err(CommandError::new(
@@ -403,11 +550,18 @@ impl Enforcer {
         let now = clock::now();
         let audit = AuditEntry {
             initiated_by: "user".into(),
-            ..self.audit(&job, AuditAction::Cancel, "cancelled through the API".into(), None, now)
+            ..self.audit(
+                &job,
+                AuditAction::Cancel,
+                "cancelled through the API".into(),
+                None,
+                now,
+            )
         };
         self.append_audit(vec![audit]).await;
         if !job.has_step(Step::SoftKill) {
-            self.take_step(id, Step::SoftKill, now, now, "cancelled").await;
+            self.take_step(id, Step::SoftKill, now, now, "cancelled")
+                .await;
         }
         self.reschedule(id, clock::now());
         self.jobs
@@ -444,8 +598,7 @@ impl Enforcer {
         }
         let mut job = job.clone();
         let now = clock::now();
-        let by_us = job.has_step(Step::SoftKill) && !job.dry_run
-            || job.has_step(Step::HardKill) && !job.dry_run;
+        let by_us = !job.dry_run && (job.has_step(Step::SoftKill) || job.has_step(Step::HardKill));
         let outcome = if ev.status_known {
             lifecycle::outcome_of_exit(ev.exit_code, ev.signal, by_us)
         } else if by_us {
@@ -460,7 +613,10 @@ impl Enforcer {
             _ => "exited".to_owned(),
         };
         let reason = if outcome == Outcome::Terminated {
-            format!("terminated by jobwarden ({}); {reason}", job.reason.clone().unwrap_or_else(|| "timeout".into()))
+            format!(
+                "terminated by jobwarden ({}); {reason}",
+                job.reason.clone().unwrap_or_else(|| "timeout".into())
+            )
         } else {
             reason
         };
@@ -506,7 +662,11 @@ impl Enforcer {
                     self.sched.set(id.clone(), wake);
                     if wake.is_none() && !self.jobs.get(id).is_some_and(|j| j.stage.is_active()) {
                         // Finished without TTL (missing finish time) or handed to cleanup.
-                        if self.jobs.get(id).is_some_and(|j| matches!(j.stage, Stage::Cleanup | Stage::Cleaned)) {
+                        if self
+                            .jobs
+                            .get(id)
+                            .is_some_and(|j| matches!(j.stage, Stage::Cleanup | Stage::Cleaned))
+                        {
                             self.jobs.remove(id);
                         }
                     }
@@ -518,8 +678,14 @@ impl Enforcer {
                         return;
                     }
                 }
-                Decision::Cleanup { due_at, finish_in_future } => {
-                    if !self.schedule_cleanup(id, due_at, finish_in_future, now).await {
+                Decision::Cleanup {
+                    due_at,
+                    finish_in_future,
+                } => {
+                    if !self
+                        .schedule_cleanup(id, due_at, finish_in_future, now)
+                        .await
+                    {
                         self.sched.arm(id.clone(), add(now, STORE_RETRY));
                         return;
                     }
@@ -542,7 +708,10 @@ impl Enforcer {
     }
 
     fn diagnose(&self, job: &JobRecord) -> Diagnosis {
-        if job.stage == Stage::Running && job.heartbeat_timeout.is_some() && !self.runtime.is_alive(job) {
+        if job.stage == Stage::Running
+            && job.heartbeat_timeout.is_some()
+            && !self.runtime.is_alive(job)
+        {
             // Only reached for jobs whose process vanished while the daemon was down: a
             // process exiting under our watch is reported through its exit instead.
             return Diagnosis::Gone;
@@ -584,12 +753,23 @@ impl Enforcer {
                 "still running {} after SIGTERM; SIGKILL to the process group",
                 crate::duration::format_duration(job.grace)
             ),
-            Step::ForceDelete => "still present after SIGKILL; removing the workspace and marking the job".into(),
+            Step::ForceDelete => {
+                "still present after SIGKILL; removing the workspace and marking the job".into()
+            }
         };
         let mut audit = self.audit(&job, step.into(), reason, None, now);
         audit.dry_run = dry;
-        let taken = StepTaken { step, due_at, at: now };
-        match self.shared.store.record_step(&job.id, &job.run_id, &taken, &audit).await {
+        let taken = StepTaken {
+            step,
+            due_at,
+            at: now,
+        };
+        match self
+            .shared
+            .store
+            .record_step(&job.id, &job.run_id, &taken, &audit)
+            .await
+        {
             Ok(true) => {
                 self.shared.set_store_ok(true);
                 self.shared.metrics.audit_written(1);
@@ -600,7 +780,11 @@ impl Enforcer {
                     Ok(Some(stored)) if stored.run_id == job.run_id => stored,
                     _ => job,
                 };
-                if !synced.steps.iter().any(|s| s.step == step && s.due_at == due_at) {
+                if !synced
+                    .steps
+                    .iter()
+                    .any(|s| s.step == step && s.due_at == due_at)
+                {
                     // Never decide the same step again, whatever the store's copy says.
                     synced.steps.push(taken);
                 }
@@ -690,7 +874,11 @@ impl Enforcer {
             let mut a = self.audit(
                 &job,
                 AuditAction::TtlCleanup,
-                format!("TTL {} expired at {}; would remove workspace and logs", crate::duration::format_duration(ttl), fmt_ts(due_at)),
+                format!(
+                    "TTL {} expired at {}; would remove workspace and logs",
+                    crate::duration::format_duration(ttl),
+                    fmt_ts(due_at)
+                ),
                 None,
                 now,
             );
@@ -707,10 +895,37 @@ impl Enforcer {
             self.sched.cancel(id);
             return true;
         }
+        let tasks = self.cleanup_tasks(&job, now);
+        job.stage = Stage::Cleanup;
+        // Stage first, then tasks: a crash in between leaves a `cleanup` job whose tasks
+        // are re-queued on the next start (see `load`), never tasks for a job we forgot.
+        if let Err(e) = self.shared.store.update_job(&job).await {
+            self.store_error("moving a job to cleanup", &e);
+            return false;
+        }
+        if let Err(e) = self.shared.store.enqueue_many(&tasks, now).await {
+            self.store_error("queueing cleanup", &e);
+            job.stage = self.jobs.get(id).map(|j| j.stage).unwrap_or(Stage::Failed);
+            let _ = self.shared.store.update_job(&job).await;
+            return false;
+        }
+        self.fire_hooks("cleanup", &job, None, now);
+        self.shared.queue_kick.notify_waiters();
+        self.jobs.remove(id);
+        self.sched.cancel(id);
+        true
+    }
+
+    /// The queue tasks that remove a finished job's workspace (now) and its log (by the
+    /// log retention).
+    fn cleanup_tasks(&self, job: &JobRecord, now: Timestamp) -> Vec<NewTask> {
+        let id = &job.id;
+        let ttl = retention::ttl_for(job, &self.shared.config.retention);
         let max_attempts = self.shared.config.queue.max_attempts;
         let finished = job.finished_at.unwrap_or(now);
         let log_at = add(finished, self.shared.config.retention.artifacts.logs.0);
-        let tasks = vec![
+        let mut tasks = self.artifact_tasks(job, ttl, now);
+        tasks.extend(vec![
             NewTask {
                 dedup_key: format!("workspace:{}:{}", id, job.run_id),
                 job_id: Some(id.to_string()),
@@ -731,25 +946,40 @@ impl Enforcer {
                 scheduled_at: log_at.max(now),
                 max_attempts,
             },
-        ];
-        job.stage = Stage::Cleanup;
-        // Stage first, then tasks: a crash in between leaves a `cleanup` job whose tasks
-        // are re-queued on the next start (see `load`), never tasks for a job we forgot.
-        if let Err(e) = self.shared.store.update_job(&job).await {
-            self.store_error("moving a job to cleanup", &e);
-            return false;
-        }
-        if let Err(e) = self.shared.store.enqueue_many(&tasks, now).await {
-            self.store_error("queueing cleanup", &e);
-            job.stage = self.jobs.get(id).map(|j| j.stage).unwrap_or(Stage::Failed);
-            let _ = self.shared.store.update_job(&job).await;
-            return false;
-        }
-        self.fire_hooks("cleanup", &job, None, now);
-        self.shared.queue_kick.notify_waiters();
-        self.jobs.remove(id);
-        self.sched.cancel(id);
-        true
+        ]);
+        tasks
+    }
+
+    /// One queue task per artifact kind (`jobs/<org>/<id>/`, `partial/<id>/`, `logs/<id>/`),
+    /// due at finish + that kind's retention (`artifacts` defaults to the job's TTL).
+    fn artifact_tasks(&self, job: &JobRecord, ttl: Duration, now: Timestamp) -> Vec<NewTask> {
+        let r = &self.shared.config.retention.artifacts;
+        let retention = crate::artifacts::retention::ArtifactRetention {
+            artifacts: r.artifacts.unwrap_or(crate::duration::Dur(ttl)),
+            partial: r.partial,
+            logs: r.logs,
+        };
+        let planned = match crate::artifacts::retention::tasks_for_job(job, &retention) {
+            Ok(p) => p,
+            Err(e) => {
+                // An org that cannot be a key segment: its artifacts cannot be ours either.
+                tracing::warn!(job = %job.id, "no artifact retention: {e}");
+                return Vec::new();
+            }
+        };
+        planned
+            .into_iter()
+            .map(|t| NewTask {
+                dedup_key: format!("artifacts:{}:{}:{}", t.kind.root(), job.id, job.run_id),
+                job_id: Some(job.id.to_string()),
+                kind: "artifact_prefix".into(),
+                resource_name: t.prefix.clone(),
+                payload: serde_json::to_value(&t).unwrap_or(serde_json::Value::Null),
+                priority: 0,
+                scheduled_at: t.due_at.max(now),
+                max_attempts: self.shared.config.queue.max_attempts,
+            })
+            .collect()
     }
 
     async fn recover(&mut self, id: &JobId, attempt: u32, reason: String, now: Timestamp) -> bool {
@@ -892,7 +1122,13 @@ impl Enforcer {
             error_message: o.error.clone(),
             dry_run: false,
             details: Some(serde_json::json!({ "event": event, "attempts": o.attempts })),
-            ..self.audit(job, AuditAction::Hook, format!("hook on {event}"), None, now)
+            ..self.audit(
+                job,
+                AuditAction::Hook,
+                format!("hook on {event}"),
+                None,
+                now,
+            )
         }
     }
 

@@ -73,6 +73,8 @@ pub struct Shared {
     pub deletions: ratelimit::RateLimiter,
     /// Wakes the cleanup workers when a task was queued.
     pub queue_kick: tokio::sync::Notify,
+    /// Object storage for artifacts, partial saves and logs.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 impl Shared {
@@ -101,6 +103,12 @@ pub enum StartError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The artifact store cannot be opened or reached.
+    #[error("artifacts: {0}")]
+    Artifacts(#[from] crate::artifacts::Error),
+    /// The artifact store did not answer in time.
+    #[error("artifacts: {0} did not answer within 15s")]
+    ArtifactsTimeout(String),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -131,9 +139,28 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         opts.data_dir.join("workspaces"),
         opts.data_dir.join("logs"),
     ] {
-        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir { path: dir, source })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| StartError::DataDir { path: dir, source })?;
     }
     let store = Store::open(&opts.store_url).await?;
+    let artifacts_config = crate::artifacts::ArtifactsConfig {
+        url: Some(opts.artifacts_url.clone()),
+        ..opts.config.artifacts.clone()
+    };
+    let artifacts = crate::artifacts::Artifacts::open(&artifacts_config, artifact_retry())?;
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        artifacts.check_reachable(),
+    )
+    .await
+    {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(StartError::ArtifactsTimeout(
+                artifacts.location().to_owned(),
+            ));
+        }
+    }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -156,6 +183,7 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         store_ok: AtomicBool::new(true),
         token: opts.token,
         queue_kick: tokio::sync::Notify::new(),
+        artifacts,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -213,6 +241,15 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         done,
         shared,
     })
+}
+
+/// Retries for object-storage calls: a few quick ones; the durable queue retries the rest.
+fn artifact_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(20),
+        ..object_store::RetryConfig::default()
+    }
 }
 
 /// Resolves once `shutdown` says stop (or its sender is gone).

@@ -20,6 +20,39 @@ use crate::model::{JobId, Timestamp, since};
 use crate::runtime::local::{LocalRuntime, tree_size};
 use crate::store::NewTask;
 
+/// The store as the artifact scan's source of known job ids (any stage, `cleaned` too).
+pub struct StoreKnown<'a>(pub &'a crate::store::Store);
+
+impl crate::artifacts::orphans::KnownIds for StoreKnown<'_> {
+    fn known<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Result<HashSet<String>, crate::artifacts::BoxError>> {
+        Box::pin(async move { self.0.known_job_ids(ids).await.map_err(Into::into) })
+    }
+}
+
+/// Scans object storage for prefixes whose job the store has never recorded.
+async fn scan_artifacts(
+    shared: &Shared,
+    now: Timestamp,
+) -> Result<Vec<crate::artifacts::orphans::OrphanPrefix>, String> {
+    let scan = crate::artifacts::orphans::scan(
+        &shared.artifacts,
+        crate::artifacts::ArtifactKind::ALL,
+        &StoreKnown(&shared.store),
+        shared.config.orphans.artifact_min_age.0,
+        now,
+        shared.config.safety.max_batch as usize,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(crate::artifacts::orphans::plan_deletions(
+        &scan,
+        shared.config.safety.max_batch as usize,
+    ))
+}
+
 /// Lists `dir` as candidates; `strip` removes a file suffix (`.log`).
 fn list_dir(dir: &Path, strip: Option<&str>) -> Listing<Vec<Candidate>> {
     let entries = match std::fs::read_dir(dir) {
@@ -58,7 +91,11 @@ fn list_dir(dir: &Path, strip: Option<&str>) -> Listing<Vec<Candidate>> {
 }
 
 /// One scan of workspaces and logs.
-pub async fn scan(shared: &Shared, runtime: &LocalRuntime, now: Timestamp) -> (OrphanReport, Vec<(String, Candidate)>) {
+pub async fn scan(
+    shared: &Shared,
+    runtime: &LocalRuntime,
+    now: Timestamp,
+) -> (OrphanReport, Vec<(String, Candidate)>) {
     let mut report = OrphanReport::default();
     let mut found = Vec::new();
     let min_age = shared.config.orphans.local_min_age.0;
@@ -108,10 +145,48 @@ pub async fn scan(shared: &Shared, runtime: &LocalRuntime, now: Timestamp) -> (O
     (report, found)
 }
 
-/// Scans and queues the deletion of what was found (bounded by `[safety] max_batch`).
-pub async fn clean(shared: &Shared, runtime: &LocalRuntime, now: Timestamp) -> Result<OrphanReport, String> {
+/// Local and object-storage orphans; object prefixes are returned for `clean`.
+pub async fn scan_all(
+    shared: &Shared,
+    runtime: &LocalRuntime,
+    now: Timestamp,
+) -> (
+    OrphanReport,
+    Vec<(String, Candidate)>,
+    Vec<crate::artifacts::orphans::OrphanPrefix>,
+) {
     let (mut report, found) = scan(shared, runtime, now).await;
-    let tasks: Vec<NewTask> = found
+    let prefixes = match scan_artifacts(shared, now).await {
+        Ok(p) => p,
+        Err(e) => {
+            report.skipped.push(format!("object storage: {e}"));
+            Vec::new()
+        }
+    };
+    for p in &prefixes {
+        report.orphans.push(OrphanView {
+            kind: format!("object_prefix:{}", p.kind.root()),
+            job_id: p.job_id.to_string(),
+            name: format!(
+                "{}/{}",
+                shared.artifacts.location().trim_end_matches('/'),
+                p.prefix
+            ),
+            bytes: p.bytes,
+            age_seconds: since(now, p.newest_modified).as_secs(),
+        });
+    }
+    (report, found, prefixes)
+}
+
+/// Scans and queues the deletion of what was found (bounded by `[safety] max_batch`).
+pub async fn clean(
+    shared: &Shared,
+    runtime: &LocalRuntime,
+    now: Timestamp,
+) -> Result<OrphanReport, String> {
+    let (mut report, found, prefixes) = scan_all(shared, runtime, now).await;
+    let mut tasks: Vec<NewTask> = found
         .iter()
         .map(|(kind, c)| NewTask {
             dedup_key: format!("orphan_{kind}:{}", c.job_id),
@@ -124,6 +199,16 @@ pub async fn clean(shared: &Shared, runtime: &LocalRuntime, now: Timestamp) -> R
             max_attempts: shared.config.queue.max_attempts,
         })
         .collect();
+    tasks.extend(prefixes.iter().map(|p| NewTask {
+        dedup_key: format!("orphan_prefix:{}", p.prefix),
+        job_id: Some(p.job_id.to_string()),
+        kind: "orphan_prefix".into(),
+        resource_name: p.prefix.clone(),
+        payload: serde_json::to_value(p).unwrap_or(serde_json::Value::Null),
+        priority: 0,
+        scheduled_at: now,
+        max_attempts: shared.config.queue.max_attempts,
+    }));
     if !tasks.is_empty() {
         let res = shared
             .store
@@ -138,7 +223,11 @@ pub async fn clean(shared: &Shared, runtime: &LocalRuntime, now: Timestamp) -> R
 
 /// The periodic scan: reports (and cleans, when `[orphans] clean = true`) every
 /// `scan_interval`.
-pub async fn run_periodic(shared: Arc<Shared>, runtime: LocalRuntime, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_periodic(
+    shared: Arc<Shared>,
+    runtime: LocalRuntime,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let interval = shared.config.orphans.scan_interval.0;
     loop {
         tokio::select! {
@@ -148,14 +237,19 @@ pub async fn run_periodic(shared: Arc<Shared>, runtime: LocalRuntime, mut shutdo
         let now = clock::now();
         if shared.config.orphans.clean {
             match clean(&shared, &runtime, now).await {
-                Ok(r) if !r.orphans.is_empty() => tracing::info!(found = r.orphans.len(), queued = r.queued, "orphan scan"),
+                Ok(r) if !r.orphans.is_empty() => {
+                    tracing::info!(found = r.orphans.len(), queued = r.queued, "orphan scan")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("orphan scan: {e}"),
             }
         } else {
-            let (r, _) = scan(&shared, &runtime, now).await;
+            let (r, _, _) = scan_all(&shared, &runtime, now).await;
             if !r.orphans.is_empty() {
-                tracing::info!(found = r.orphans.len(), "orphans found (not cleaned: [orphans] clean = false)");
+                tracing::info!(
+                    found = r.orphans.len(),
+                    "orphans found (not cleaned: [orphans] clean = false)"
+                );
             }
         }
     }

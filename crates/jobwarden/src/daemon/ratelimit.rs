@@ -64,7 +64,10 @@ mod tests {
             assert!(l.try_take_at(t0).is_ok());
         }
         let wait = l.try_take_at(t0).expect_err("empty");
-        assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO, "{wait:?}");
+        assert!(
+            wait <= Duration::from_secs(1) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
         assert!(l.try_take_at(t0 + Duration::from_secs(1)).is_ok());
         assert!(l.try_take_at(t0 + Duration::from_secs(1)).is_err());
     }

@@ -61,7 +61,9 @@ pub async fn run(
             }
         };
         if let Ok(stats) = shared.store.queue_stats().await {
-            shared.metrics.set_queue(stats.pending + stats.running, stats.dead);
+            shared
+                .metrics
+                .set_queue(stats.pending + stats.running, stats.dead);
         }
         if tasks.is_empty() {
             let wait = match shared.store.next_due_at().await {
@@ -81,12 +83,19 @@ pub async fn run(
             match result {
                 Ok(done) => {
                     let n = done.audit.len() as u64;
-                    match shared.store.complete(task.id, &name, &done.audit, now).await {
+                    match shared
+                        .store
+                        .complete(task.id, &name, &done.audit, now)
+                        .await
+                    {
                         Ok(true) => {
                             shared.metrics.audit_written(n);
                             shared.metrics.cleanup_task(&task.kind, "ok");
                         }
-                        Ok(false) => tracing::warn!(task = task.id, "lease lost before completion; the new holder re-runs it"),
+                        Ok(false) => tracing::warn!(
+                            task = task.id,
+                            "lease lost before completion; the new holder re-runs it"
+                        ),
                         Err(e) => {
                             shared.metrics.error("store");
                             tracing::error!(task = task.id, "completing task: {e}");
@@ -96,7 +105,11 @@ pub async fn run(
                 Err(err) => {
                     shared.metrics.error("cleanup");
                     let audit = vec![failure_audit(&task, &err, now, shared.dry_run)];
-                    match shared.store.fail(task.id, &name, &err, &audit, now, &backoff).await {
+                    match shared
+                        .store
+                        .fail(task.id, &name, &err, &audit, now, &backoff)
+                        .await
+                    {
                         Ok(FailOutcome::Retry(at)) => {
                             shared.metrics.cleanup_task(&task.kind, "retry");
                             tracing::warn!(task = task.id, kind = %task.kind, "failed: {err}; retry at {}", crate::model::fmt_ts(at));
@@ -142,24 +155,35 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
         .ok_or_else(|| format!("task {} has no job id", task.id))
         .and_then(|s| JobId::parse(s).map_err(|e| e.to_string()))?;
     let now = clock::now();
-    let audit = |action: AuditAction, resource_type: &str, path: String, reason: String, bytes: u64| AuditEntry {
-        id: 0,
-        timestamp: now,
-        job_id: job_id.to_string(),
-        resource_type: resource_type.to_owned(),
-        resource_name: path,
-        action,
-        reason,
-        initiated_by: "jobwarden".into(),
-        success: true,
-        error_message: None,
-        dry_run: shared.dry_run,
-        details: Some(serde_json::json!({ "bytes": bytes })),
-    };
+    let audit =
+        |action: AuditAction, resource_type: &str, path: String, reason: String, bytes: u64| {
+            AuditEntry {
+                id: 0,
+                timestamp: now,
+                job_id: job_id.to_string(),
+                resource_type: resource_type.to_owned(),
+                resource_name: path,
+                action,
+                reason,
+                initiated_by: "jobwarden".into(),
+                success: true,
+                error_message: None,
+                dry_run: shared.dry_run,
+                details: Some(serde_json::json!({ "bytes": bytes })),
+            }
+        };
     match task.kind.as_str() {
         "workspace" | "log" => {
-            let run_id = task.payload.get("run_id").and_then(|v| v.as_str()).unwrap_or("");
-            let job = shared.store.get_job(&job_id).await.map_err(|e| e.to_string())?;
+            let run_id = task
+                .payload
+                .get("run_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let job = shared
+                .store
+                .get_job(&job_id)
+                .await
+                .map_err(|e| e.to_string())?;
             let Some(mut job) = job else {
                 return Err(format!("job {job_id} is not in the store"));
             };
@@ -182,12 +206,24 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
             }
             if task.kind == "log" && job.stage.is_active() {
                 return Ok(Done {
-                    audit: vec![audit(AuditAction::TtlCleanup, rtype, path.display().to_string(), "skipped: the job is running again".into(), 0)],
+                    audit: vec![audit(
+                        AuditAction::TtlCleanup,
+                        rtype,
+                        path.display().to_string(),
+                        "skipped: the job is running again".into(),
+                        0,
+                    )],
                 });
             }
             if shared.dry_run {
                 return Ok(Done {
-                    audit: vec![audit(AuditAction::TtlCleanup, rtype, path.display().to_string(), "dry-run: would remove".into(), 0)],
+                    audit: vec![audit(
+                        AuditAction::TtlCleanup,
+                        rtype,
+                        path.display().to_string(),
+                        "dry-run: would remove".into(),
+                        0,
+                    )],
                 });
             }
             shared.deletions.take().await;
@@ -200,7 +236,11 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
             if task.kind == "workspace" && job.stage == Stage::Cleanup {
                 // Before the completion: a crash in between re-runs an idempotent removal.
                 job.stage = Stage::Cleaned;
-                shared.store.update_job(&job).await.map_err(|e| e.to_string())?;
+                shared
+                    .store
+                    .update_job(&job)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok(Done {
                 audit: vec![audit(
@@ -227,12 +267,24 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
             };
             if known.contains(job_id.as_str()) {
                 return Ok(Done {
-                    audit: vec![audit(AuditAction::OrphanCleanup, rtype, path.display().to_string(), "skipped: the job is known now".into(), 0)],
+                    audit: vec![audit(
+                        AuditAction::OrphanCleanup,
+                        rtype,
+                        path.display().to_string(),
+                        "skipped: the job is known now".into(),
+                        0,
+                    )],
                 });
             }
             if shared.dry_run {
                 return Ok(Done {
-                    audit: vec![audit(AuditAction::OrphanCleanup, rtype, path.display().to_string(), "dry-run: would remove orphan".into(), 0)],
+                    audit: vec![audit(
+                        AuditAction::OrphanCleanup,
+                        rtype,
+                        path.display().to_string(),
+                        "dry-run: would remove orphan".into(),
+                        0,
+                    )],
                 });
             }
             shared.deletions.take().await;
@@ -251,6 +303,114 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
                     bytes,
                 )],
             })
+        }
+        "artifact_prefix" => {
+            let planned: crate::artifacts::retention::RetentionTask =
+                serde_json::from_value(task.payload.clone())
+                    .map_err(|e| format!("task {}: bad payload: {e}", task.id))?;
+            let job = shared
+                .store
+                .get_job(&job_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("job {job_id} is not in the store"))?;
+            let mut a = audit(
+                AuditAction::TtlCleanup,
+                "object_prefix",
+                format!(
+                    "{}/{}",
+                    shared.artifacts.location().trim_end_matches('/'),
+                    planned.prefix
+                ),
+                String::new(),
+                0,
+            );
+            if !planned.still_applies(&job) {
+                a.reason = format!(
+                    "skipped: run {} is no longer the job's finished run",
+                    planned.run_id
+                );
+                return Ok(Done { audit: vec![a] });
+            }
+            if !shared.dry_run {
+                shared.deletions.take().await;
+            }
+            let report = crate::artifacts::delete_prefix(
+                &shared.artifacts,
+                &object_store::path::Path::from(planned.prefix.as_str()),
+                crate::artifacts::DEFAULT_PAGE_SIZE,
+                shared.dry_run,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            a.reason = format!(
+                "{} retention expired; {} {} objects ({} bytes)",
+                planned.kind.root(),
+                if shared.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                },
+                report.objects,
+                report.bytes
+            );
+            a.details =
+                Some(serde_json::json!({ "objects": report.objects, "bytes": report.bytes }));
+            Ok(Done { audit: vec![a] })
+        }
+        "orphan_prefix" => {
+            let orphan: crate::artifacts::orphans::OrphanPrefix =
+                serde_json::from_value(task.payload.clone())
+                    .map_err(|e| format!("task {}: bad payload: {e}", task.id))?;
+            if !shared.dry_run {
+                shared.deletions.take().await;
+            }
+            let outcome = crate::artifacts::orphans::delete_orphan(
+                &shared.artifacts,
+                &orphan,
+                &crate::daemon::orphans::StoreKnown(&shared.store),
+                shared.config.orphans.artifact_min_age.0,
+                now,
+                crate::artifacts::DEFAULT_PAGE_SIZE,
+                shared.dry_run,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let mut a = audit(
+                AuditAction::OrphanCleanup,
+                "object_prefix",
+                format!(
+                    "{}/{}",
+                    shared.artifacts.location().trim_end_matches('/'),
+                    orphan.prefix
+                ),
+                String::new(),
+                0,
+            );
+            match outcome {
+                crate::artifacts::orphans::OrphanDeletion::Deleted(r) => {
+                    a.reason = format!(
+                        "no job {job_id} in the store; {} {} objects ({} bytes)",
+                        if shared.dry_run {
+                            "would delete"
+                        } else {
+                            "deleted"
+                        },
+                        r.objects,
+                        r.bytes
+                    );
+                    a.details = Some(serde_json::json!({ "objects": r.objects, "bytes": r.bytes }));
+                }
+                crate::artifacts::orphans::OrphanDeletion::NowKnown => {
+                    a.reason = "skipped: the job is known now".into();
+                }
+                crate::artifacts::orphans::OrphanDeletion::TooYoung { young_objects } => {
+                    a.reason = format!(
+                        "skipped: {young_objects} objects are younger than the minimum age now"
+                    );
+                }
+            }
+            Ok(Done { audit: vec![a] })
         }
         other => Err(format!("unknown task kind {other:?}")),
     }

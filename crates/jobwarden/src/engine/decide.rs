@@ -163,13 +163,22 @@ mod tests {
         j.timeout = Duration::from_secs(3600);
         j.deadline = Some(t(3600));
         let p = policy();
-        assert_eq!(decide(&j, &Diagnosis::Healthy, &p, t(0)), (Decision::Nothing, Some(t(3000))));
+        assert_eq!(
+            decide(&j, &Diagnosis::Healthy, &p, t(0)),
+            (Decision::Nothing, Some(t(3000)))
+        );
         assert_eq!(
             decide(&j, &Diagnosis::Healthy, &p, t(3000)).0,
-            Decision::Step { step: Step::Warn, due_at: t(3000) }
+            Decision::Step {
+                step: Step::Warn,
+                due_at: t(3000)
+            }
         );
         take(&mut j, Step::Warn, 3000, 3000);
-        assert_eq!(decide(&j, &Diagnosis::Healthy, &p, t(3001)), (Decision::Nothing, Some(t(3600))));
+        assert_eq!(
+            decide(&j, &Diagnosis::Healthy, &p, t(3001)),
+            (Decision::Nothing, Some(t(3600)))
+        );
     }
 
     #[test]
@@ -179,10 +188,19 @@ mod tests {
         j.outcome = Some(Outcome::Succeeded);
         j.stage = Stage::Completed;
         let p = policy();
-        assert_eq!(decide(&j, &Diagnosis::Healthy, &p, t(200)), (Decision::Nothing, Some(t(3700))));
-        assert!(matches!(decide(&j, &Diagnosis::Healthy, &p, t(3700)).0, Decision::Cleanup { .. }));
+        assert_eq!(
+            decide(&j, &Diagnosis::Healthy, &p, t(200)),
+            (Decision::Nothing, Some(t(3700)))
+        );
+        assert!(matches!(
+            decide(&j, &Diagnosis::Healthy, &p, t(3700)).0,
+            Decision::Cleanup { .. }
+        ));
         j.stage = Stage::Cleanup;
-        assert_eq!(decide(&j, &Diagnosis::Healthy, &p, t(9999)), (Decision::Nothing, None));
+        assert_eq!(
+            decide(&j, &Diagnosis::Healthy, &p, t(9999)),
+            (Decision::Nothing, None)
+        );
     }
 
     #[test]
@@ -193,9 +211,18 @@ mod tests {
         let p = policy();
         // Ladder's warn (deadline 100, warn 10 m before → at start t0) is due first.
         let (d, _) = decide(&j, &Diagnosis::Healthy, &p, t(0));
-        assert!(matches!(d, Decision::Step { step: Step::Warn, .. }));
+        assert!(matches!(
+            d,
+            Decision::Step {
+                step: Step::Warn,
+                ..
+            }
+        ));
         take(&mut j, Step::Warn, 0, 0);
-        assert_eq!(decide(&j, &Diagnosis::Healthy, &p, t(20)), (Decision::Nothing, Some(t(40))));
+        assert_eq!(
+            decide(&j, &Diagnosis::Healthy, &p, t(20)),
+            (Decision::Nothing, Some(t(40)))
+        );
     }
 
     #[test]
@@ -205,7 +232,13 @@ mod tests {
         j.started_at = None;
         j.deadline = None;
         let p = policy();
-        assert_eq!(decide(&j, &Diagnosis::Healthy, &p, t(10)), (Decision::Nothing, Some(t(600))));
-        assert!(matches!(decide(&j, &Diagnosis::Healthy, &p, t(600)).0, Decision::MarkFailed { .. }));
+        assert_eq!(
+            decide(&j, &Diagnosis::Healthy, &p, t(10)),
+            (Decision::Nothing, Some(t(600)))
+        );
+        assert!(matches!(
+            decide(&j, &Diagnosis::Healthy, &p, t(600)).0,
+            Decision::MarkFailed { .. }
+        ));
     }
 }

@@ -8,6 +8,7 @@
 //! When jobwarden was down past several due times, the steps still run in order, and the
 //! grace promised to the job is kept: hard_kill is due no earlier than G after the soft_kill
 //! that actually happened, force_delete no earlier than G after the actual hard_kill.
+//! A cancel takes soft_kill before D; the rest of the ladder then counts from the cancel.
 
 use std::time::Duration;
 
@@ -56,9 +57,11 @@ pub fn next_step(job: &JobRecord, warn_before: &[Duration]) -> Option<NextStep> 
             due_at: deadline,
         });
     }
+    // Each kill step is due a grace period after the previous one actually happened: later
+    // than D + G when jobwarden was down, earlier when the job was cancelled before D.
     let grace = job.grace;
     let soft_at = soft.unwrap_or(deadline);
-    let hard_due = add(deadline, grace).max(add(soft_at, grace));
+    let hard_due = add(soft_at, grace);
     let Some(hard_at) = taken_at(Step::HardKill) else {
         return Some(NextStep {
             step: Step::HardKill,
@@ -68,7 +71,7 @@ pub fn next_step(job: &JobRecord, warn_before: &[Duration]) -> Option<NextStep> 
     if taken_at(Step::ForceDelete).is_some() {
         return None;
     }
-    let force_due = add(deadline, grace * 2).max(add(hard_at, grace));
+    let force_due = add(hard_at, grace);
     Some(NextStep {
         step: Step::ForceDelete,
         due_at: force_due,
@@ -221,6 +224,17 @@ pub(crate) mod tests {
         assert_eq!(next(&j), Some((Step::HardKill, t(210))));
         take(&mut j, Step::HardKill, 210, 210);
         assert_eq!(next(&j), Some((Step::ForceDelete, t(220))));
+    }
+
+    #[test]
+    fn cancel_before_the_deadline_starts_the_ladder_from_the_cancel() {
+        // Cancelled at t(30), deadline t(100): SIGKILL a grace period after the cancel, not
+        // after the deadline.
+        let mut j = running();
+        take(&mut j, Step::SoftKill, 30, 30);
+        assert_eq!(next(&j), Some((Step::HardKill, t(40))));
+        take(&mut j, Step::HardKill, 40, 40);
+        assert_eq!(next(&j), Some((Step::ForceDelete, t(50))));
     }
 
     #[test]

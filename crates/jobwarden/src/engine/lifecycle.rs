@@ -59,7 +59,13 @@ mod tests {
 
     #[test]
     fn hook_events_are_stages_and_steps() {
-        for ok in ["pre_start", "terminating", "cleaned", "warn", "force_delete"] {
+        for ok in [
+            "pre_start",
+            "terminating",
+            "cleaned",
+            "warn",
+            "force_delete",
+        ] {
             assert!(is_hook_event(ok), "{ok}");
         }
         for bad in ["", "Terminating", "kill", "done"] {

@@ -123,7 +123,12 @@ mod tests {
 
     #[test]
     fn set_difference_older_than_min_age() {
-        let cands = vec![c("live", 0), c("gone", 0), c("young", 9000), c("finished", 0)];
+        let cands = vec![
+            c("live", 0),
+            c("gone", 0),
+            c("young", 9000),
+            c("finished", 0),
+        ];
         // "finished": its Job still exists in the runtime (the seed treated it as orphan).
         let r = find_orphans(
             Listing::Complete(cands),
@@ -132,17 +137,34 @@ mod tests {
             10,
             t(10_000),
         );
-        let OrphanScan::Found { orphans, more, too_young } = r else {
+        let OrphanScan::Found {
+            orphans,
+            more,
+            too_young,
+        } = r
+        else {
             panic!("skipped: {r:?}")
         };
-        assert_eq!(orphans.iter().map(|o| o.job_id.as_str()).collect::<Vec<_>>(), ["gone"]);
+        assert_eq!(
+            orphans
+                .iter()
+                .map(|o| o.job_id.as_str())
+                .collect::<Vec<_>>(),
+            ["gone"]
+        );
         assert!(!more);
         assert_eq!(too_young, 1);
     }
 
     #[test]
     fn exactly_min_age_is_not_old_enough() {
-        let r = find_orphans(Listing::Complete(vec![c("x", 0)]), &[set(&[])], HOUR, 10, t(3600));
+        let r = find_orphans(
+            Listing::Complete(vec![c("x", 0)]),
+            &[set(&[])],
+            HOUR,
+            10,
+            t(3600),
+        );
         assert!(matches!(r, OrphanScan::Found { ref orphans, .. } if orphans.is_empty()));
     }
 
@@ -157,7 +179,13 @@ mod tests {
             t(10_000),
         );
         assert!(matches!(r, OrphanScan::Skipped { ref reason } if reason.contains("403")));
-        let r = find_orphans(Listing::Failed("timeout".into()), &[set(&[])], HOUR, 10, t(10_000));
+        let r = find_orphans(
+            Listing::Failed("timeout".into()),
+            &[set(&[])],
+            HOUR,
+            10,
+            t(10_000),
+        );
         assert!(matches!(r, OrphanScan::Skipped { .. }));
     }
 
@@ -165,7 +193,9 @@ mod tests {
     fn bounded_batch_oldest_first() {
         let cands: Vec<_> = (0..50).map(|i| c(&format!("j{i}"), 50 - i)).collect();
         let r = find_orphans(Listing::Complete(cands), &[set(&[])], HOUR, 5, t(100_000));
-        let OrphanScan::Found { orphans, more, .. } = r else { panic!() };
+        let OrphanScan::Found { orphans, more, .. } = r else {
+            panic!()
+        };
         assert_eq!(orphans.len(), 5);
         assert!(more);
         assert_eq!(orphans[0].job_id, "j49");

@@ -93,7 +93,10 @@ pub enum Verdict {
 
 /// The backoff before recovery attempt `k` (0-based): initial × multiplier^k, capped.
 pub fn recovery_backoff(cfg: &RecoveryConfig, k: u32) -> Duration {
-    let factor = cfg.backoff_multiplier.max(1.0).powi(i32::try_from(k).unwrap_or(i32::MAX));
+    let factor = cfg
+        .backoff_multiplier
+        .max(1.0)
+        .powi(i32::try_from(k).unwrap_or(i32::MAX));
     let secs = cfg.backoff_initial.0.as_secs_f64() * factor;
     let max = cfg.backoff_max.0;
     if !secs.is_finite() || secs >= max.as_secs_f64() {
@@ -185,7 +188,11 @@ pub fn dead_job_verdict(
         return Verdict::MarkFailed {
             reason: format!(
                 "unresponsive ({}) after {} recovery attempts",
-                if gone { diagnosis.cause() } else { "heartbeat missed" },
+                if gone {
+                    diagnosis.cause()
+                } else {
+                    "heartbeat missed"
+                },
                 job.recovery_attempts
             ),
         };
@@ -256,7 +263,9 @@ mod tests {
         let j = hb_job(Some(50));
         assert_eq!(
             dead_job_verdict(&j, &Diagnosis::Healthy, &cfg(), LIMITS, t(70)),
-            Verdict::Alive { check_at: Some(t(80)) }
+            Verdict::Alive {
+                check_at: Some(t(80))
+            }
         );
         // Dead at t(80); first attempt after 10 s of backoff.
         assert_eq!(
@@ -280,7 +289,9 @@ mod tests {
         let j = hb_job(None);
         assert_eq!(
             dead_job_verdict(&j, &Diagnosis::Healthy, &cfg(), LIMITS, t(10)),
-            Verdict::Alive { check_at: Some(t(30)) }
+            Verdict::Alive {
+                check_at: Some(t(30))
+            }
         );
     }
 
@@ -289,7 +300,10 @@ mod tests {
         let mut j = hb_job(Some(0));
         j.recovery_attempts = 3;
         let v = dead_job_verdict(&j, &Diagnosis::Healthy, &cfg(), LIMITS, t(1000));
-        assert!(matches!(v, Verdict::MarkFailed { ref reason } if reason.contains("3 recovery attempts")), "{v:?}");
+        assert!(
+            matches!(v, Verdict::MarkFailed { ref reason } if reason.contains("3 recovery attempts")),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -300,15 +314,30 @@ mod tests {
             message: "not found".into(),
         };
         let v = dead_job_verdict(&j, &d, &cfg(), LIMITS, t(1));
-        assert!(matches!(v, Verdict::MarkFailed { ref reason } if reason.contains("flowforge/worker:nope")), "{v:?}");
+        assert!(
+            matches!(v, Verdict::MarkFailed { ref reason } if reason.contains("flowforge/worker:nope")),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn crash_loop_over_limit_fails_under_limit_waits() {
         let j = hb_job(Some(0));
-        let v = dead_job_verdict(&j, &Diagnosis::CrashLoop { restarts: 6 }, &cfg(), LIMITS, t(1));
+        let v = dead_job_verdict(
+            &j,
+            &Diagnosis::CrashLoop { restarts: 6 },
+            &cfg(),
+            LIMITS,
+            t(1),
+        );
         assert!(matches!(v, Verdict::MarkFailed { .. }));
-        let v = dead_job_verdict(&j, &Diagnosis::CrashLoop { restarts: 2 }, &cfg(), LIMITS, t(1));
+        let v = dead_job_verdict(
+            &j,
+            &Diagnosis::CrashLoop { restarts: 2 },
+            &cfg(),
+            LIMITS,
+            t(1),
+        );
         assert!(matches!(v, Verdict::Alive { .. }));
     }
 
@@ -330,12 +359,23 @@ mod tests {
         let d = Diagnosis::Unschedulable {
             message: "0/3 nodes are available: insufficient cpu".into(),
         };
-        assert_eq!(startup_verdict(&j, &d, LIMITS, t(30)), Verdict::Alive { check_at: Some(t(60)) });
+        assert_eq!(
+            startup_verdict(&j, &d, LIMITS, t(30)),
+            Verdict::Alive {
+                check_at: Some(t(60))
+            }
+        );
         let v = startup_verdict(&j, &d, LIMITS, t(60));
-        assert!(matches!(v, Verdict::MarkFailed { ref reason } if reason.contains("insufficient cpu") && reason.contains("1m")), "{v:?}");
+        assert!(
+            matches!(v, Verdict::MarkFailed { ref reason } if reason.contains("insufficient cpu") && reason.contains("1m")),
+            "{v:?}"
+        );
         let v = startup_verdict(
             &j,
-            &Diagnosis::ImagePull { image: "img:1".into(), message: "ErrImagePull".into() },
+            &Diagnosis::ImagePull {
+                image: "img:1".into(),
+                message: "ErrImagePull".into(),
+            },
             LIMITS,
             t(1),
         );

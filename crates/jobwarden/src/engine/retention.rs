@@ -82,7 +82,11 @@ pub enum ArtifactClass {
 
 /// Retention of an artifact class for a job: `[retention.artifacts]`, with `artifacts`
 /// defaulting to the job's own TTL.
-pub fn artifact_ttl(class: ArtifactClass, job: &JobRecord, retention: &RetentionConfig) -> Duration {
+pub fn artifact_ttl(
+    class: ArtifactClass,
+    job: &JobRecord,
+    retention: &RetentionConfig,
+) -> Duration {
     match class {
         ArtifactClass::Logs => retention.artifacts.logs.0,
         ArtifactClass::Partial => retention.artifacts.partial.0,
@@ -122,9 +126,15 @@ mod tests {
     #[test]
     fn ttl_per_outcome_with_override() {
         let r = RetentionConfig::default();
-        assert_eq!(ttl_for(&finished(Outcome::Succeeded, 0), &r).as_secs(), 3600);
+        assert_eq!(
+            ttl_for(&finished(Outcome::Succeeded, 0), &r).as_secs(),
+            3600
+        );
         assert_eq!(ttl_for(&finished(Outcome::Failed, 0), &r).as_secs(), 86_400);
-        assert_eq!(ttl_for(&finished(Outcome::Terminated, 0), &r).as_secs(), 86_400);
+        assert_eq!(
+            ttl_for(&finished(Outcome::Terminated, 0), &r).as_secs(),
+            86_400
+        );
         assert_eq!(ttl_for(&finished(Outcome::Lost, 0), &r).as_secs(), 86_400);
         let mut j = finished(Outcome::Failed, 0);
         j.ttl = Some(Duration::from_secs(60));
@@ -144,10 +154,38 @@ mod tests {
             future: bool,
         }
         let cases = [
-            Case { name: "normal", finished_at: Some(100), ttl: 60, now: 120, expect_at: Some(160), future: false },
-            Case { name: "ttl 0 expires at finish", finished_at: Some(100), ttl: 0, now: 100, expect_at: Some(100), future: false },
-            Case { name: "finish in the future (skew)", finished_at: Some(500), ttl: 60, now: 100, expect_at: Some(560), future: true },
-            Case { name: "missing finish time never expires", finished_at: None, ttl: 0, now: 1_000_000, expect_at: None, future: false },
+            Case {
+                name: "normal",
+                finished_at: Some(100),
+                ttl: 60,
+                now: 120,
+                expect_at: Some(160),
+                future: false,
+            },
+            Case {
+                name: "ttl 0 expires at finish",
+                finished_at: Some(100),
+                ttl: 0,
+                now: 100,
+                expect_at: Some(100),
+                future: false,
+            },
+            Case {
+                name: "finish in the future (skew)",
+                finished_at: Some(500),
+                ttl: 60,
+                now: 100,
+                expect_at: Some(560),
+                future: true,
+            },
+            Case {
+                name: "missing finish time never expires",
+                finished_at: None,
+                ttl: 0,
+                now: 1_000_000,
+                expect_at: None,
+                future: false,
+            },
         ];
         for c in cases {
             let mut j = finished(Outcome::Succeeded, 0);
@@ -155,7 +193,10 @@ mod tests {
             j.ttl = Some(Duration::from_secs(c.ttl));
             let e = job_expiry(&j, &r, t(c.now));
             assert_eq!(at(e), c.expect_at.map(t), "{}", c.name);
-            if let Expiry::At { finish_in_future, .. } = e {
+            if let Expiry::At {
+                finish_in_future, ..
+            } = e
+            {
                 assert_eq!(finish_in_future, c.future, "{}", c.name);
             }
         }
@@ -195,16 +236,28 @@ mod tests {
     #[test]
     fn active_jobs_never_expire() {
         let j = running();
-        assert_eq!(job_expiry(&j, &RetentionConfig::default(), t(1_000_000)), Expiry::Never);
+        assert_eq!(
+            job_expiry(&j, &RetentionConfig::default(), t(1_000_000)),
+            Expiry::Never
+        );
     }
 
     #[test]
     fn artifact_retention_per_class() {
         let r = RetentionConfig::default();
         let mut j = finished(Outcome::Succeeded, 0);
-        assert_eq!(artifact_ttl(ArtifactClass::Logs, &j, &r).as_secs(), 7 * 86_400);
-        assert_eq!(artifact_ttl(ArtifactClass::Partial, &j, &r).as_secs(), 3 * 86_400);
-        assert_eq!(artifact_ttl(ArtifactClass::Artifacts, &j, &r).as_secs(), 3600);
+        assert_eq!(
+            artifact_ttl(ArtifactClass::Logs, &j, &r).as_secs(),
+            7 * 86_400
+        );
+        assert_eq!(
+            artifact_ttl(ArtifactClass::Partial, &j, &r).as_secs(),
+            3 * 86_400
+        );
+        assert_eq!(
+            artifact_ttl(ArtifactClass::Artifacts, &j, &r).as_secs(),
+            3600
+        );
         j.ttl = Some(Duration::from_secs(5));
         assert_eq!(artifact_ttl(ArtifactClass::Artifacts, &j, &r).as_secs(), 5);
     }

@@ -294,8 +294,5 @@ pub fn tree_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };
-    entries
-        .flatten()
-        .map(|e| tree_size(&e.path()))
-        .sum()
+    entries.flatten().map(|e| tree_size(&e.path())).sum()
 }

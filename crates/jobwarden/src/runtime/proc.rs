@@ -74,10 +74,16 @@ pub enum SignalResult {
 
 /// Sends `signal` to the process group led by `pid`, only if `pid` is still the process
 /// that started at `ticks` (so a reused pid is never signalled).
-pub fn signal_group(pid: i32, ticks: u64, signal: rustix::process::Signal) -> std::io::Result<SignalResult> {
+pub fn signal_group(
+    pid: i32,
+    ticks: u64,
+    signal: rustix::process::Signal,
+) -> std::io::Result<SignalResult> {
     let state = proc_state(pid);
     let same = match state {
-        ProcState::Alive { start_ticks } | ProcState::Zombie { start_ticks } => start_ticks == ticks,
+        ProcState::Alive { start_ticks } | ProcState::Zombie { start_ticks } => {
+            start_ticks == ticks
+        }
         ProcState::Gone => false,
     };
     if !same {
@@ -100,9 +106,19 @@ mod tests {
     #[test]
     fn parses_stat_with_odd_command_names() {
         let line = "1234 (we ird) (name)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
-        assert_eq!(parse_stat(line), Some(ProcState::Alive { start_ticks: 987_654 }));
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcState::Alive {
+                start_ticks: 987_654
+            })
+        );
         let z = line.replace(") S ", ") Z ");
-        assert_eq!(parse_stat(&z), Some(ProcState::Zombie { start_ticks: 987_654 }));
+        assert_eq!(
+            parse_stat(&z),
+            Some(ProcState::Zombie {
+                start_ticks: 987_654
+            })
+        );
         assert_eq!(parse_stat("garbage"), None);
     }
 
