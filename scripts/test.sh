@@ -3,6 +3,11 @@
 # then runs every test of the workspace against them. Under CI=true a missing server is an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The end-to-end tests edit the SQLite store with the sqlite3 CLI and create databases with psql.
+if ! command -v sqlite3 >/dev/null 2>&1; then
+  echo "test.sh: installing sqlite3 with apt-get" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3 >&2
+fi
 eval "$(scripts/start-postgres.sh)"
 eval "$(scripts/start-moto.sh)"
 export JOBWARDEN_REQUIRE_SERVERS=1

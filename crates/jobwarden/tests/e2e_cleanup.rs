@@ -1,0 +1,275 @@
+//! End to end: TTL cleanup through the durable queue, orphans, and `--dry-run` (which decides
+//! and audits everything and changes nothing).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use jobwarden::model::{AuditAction, Outcome, Stage, Step};
+
+/// `touch -d '2 hours ago' PATH`: old enough to be an orphan under a 1h minimum age.
+fn age(path: &Path) {
+    let out = Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(path)
+        .output()
+        .expect("touch");
+    assert!(
+        out.status.success(),
+        "touch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// TTL removes exactly that job's workspace; its log follows the log retention.
+fn ttl_cleanup(backend: Backend) {
+    let cfg = config(
+        r#"
+[retention.artifacts]
+logs = "3s"
+"#,
+    );
+    let Some(d) = Daemon::start(backend, &cfg) else {
+        return;
+    };
+    let short = d.submit_sh(&["--ttl", "1s"], "echo short > out.txt");
+    let long = d.submit_sh(&["--ttl", "1h"], "echo long > out.txt");
+    let running = d.submit(&["--timeout", "1h"], &["sleep", "60"]);
+    let fin = d.wait_finished(&short);
+    assert_eq!(fin.outcome, Some(Outcome::Succeeded));
+    d.wait_finished(&long);
+    assert!(d.ws(&short).join("out.txt").exists());
+
+    let j = d.wait_job(&short, "cleaned", |j| j.stage == Stage::Cleaned);
+    assert!(
+        !d.ws(&short).exists(),
+        "the expired workspace is still there"
+    );
+    assert_eq!(
+        j.outcome,
+        Some(Outcome::Succeeded),
+        "cleaning kept the outcome"
+    );
+    let audit = d.audit(&short);
+    let ttl = rows(&audit, AuditAction::TtlCleanup);
+    let ws_row = ttl
+        .iter()
+        .find(|r| r.resource_type == "workspace")
+        .unwrap_or_else(|| panic!("no ttl_cleanup row for the workspace: {audit:#?}"));
+    assert!(ws_row.success && !ws_row.dry_run, "{ws_row:#?}");
+    let finished = fin.finished_at.expect("finished");
+    assert!(
+        ms_between(plus(finished, 1), ws_row.timestamp) >= 0,
+        "cleaned before its TTL: finished {finished}, cleaned {}",
+        ws_row.timestamp
+    );
+    // The log follows its own retention (3 s after the finish), not the job's TTL.
+    assert!(d.log(&short).exists(), "the log went with the workspace");
+    wait_until("the log to expire", || !d.log(&short).exists());
+    let audit = d.wait_audit(&short, "the log's ttl_cleanup row", |r| {
+        r.action == AuditAction::TtlCleanup && r.resource_type == "log"
+    });
+    let log_row = audit
+        .iter()
+        .find(|r| r.action == AuditAction::TtlCleanup && r.resource_type == "log")
+        .expect("log row");
+    assert!(
+        ms_between(plus(finished, 3), log_row.timestamp) >= 0,
+        "log removed early: {log_row:#?}"
+    );
+
+    // Everything else is untouched.
+    assert!(
+        d.ws(&long).join("out.txt").exists(),
+        "a job with a longer TTL lost its workspace"
+    );
+    assert!(d.log(&long).exists());
+    assert!(d.ws(&running).exists(), "a running job lost its workspace");
+    assert_eq!(d.get(&running).stage, Stage::Running);
+    assert_eq!(d.get(&long).stage, Stage::Completed);
+    assert!(rows(&d.audit(&long), AuditAction::TtlCleanup).is_empty());
+    assert!(rows(&d.audit(&running), AuditAction::TtlCleanup).is_empty());
+    // The cleaned job is still listed and shown.
+    let shown = d.show(&short);
+    assert_eq!(shown.stage, Stage::Cleaned);
+    assert!(d.jobs().iter().any(|j| j.id == short));
+}
+
+/// Orphans: old unknown ids are reported and removed; live jobs, young entries and
+/// invalid names are never touched.
+fn orphans(backend: Backend) {
+    let cfg = config(
+        r#"
+[orphans]
+local_min_age = "1h"
+"#,
+    );
+    let Some(d) = Daemon::start(backend, &cfg) else {
+        return;
+    };
+    let live = d.submit(&["--timeout", "1h"], &["sleep", "60"]);
+    d.wait_job(&live, "running", |j| j.stage == Stage::Running);
+    let wsdir = d.data.join("workspaces");
+    let orphan = "01aaaaaaaaaaaaaaaaaaaaaaaa";
+    let young = "01bbbbbbbbbbbbbbbbbbbbbbbb";
+    let invalid = "not an id!";
+    for name in [orphan, young, invalid] {
+        std::fs::create_dir_all(wsdir.join(name)).expect("mkdir");
+        std::fs::write(wsdir.join(name).join("file"), "x").expect("write");
+    }
+    let orphan_log = d.log(orphan);
+    std::fs::write(&orphan_log, "old log\n").expect("write log");
+    for p in [
+        wsdir.join(orphan),
+        wsdir.join(invalid),
+        d.ws(&live),
+        orphan_log.clone(),
+    ] {
+        age(&p);
+    }
+
+    let report: jobwarden::api_types::OrphanReport =
+        serde_json::from_str(&d.ok(&["orphans", "--json"])).expect("orphans --json");
+    assert!(report.skipped.is_empty(), "{report:#?}");
+    let mut found: Vec<(String, String)> = report
+        .orphans
+        .iter()
+        .map(|o| (o.kind.clone(), o.job_id.clone()))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("log".to_owned(), orphan.to_owned()),
+            ("workspace".to_owned(), orphan.to_owned())
+        ],
+        "{report:#?}"
+    );
+    assert!(
+        report.orphans.iter().all(|o| o.age_seconds >= 7000),
+        "{report:#?}"
+    );
+
+    let cleaned: jobwarden::api_types::OrphanReport =
+        serde_json::from_str(&d.ok(&["orphans", "--clean", "--json"]))
+            .expect("orphans --clean --json");
+    assert_eq!(cleaned.queued, 2, "{cleaned:#?}");
+    wait_until("the orphans to be removed", || {
+        !wsdir.join(orphan).exists() && !orphan_log.exists()
+    });
+    let audit = d.wait_audit(orphan, "two orphan_cleanup rows", |_| true);
+    let audit_rows = rows(&audit, AuditAction::OrphanCleanup);
+    assert!(
+        audit_rows.iter().all(|r| r.success && !r.dry_run),
+        "{audit:#?}"
+    );
+    d.wait_audit(orphan, "both orphan_cleanup rows", |r| {
+        r.resource_type == "log"
+    });
+    d.wait_audit(orphan, "both orphan_cleanup rows", |r| {
+        r.resource_type == "workspace"
+    });
+
+    assert!(
+        wsdir.join(young).join("file").exists(),
+        "a young entry was removed"
+    );
+    assert!(
+        wsdir.join(invalid).join("file").exists(),
+        "an invalid name was removed"
+    );
+    assert!(d.ws(&live).exists(), "a live job's workspace was removed");
+    assert_eq!(d.get(&live).stage, Stage::Running);
+    // Nothing left to report.
+    let again: jobwarden::api_types::OrphanReport =
+        serde_json::from_str(&d.ok(&["orphans", "--json"])).expect("orphans --json");
+    assert!(again.orphans.is_empty(), "{again:#?}");
+}
+
+/// `run --dry-run`: every decision audited with dry_run=true, nothing signalled or removed.
+fn dry_run(backend: Backend) {
+    let cfg = config(
+        r#"
+[orphans]
+local_min_age = "0s"
+"#,
+    );
+    let Some(d) = Daemon::start_with(backend, &cfg, &["--dry-run"]) else {
+        return;
+    };
+    let overdue = d.submit_sh(
+        &["--timeout", "1s", "--grace", "1s"],
+        &format!("echo work > data.txt; {SAVES_WORK}"),
+    );
+    let finished = d.submit_sh(&["--ttl", "1s"], "echo kept > out.txt");
+    let orphan = "01cccccccccccccccccccccccc";
+    let orphan_ws = d.data.join("workspaces").join(orphan);
+    std::fs::create_dir_all(&orphan_ws).expect("mkdir");
+
+    // The whole ladder is decided (force_delete at D + 2G = 3 s) …
+    let j = d.wait_step(&overdue, Step::ForceDelete);
+    let audit = d.audit(&overdue);
+    for action in [
+        AuditAction::Warn,
+        AuditAction::SoftKill,
+        AuditAction::HardKill,
+        AuditAction::ForceDelete,
+    ] {
+        let r = rows(&audit, action);
+        assert_eq!(r.len(), 1, "{action}: {audit:#?}");
+        assert!(r[0].dry_run, "{action} row not marked dry-run: {:#?}", r[0]);
+    }
+    // … and nothing is carried out.
+    let pid = j.pid.expect("pid");
+    assert!(alive(pid), "dry-run killed the job");
+    assert_eq!(j.outcome, None, "{j:#?}");
+    assert_ne!(j.stage, Stage::Terminating, "{j:#?}");
+    assert!(
+        d.ws(&overdue).join("data.txt").exists(),
+        "dry-run removed the workspace"
+    );
+    assert!(
+        !d.ws(&overdue).join("term_at").exists(),
+        "dry-run sent SIGTERM"
+    );
+
+    // TTL: decided and audited, the workspace stays.
+    d.wait_audit(&finished, "a dry-run ttl_cleanup row", |r| {
+        r.action == AuditAction::TtlCleanup
+    });
+    std::thread::sleep(std::time::Duration::from_millis(800)); // give the queue its chance
+    let audit = d.audit(&finished);
+    let ttl = rows(&audit, AuditAction::TtlCleanup);
+    assert!(
+        !ttl.is_empty() && ttl.iter().all(|r| r.dry_run),
+        "{audit:#?}"
+    );
+    assert!(
+        d.ws(&finished).join("out.txt").exists(),
+        "dry-run removed a workspace"
+    );
+    assert!(d.log(&finished).exists(), "dry-run removed a log");
+
+    // Orphans: reported, "cleaned" in dry-run, still there.
+    d.ok(&["orphans", "--clean"]);
+    d.wait_audit(orphan, "a dry-run orphan_cleanup row", |r| {
+        r.action == AuditAction::OrphanCleanup
+    });
+    let audit = d.audit(orphan);
+    assert!(audit.iter().all(|r| r.dry_run), "{audit:#?}");
+    assert!(orphan_ws.exists(), "dry-run removed an orphan");
+
+    // Still alive at the end, and every row of the log is dry-run.
+    assert!(alive(pid));
+    let all = d.audit_all();
+    assert!(
+        all.iter()
+            .filter(|r| r.action != AuditAction::Hook)
+            .all(|r| r.dry_run),
+        "{all:#?}"
+    );
+}
+
+both_stores!(ttl_cleanup, orphans, dry_run);

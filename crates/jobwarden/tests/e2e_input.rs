@@ -1,0 +1,252 @@
+//! End to end: bad input. CLI flags and config files are refused with exit 2 naming what was
+//! wrong; bad HTTP bodies get a 400 naming the field and the daemon keeps serving; unknown
+//! ids are 404; a non-loopback listener needs a token and enforces it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn bad_cli_flags_exit_2_naming_the_flag() {
+    // No daemon needed: these fail before any request.
+    let env = [("JOBWARDEN_SERVER", "http://127.0.0.1:9")];
+    let out = run_cli(&["submit", "--timeout", "2x", "--", "true"], &env);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("--timeout") && out.stderr.contains("2x"),
+        "{}",
+        out.stderr
+    );
+    let out = run_cli(&["submit", "--grace=-1", "--", "true"], &env);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--grace"), "{}", out.stderr);
+    let out = run_cli(&["submit", "--timeout", "5s"], &env);
+    assert_eq!(out.code, 2, "submit without a command: {out:?}");
+    let out = run_cli(&["submit", "--timeout", "5s", "--"], &env);
+    assert_eq!(out.code, 2, "submit with an empty command: {out:?}");
+    let out = run_cli(&["audit", "--since", "yesterday"], &env);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("--since") && out.stderr.contains("yesterday"),
+        "{}",
+        out.stderr
+    );
+    let out = run_cli(&["jobs", "--server", "ftp://x"], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--server"), "{}", out.stderr);
+    // Daemon unreachable: exit 1 with a hint.
+    let out = run_cli(&["jobs"], &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_config_exits_2_naming_file_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    let cases = [
+        ("[policy]\nglobal_default = \"2x\"\n", "global_default"),
+        ("[policy]\nglobal_defualt = \"2h\"\n", "global_defualt"),
+        (
+            "[policy.organization_max]\nacme = \"0s\"\n",
+            "policy.organization_max.acme",
+        ),
+        (
+            "[[hooks]]\non = \"teminating\"\ncommand = [\"true\"]\n",
+            "hooks[0].on",
+        ),
+        ("[policy\n", "line 1"),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&bad, text).expect("write");
+        let out = run_cli(&["config", "check", &bad.display().to_string()], &[]);
+        assert_eq!(out.code, 2, "{text:?}: {out:?}");
+        assert!(
+            out.stderr.contains(&bad.display().to_string()) && out.stderr.contains(key),
+            "{text:?}: stderr should name the file and {key:?}: {}",
+            out.stderr
+        );
+    }
+    let out = run_cli(&["config", "check", "/nonexistent/jw.toml"], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("/nonexistent/jw.toml"),
+        "{}",
+        out.stderr
+    );
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, config("[orphans]\nlocal_min_age = \"0s\"\n")).expect("write");
+    let out = run_cli(&["config", "check", &good.display().to_string()], &[]);
+    assert_eq!((out.code, out.stdout.trim()), (0, "ok"), "{out:?}");
+
+    // `run` refuses a bad config, promptly, without starting.
+    std::fs::write(&bad, "[policy]\nglobal_default = \"2x\"\n").expect("write");
+    let data = dir.path().join("data");
+    let start = Instant::now();
+    let out = run_cli(
+        &[
+            "run",
+            "--config",
+            &bad.display().to_string(),
+            "--data-dir",
+            &data.display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("global_default"), "{}", out.stderr);
+    assert!(!out.stderr.contains("listening"), "{}", out.stderr);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn bad_http_bodies_are_400_naming_the_field() {
+    let Some(d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    let cases: [(&[u8], &str); 9] = [
+        (br#"{"command":["true"],"timout":"1h"}"#, "timout"),
+        (br#"{"command":"true"}"#, "command"),
+        (br#"{"command":["true"],"timeout":"2x"}"#, "timeout"),
+        (br#"{"command":["true"],"grace":-1}"#, "grace"),
+        (br#"{"command":["true"],"timeout":"0s"}"#, "timeout"),
+        (br#"{"command":[]}"#, "command"),
+        (br#"{"command":[""]}"#, "command"),
+        (br#"{}"#, "command"),
+        (b"this is not json", "body"),
+    ];
+    for (body, field) in cases {
+        let (status, resp) = d.http("POST", "/v1/jobs", &[], Some(body));
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(status, 400, "{shown}: {resp}");
+        let err: serde_json::Value = serde_json::from_str(&resp)
+            .unwrap_or_else(|e| panic!("{shown}: error body is not JSON ({e}): {resp}"));
+        let msg = err["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{shown}: no `error`: {resp}"));
+        assert!(
+            msg.contains(field),
+            "{shown}: error should name {field:?}: {msg}"
+        );
+        let (status, _) = d.http("GET", "/healthz", &[], None);
+        assert_eq!(status, 200, "the daemon stopped answering after {shown}");
+    }
+    // Empty body, wrong method, unknown route.
+    let (status, _) = d.http("POST", "/v1/jobs", &[], Some(b""));
+    assert_eq!(status, 400);
+    let (status, resp) = d.http("GET", "/v1/nothing-here", &[], None);
+    assert_eq!(status, 404, "{resp}");
+    let (status, resp) = d.http("GET", "/v1/audit?action=explode", &[], None);
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("action"), "{resp}");
+    // None of it created a job.
+    assert!(d.jobs().is_empty(), "a bad request created a job");
+
+    // Unknown ids are 404 on every job route, and in the CLI (exit 1).
+    let unknown = "01jzzzzzzzzzzzzzzzzzzzzzzz";
+    for (method, path) in [
+        ("GET", format!("/v1/jobs/{unknown}")),
+        ("POST", format!("/v1/jobs/{unknown}/cancel")),
+        ("POST", format!("/v1/jobs/{unknown}/heartbeat")),
+        ("GET", "/v1/jobs/not%20an%20id!".to_owned()),
+    ] {
+        let (status, resp) = d.http(method, &path, &[], None);
+        assert_eq!(status, 404, "{method} {path}: {resp}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&resp).is_ok_and(|v| v["error"].is_string()),
+            "{resp}"
+        );
+    }
+    let out = d.cli(&["job", "show", unknown]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("404"), "{}", out.stderr);
+
+    // A good submission still works after all that.
+    let id = d.submit(&[], &["true"]);
+    assert_eq!(
+        d.wait_finished(&id).outcome,
+        Some(jobwarden::model::Outcome::Succeeded)
+    );
+    let (status, _) = d.http("GET", "/readyz", &[], None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn non_loopback_listen_needs_a_token_and_enforces_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data").display().to_string();
+    let out = run_cli(&["run", "--data-dir", &data, "--listen", "0.0.0.0:0"], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("token_file"), "{}", out.stderr);
+
+    let short = dir.path().join("short-token");
+    std::fs::write(&short, "tiny\n").expect("write");
+    let cfg = dir.path().join("short.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\ntoken_file = {:?}\n", short.display().to_string()),
+    )
+    .expect("write");
+    let out = run_cli(
+        &[
+            "run",
+            "--config",
+            &cfg.display().to_string(),
+            "--data-dir",
+            &data,
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 2, "a short token was accepted: {out:?}");
+
+    let token = "e2e-token-0123456789abcdef";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("write");
+    let cfg = config(&format!(
+        "[server]\ntoken_file = {:?}\n",
+        token_file.display().to_string()
+    ));
+    let Some(d) = Daemon::start_with(Backend::Sqlite, &cfg, &["--listen", "0.0.0.0:0"]) else {
+        return;
+    };
+    let (status, resp) = d.http("GET", "/v1/jobs", &[], None);
+    assert_eq!(status, 401, "{resp}");
+    let (status, _) = d.http(
+        "GET",
+        "/v1/jobs",
+        &[("Authorization", "Bearer wrong-token-0123456789")],
+        None,
+    );
+    assert_eq!(status, 401);
+    let (status, resp) = d.http("POST", "/v1/jobs", &[], Some(br#"{"command":["true"]}"#));
+    assert_eq!(status, 401, "an unauthenticated submit: {resp}");
+    let bearer = format!("Bearer {token}");
+    let (status, resp) = d.http("GET", "/v1/jobs", &[("Authorization", &bearer)], None);
+    assert_eq!((status, resp.trim()), (200, "[]"));
+    let (status, _) = d.http("GET", "/healthz", &[], None);
+    assert_eq!(status, 200);
+
+    // The CLI: without the token it fails (exit 1, 401), with JOBWARDEN_TOKEN it works.
+    let out = d.cli(&["jobs", "--json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    let out = run_cli(
+        &["submit", "--", "true"],
+        &[("JOBWARDEN_SERVER", &d.url), ("JOBWARDEN_TOKEN", token)],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.stdout.trim().to_owned();
+    let out = run_cli(
+        &["jobs", "--json"],
+        &[("JOBWARDEN_SERVER", &d.url), ("JOBWARDEN_TOKEN", token)],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&id), "{out:?}");
+}
