@@ -85,11 +85,18 @@ logs = "3s"
         d.ws(&long).join("out.txt").exists(),
         "a job with a longer TTL lost its workspace"
     );
-    assert!(d.log(&long).exists());
+    // Logs follow their own retention whatever the TTL: the long job's log is gone too.
+    wait_until("the long job's log to expire", || !d.log(&long).exists());
+    assert!(d.log(&running).exists(), "a running job lost its log");
     assert!(d.ws(&running).exists(), "a running job lost its workspace");
     assert_eq!(d.get(&running).stage, Stage::Running);
     assert_eq!(d.get(&long).stage, Stage::Completed);
-    assert!(rows(&d.audit(&long), AuditAction::TtlCleanup).is_empty());
+    assert!(
+        rows(&d.audit(&long), AuditAction::TtlCleanup)
+            .iter()
+            .all(|r| r.resource_type == "log"),
+        "only the long job's log may have been cleaned"
+    );
     assert!(rows(&d.audit(&running), AuditAction::TtlCleanup).is_empty());
     // The cleaned job is still listed and shown.
     let shown = d.show(&short);
@@ -272,4 +279,87 @@ local_min_age = "0s"
     );
 }
 
-both_stores!(ttl_cleanup, orphans, dry_run);
+/// Artifacts in the file:// store follow their per-kind retention from the finish, through the
+/// queue, audited with object counts; object orphans are removed by `orphans --clean` and a
+/// live job's prefixes and unrecognised keys are never touched.
+fn artifact_retention_and_object_orphans(backend: Backend) {
+    let cfg = config(
+        r#"
+[retention.artifacts]
+partial = "1s"
+logs = "1h"
+[orphans]
+artifact_min_age = "0s"
+"#,
+    );
+    let Some(d) = Daemon::start(backend, &cfg) else {
+        return;
+    };
+    let id = d.submit(&["--ttl", "1h", "--org", "acme"], &["sleep", "1"]);
+    let root = d.data.join("artifacts");
+    let put = |rel: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, b"data").expect("write");
+        p
+    };
+    let partial = put(&format!("partial/{id}/artifacts.tar.gz"));
+    let finals = put(&format!("jobs/acme/{id}/out.txt"));
+    let logs = put(&format!("logs/{id}/run.log"));
+    let orphan = put("partial/01orphan0000000000000000000/artifacts.tar.gz");
+    let odd = put("partial/not-an-id!/x");
+    d.wait_finished(&id);
+
+    let rows = d.wait_audit(&id, "partial prefix deleted", |r| {
+        r.action == AuditAction::TtlCleanup && r.resource_name.contains("/partial/")
+    });
+    let row = rows
+        .iter()
+        .find(|r| r.resource_name.contains("/partial/"))
+        .expect("row");
+    assert!(
+        row.success && row.reason.contains("deleted 1 objects"),
+        "{row:#?}"
+    );
+    assert_eq!(
+        row.details
+            .as_ref()
+            .and_then(|d| d.get("objects"))
+            .and_then(|v| v.as_u64()),
+        Some(1)
+    );
+    assert!(
+        !partial.exists(),
+        "partial artifacts outlived their 1s retention"
+    );
+    assert!(
+        finals.exists() && logs.exists(),
+        "artifacts with a 1h retention were deleted"
+    );
+
+    let out = d.ok(&["orphans", "--json"]);
+    assert!(out.contains("01orphan0000000000000000000"), "{out}");
+    assert!(
+        !out.contains(&format!("\"{id}\"")),
+        "a live job's prefix reported as orphan: {out}"
+    );
+    d.ok(&["orphans", "--clean"]);
+    d.wait_audit(
+        "01orphan0000000000000000000",
+        "orphan prefix deleted",
+        |r| r.action == AuditAction::OrphanCleanup && r.success,
+    );
+    assert!(!orphan.exists(), "the orphan prefix is still there");
+    assert!(odd.exists(), "a key that is not a job prefix was deleted");
+    assert!(
+        finals.exists() && logs.exists(),
+        "a known job's artifacts were deleted as orphans"
+    );
+}
+
+both_stores!(
+    ttl_cleanup,
+    orphans,
+    dry_run,
+    artifact_retention_and_object_orphans
+);

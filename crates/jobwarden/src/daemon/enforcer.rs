@@ -92,6 +92,8 @@ pub struct Enforcer {
     pre_started: mpsc::UnboundedReceiver<PreStarted>,
     /// Jobs whose pre_start hooks are running → whether they were cancelled meanwhile.
     starting: HashMap<JobId, bool>,
+    /// Runs whose log and artifact retention tasks were queued by this daemon.
+    retention_queued: std::collections::HashSet<(JobId, String)>,
 }
 
 /// A submitted job whose pre_start hooks have run.
@@ -124,6 +126,7 @@ impl Enforcer {
             pre_started_tx,
             pre_started,
             starting: HashMap::new(),
+            retention_queued: std::collections::HashSet::new(),
         }
     }
 
@@ -195,6 +198,7 @@ impl Enforcer {
                 // A crash may have fallen between the stage change and the enqueue; the
                 // queue de-duplicates tasks that are still pending.
                 requeue.extend(self.cleanup_tasks(&job, now));
+                requeue.extend(self.retention_tasks(&job, now));
             }
             if matches!(job.stage, Stage::Cleanup | Stage::Cleaned) {
                 continue;
@@ -649,6 +653,7 @@ impl Enforcer {
 
     /// Decides and acts for one job; re-arms it.
     async fn process(&mut self, id: &JobId) {
+        self.queue_retention(id, clock::now()).await;
         // Several steps may be overdue (daemon was down); each iteration takes one.
         for _ in 0..8 {
             let Some(job) = self.jobs.get(id) else {
@@ -916,38 +921,68 @@ impl Enforcer {
         true
     }
 
-    /// The queue tasks that remove a finished job's workspace (now) and its log (by the
-    /// log retention).
+    /// The queue task that removes a finished job's workspace, queued when its TTL expired.
     fn cleanup_tasks(&self, job: &JobRecord, now: Timestamp) -> Vec<NewTask> {
         let id = &job.id;
         let ttl = retention::ttl_for(job, &self.shared.config.retention);
-        let max_attempts = self.shared.config.queue.max_attempts;
+        vec![NewTask {
+            dedup_key: format!("workspace:{}:{}", id, job.run_id),
+            job_id: Some(id.to_string()),
+            kind: "workspace".into(),
+            resource_name: self.runtime.workspace(id).display().to_string(),
+            payload: serde_json::json!({ "run_id": job.run_id, "ttl_seconds": ttl.as_secs() }),
+            priority: 10,
+            scheduled_at: now,
+            max_attempts: self.shared.config.queue.max_attempts,
+        }]
+    }
+
+    /// The tasks queued as soon as a run finished, each due by its own retention: the local
+    /// log file (`[retention.artifacts] logs`) and the object-storage prefixes. They do not
+    /// wait for the workspace TTL, which may be longer or shorter.
+    fn retention_tasks(&self, job: &JobRecord, now: Timestamp) -> Vec<NewTask> {
+        let id = &job.id;
+        let ttl = retention::ttl_for(job, &self.shared.config.retention);
         let finished = job.finished_at.unwrap_or(now);
         let log_at = add(finished, self.shared.config.retention.artifacts.logs.0);
         let mut tasks = self.artifact_tasks(job, ttl, now);
-        tasks.extend(vec![
-            NewTask {
-                dedup_key: format!("workspace:{}:{}", id, job.run_id),
-                job_id: Some(id.to_string()),
-                kind: "workspace".into(),
-                resource_name: self.runtime.workspace(id).display().to_string(),
-                payload: serde_json::json!({ "run_id": job.run_id, "ttl_seconds": ttl.as_secs() }),
-                priority: 10,
-                scheduled_at: now,
-                max_attempts,
-            },
-            NewTask {
-                dedup_key: format!("log:{id}"),
-                job_id: Some(id.to_string()),
-                kind: "log".into(),
-                resource_name: self.runtime.log_path(id).display().to_string(),
-                payload: serde_json::json!({ "run_id": job.run_id }),
-                priority: 0,
-                scheduled_at: log_at.max(now),
-                max_attempts,
-            },
-        ]);
+        tasks.push(NewTask {
+            dedup_key: format!("log:{id}"),
+            job_id: Some(id.to_string()),
+            kind: "log".into(),
+            resource_name: self.runtime.log_path(id).display().to_string(),
+            payload: serde_json::json!({ "run_id": job.run_id }),
+            priority: 0,
+            scheduled_at: log_at.max(now),
+            max_attempts: self.shared.config.queue.max_attempts,
+        });
         tasks
+    }
+
+    /// Queues a finished run's retention tasks once per daemon lifetime (the queue
+    /// de-duplicates pending tasks across restarts; a re-run of a finished one deletes nothing
+    /// and says so in the audit log).
+    async fn queue_retention(&mut self, id: &JobId, now: Timestamp) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
+        };
+        let key = (job.id.clone(), job.run_id.clone());
+        if job.stage.is_active()
+            || job.finished_at.is_none()
+            || job.dry_run
+            || self.shared.dry_run
+            || self.retention_queued.contains(&key)
+        {
+            return;
+        }
+        let tasks = self.retention_tasks(job, now);
+        match self.shared.store.enqueue_many(&tasks, now).await {
+            Ok(_) => {
+                self.retention_queued.insert(key);
+                self.shared.queue_kick.notify_waiters();
+            }
+            Err(e) => self.store_error("queueing log and artifact retention", &e),
+        }
     }
 
     /// One queue task per artifact kind (`jobs/<org>/<id>/`, `partial/<id>/`, `logs/<id>/`),

@@ -356,7 +356,13 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
             );
             a.details =
                 Some(serde_json::json!({ "objects": report.objects, "bytes": report.bytes }));
-            Ok(Done { audit: vec![a] })
+            // A prefix the job never wrote: nothing was deleted, so there is nothing to audit.
+            let audit = if report.objects == 0 && !report.dry_run {
+                vec![]
+            } else {
+                vec![a]
+            };
+            Ok(Done { audit })
         }
         "orphan_prefix" => {
             let orphan: crate::artifacts::orphans::OrphanPrefix =
