@@ -18,9 +18,9 @@
 //! Also measured: daemon CPU while every job waits and none is due (utime + stime from
 //! `/proc/<pid>/stat`), daemon CPU during the window, daemon RSS, VmHWM and open fds before
 //! and with all jobs waiting, the daemon's own `jobwarden_enforcement_delay_seconds`
-//! histogram, and two baselines over the same due times: (a) a loop checking every job every
-//! 30 s (the seed's design) with a random phase, simulated; (b) GNU `timeout(1)` running one
-//! probe, the single-process floor.
+//! histogram, and two baselines: (a) a loop checking every job every 30 s (the seed's
+//! design), simulated over the same due times and pooled over 200 random phases; (b) GNU
+//! `timeout(1)` running one probe, the single-process floor.
 //!
 //! The soft `RLIMIT_NOFILE` and `RLIMIT_NPROC` are raised to their hard limits; the daemon and
 //! the probes inherit them. Everything started is stopped and the temporary directory removed
