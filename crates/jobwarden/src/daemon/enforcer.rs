@@ -853,7 +853,11 @@ impl Enforcer {
             let a = self.audit(&job, step.into(), "step failed".into(), Some(err), now);
             self.append_audit(vec![a]).await;
         }
-        self.persist(&job).await;
+        if step != Step::Warn {
+            // A warning changes nothing but the steps, which `record_step` already stored:
+            // one write transaction per warning instead of two.
+            self.persist(&job).await;
+        }
         self.jobs.insert(id.clone(), job);
         true
     }
