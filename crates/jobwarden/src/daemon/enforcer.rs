@@ -350,7 +350,7 @@ impl Enforcer {
         } = p;
         let audits: Vec<AuditEntry> = outcomes
             .iter()
-            .map(|o| self.hook_audit(&job, "pre_start", o, clock::now()))
+            .map(|o| hook_audit(&job, "pre_start", o, clock::now()))
             .collect();
         self.append_audit(audits).await;
         let cancelled = self.starting.remove(&job.id).unwrap_or(false);
@@ -1147,30 +1147,6 @@ impl Enforcer {
         }
     }
 
-    fn hook_audit(
-        &self,
-        job: &JobRecord,
-        event: &str,
-        o: &crate::hooks::HookOutcome,
-        now: Timestamp,
-    ) -> AuditEntry {
-        AuditEntry {
-            resource_type: "hook".into(),
-            resource_name: o.hook.clone(),
-            success: o.ok,
-            error_message: o.error.clone(),
-            dry_run: false,
-            details: Some(serde_json::json!({ "event": event, "attempts": o.attempts })),
-            ..self.audit(
-                job,
-                AuditAction::Hook,
-                format!("hook on {event}"),
-                None,
-                now,
-            )
-        }
-    }
-
     /// Fires hooks for `event` in the background: hooks never block the ladder.
     fn fire_hooks(&self, event: &str, job: &JobRecord, reason: Option<String>, now: Timestamp) {
         if !self.shared.hooks.has(event) {
@@ -1184,20 +1160,7 @@ impl Enforcer {
             let outcomes = shared.hooks.fire(&payload).await;
             let rows: Vec<AuditEntry> = outcomes
                 .iter()
-                .map(|o| AuditEntry {
-                    id: 0,
-                    timestamp: clock::now(),
-                    job_id: job.id.to_string(),
-                    resource_type: "hook".into(),
-                    resource_name: o.hook.clone(),
-                    action: AuditAction::Hook,
-                    reason: format!("hook on {event}"),
-                    initiated_by: "jobwarden".into(),
-                    success: o.ok,
-                    error_message: o.error.clone(),
-                    dry_run: false,
-                    details: Some(serde_json::json!({ "event": event, "attempts": o.attempts })),
-                })
+                .map(|o| hook_audit(&job, &event, o, clock::now()))
                 .collect();
             for o in outcomes.iter().filter(|o| !o.ok) {
                 shared.metrics.error("hook");
@@ -1207,6 +1170,29 @@ impl Enforcer {
                 shared.metrics.audit_written(rows.len() as u64);
             }
         });
+    }
+}
+
+/// The audit row for one hook run (pre_start hooks and background hooks alike).
+fn hook_audit(
+    job: &JobRecord,
+    event: &str,
+    o: &crate::hooks::HookOutcome,
+    now: Timestamp,
+) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        timestamp: now,
+        job_id: job.id.to_string(),
+        resource_type: "hook".into(),
+        resource_name: o.hook.clone(),
+        action: AuditAction::Hook,
+        reason: format!("hook on {event}"),
+        initiated_by: "jobwarden".into(),
+        success: o.ok,
+        error_message: o.error.clone(),
+        dry_run: false,
+        details: Some(serde_json::json!({ "event": event, "attempts": o.attempts })),
     }
 }
 
