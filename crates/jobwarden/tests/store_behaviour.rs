@@ -17,7 +17,7 @@ use jobwarden::model::{
 };
 use jobwarden::store::{
     AuditQuery, Backoff, Completion, Error, FailOutcome, Jitter, JobFilter, NewTask, QueueStats,
-    RequeueOutcome, Store, TaskFilter, TaskState,
+    RequeueOutcome, StepWrite, Store, TaskFilter, TaskState,
 };
 use sqlx::Connection as _;
 
@@ -150,6 +150,7 @@ both!(
     jobs_round_trip_and_filters,
     heartbeat_never_changes_deadline,
     record_step_is_once_per_run,
+    record_steps_answers_each_step_in_one_transaction,
     update_job_with_audit_is_atomic,
     enqueue_deduplicates_unfinished_tasks,
     claim_order_is_priority_then_schedule,
@@ -400,6 +401,78 @@ async fn heartbeat_never_changes_deadline(db: &Db) {
 
     let missing = JobId::parse("missing").expect("id");
     assert!(!s.record_heartbeat(&missing, t(1)).await.expect("hb"));
+}
+
+/// The enforcer's batch: each step gets its own answer, a job's `job_after` is saved only
+/// with a step recorded now, and the rows of the other steps still commit.
+async fn record_steps_answers_each_step_in_one_transaction(db: &Db) {
+    let s = db.open().await;
+    let (a, b) = (job("batch-a"), job("batch-b"));
+    s.insert_job(&a).await.expect("insert a");
+    s.insert_job(&b).await.expect("insert b");
+    let soft = |at| StepTaken {
+        step: Step::SoftKill,
+        due_at: t(at),
+        at: t(at),
+    };
+    let write = |j: &JobRecord, run: &str, after: Option<JobRecord>| StepWrite {
+        job_id: j.id.clone(),
+        run_id: run.into(),
+        step: soft(3601),
+        audit: entry(j.id.as_str(), AuditAction::SoftKill, t(3601)),
+        job_after: after,
+    };
+    // b's soft kill is already recorded: its job_after must not be saved.
+    assert!(
+        s.record_step(
+            &b.id,
+            "run-1",
+            &soft(3601),
+            &entry("batch-b", AuditAction::SoftKill, t(3601))
+        )
+        .await
+        .expect("pre-record b")
+    );
+    let terminating = |j: &JobRecord| JobRecord {
+        stage: Stage::Terminating,
+        reason: Some("timeout".into()),
+        ..j.clone()
+    };
+    let batch = [
+        write(&a, "run-1", Some(terminating(&a))),
+        write(&b, "run-1", Some(terminating(&b))),
+        write(&a, "run-0", None),
+        write(&job("batch-missing"), "run-1", None),
+    ];
+    let got = s.record_steps(&batch).await.expect("record_steps");
+    assert_eq!(got.len(), 4);
+    assert!(matches!(got[0], Ok(true)), "{:?}", got[0]);
+    assert!(matches!(got[1], Ok(false)), "{:?}", got[1]);
+    assert!(
+        matches!(got[2], Err(Error::StaleRun { .. })),
+        "{:?}",
+        got[2]
+    );
+    assert!(matches!(got[3], Err(Error::JobNotFound(_))), "{:?}", got[3]);
+
+    let a_now = s.get_job(&a.id).await.expect("get a").expect("a");
+    assert_eq!(a_now.stage, Stage::Terminating);
+    assert_eq!(a_now.steps, [soft(3601)]);
+    let b_now = s.get_job(&b.id).await.expect("get b").expect("b");
+    assert_eq!(
+        b_now.stage,
+        Stage::Running,
+        "job_after of an old step is not saved"
+    );
+    assert_eq!(b_now.steps, [soft(3601)]);
+    assert_eq!(audit_of(&s, "batch-a").await.len(), 1);
+    assert_eq!(
+        audit_of(&s, "batch-b").await.len(),
+        1,
+        "no second row for b"
+    );
+    assert!(audit_of(&s, "batch-missing").await.is_empty());
+    assert!(s.record_steps(&[]).await.expect("empty batch").is_empty());
 }
 
 async fn record_step_is_once_per_run(db: &Db) {

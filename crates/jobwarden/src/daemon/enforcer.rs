@@ -42,7 +42,7 @@ use crate::policy::{JobSettings, resolve};
 use crate::runtime::local::{Adopted, ExitEvent, LocalRuntime};
 use crate::runtime::proc::SignalResult;
 use crate::scheduler::Scheduler;
-use crate::store::{JobFilter, NewTask};
+use crate::store::{JobFilter, NewTask, StepWrite};
 
 /// An error for the API: HTTP status and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +94,20 @@ pub struct Enforcer {
     starting: HashMap<JobId, bool>,
     /// Runs whose log and artifact retention tasks were queued by this daemon.
     retention_queued: std::collections::HashSet<(JobId, String)>,
+}
+
+/// An escalation step decided for a job, ready to be recorded and carried out.
+struct PlannedStep {
+    /// What the store records.
+    write: StepWrite,
+    /// The job as it was decided on.
+    before: JobRecord,
+    /// The job once the step is taken.
+    after: JobRecord,
+    /// A soft kill moving a running job to `terminating`.
+    terminating: bool,
+    /// Why: `timeout` or `cancelled`.
+    why: String,
 }
 
 /// A submitted job whose pre_start hooks have run.
@@ -154,11 +168,20 @@ impl Enforcer {
         );
     }
 
+    /// Acts on every due job. The escalation steps of all of them are recorded in one write
+    /// transaction and then carried out (one commit per wake-up, not per job: at thousands
+    /// of deadlines a second, per-step commits were what made signals late); anything else
+    /// goes through [`Self::process`] one job at a time.
     async fn run_due(&mut self) {
         let now = clock::now();
+        let mut batch = Vec::new();
         for (id, _) in self.sched.pop_due(now, 10_000) {
-            self.process(&id).await;
+            match self.batchable_step(&id, now) {
+                Some(planned) => batch.push(planned),
+                None => self.process(&id).await,
+            }
         }
+        self.take_steps(batch, now).await;
         self.update_stage_metrics();
     }
 
@@ -728,7 +751,7 @@ impl Enforcer {
         self.sched.arm(id.clone(), now);
     }
 
-    /// Records and carries out an escalation step. False if the store could not record it
+    /// Records and carries out one escalation step. False if the store could not record it
     /// (nothing was done).
     async fn take_step(
         &mut self,
@@ -738,9 +761,35 @@ impl Enforcer {
         now: Timestamp,
         why: &str,
     ) -> bool {
-        let Some(job) = self.jobs.get(id).cloned() else {
+        let Some(job) = self.jobs.get(id) else {
             return true;
         };
+        let planned = self.plan_step(job, step, due_at, now, why);
+        self.take_steps(vec![planned], now).await
+    }
+
+    /// The decision for a due job when it is a step that [`Self::take_steps`] can record in a
+    /// batch (every step but force_delete, which settles the job).
+    fn batchable_step(&self, id: &JobId, now: Timestamp) -> Option<PlannedStep> {
+        let job = self.jobs.get(id)?;
+        let (decision, _) = decide(job, &self.diagnose(job), &self.shared.policy, now);
+        match decision {
+            Decision::Step { step, due_at } if step != Step::ForceDelete => {
+                Some(self.plan_step(job, step, due_at, now, "timeout"))
+            }
+            _ => None,
+        }
+    }
+
+    /// The record of a step and the job as it will be once the step is carried out.
+    fn plan_step(
+        &self,
+        job: &JobRecord,
+        step: Step,
+        due_at: Timestamp,
+        now: Timestamp,
+        why: &str,
+    ) -> PlannedStep {
         let dry = self.shared.dry_run || job.dry_run;
         let reason = match step {
             Step::Warn => format!(
@@ -762,49 +811,113 @@ impl Enforcer {
                 "still present after SIGKILL; removing the workspace and marking the job".into()
             }
         };
-        let mut audit = self.audit(&job, step.into(), reason, None, now);
+        let mut audit = self.audit(job, step.into(), reason, None, now);
         audit.dry_run = dry;
         let taken = StepTaken {
             step,
             due_at,
             at: now,
         };
-        match self
-            .shared
-            .store
-            .record_step(&job.id, &job.run_id, &taken, &audit)
-            .await
-        {
-            Ok(true) => {
-                self.shared.set_store_ok(true);
-                self.shared.metrics.audit_written(1);
-            }
-            Ok(false) => {
-                // Already recorded (e.g. by a previous daemon): keep our copy in sync.
-                let mut synced = match self.shared.store.get_job(id).await {
-                    Ok(Some(stored)) if stored.run_id == job.run_id => stored,
-                    _ => job,
-                };
-                if !synced
-                    .steps
-                    .iter()
-                    .any(|s| s.step == step && s.due_at == due_at)
-                {
-                    // Never decide the same step again, whatever the store's copy says.
-                    synced.steps.push(taken);
-                }
-                self.jobs.insert(id.clone(), synced);
-                return true;
-            }
+        let mut after = job.clone();
+        after.steps.push(taken.clone());
+        // Only a soft kill changes more than the steps (which the record itself stores): it
+        // is saved with the record, in the same transaction.
+        let terminating = step == Step::SoftKill && !dry && job.stage == Stage::Running;
+        if terminating {
+            after.stage = Stage::Terminating;
+            after.reason = Some(why.to_owned());
+        }
+        PlannedStep {
+            write: StepWrite {
+                job_id: job.id.clone(),
+                run_id: job.run_id.clone(),
+                step: taken,
+                audit,
+                job_after: terminating.then(|| after.clone()),
+            },
+            before: job.clone(),
+            after,
+            terminating,
+            why: why.to_owned(),
+        }
+    }
+
+    /// Records every planned step in one write transaction, then carries out those recorded
+    /// now. Each job is re-armed: at `now` when its step is settled (its next step, or
+    /// several overdue ones, are decided by [`Self::process`]), a moment later when the store
+    /// could not record it (nothing was done). False if any step was not recorded.
+    async fn take_steps(&mut self, planned: Vec<PlannedStep>, now: Timestamp) -> bool {
+        if planned.is_empty() {
+            return true;
+        }
+        let writes: Vec<StepWrite> = planned.iter().map(|p| p.write.clone()).collect();
+        let results = match self.shared.store.record_steps(&writes).await {
+            Ok(results) => results,
             Err(e) => {
-                self.store_error("recording an escalation step", &e);
+                self.store_error("recording escalation steps", &e);
+                for p in &planned {
+                    self.sched.arm(p.before.id.clone(), add(now, STORE_RETRY));
+                }
                 return false;
             }
+        };
+        self.shared.set_store_ok(true);
+        let mut all_ok = true;
+        for (p, result) in planned.into_iter().zip(results) {
+            let id = p.before.id.clone();
+            match result {
+                Ok(true) => {
+                    self.shared.metrics.audit_written(1);
+                    self.carry_out(p, now).await;
+                    self.sched.arm(id, now);
+                }
+                Ok(false) => {
+                    self.sync_recorded(p).await;
+                    self.sched.arm(id, now);
+                }
+                Err(e) => {
+                    self.store_error("recording an escalation step", &e);
+                    self.sched.arm(id, add(now, STORE_RETRY));
+                    all_ok = false;
+                }
+            }
         }
-        let delay = (now - due_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        all_ok
+    }
+
+    /// A step the store already holds (e.g. recorded by a previous daemon): keep our copy in
+    /// sync and never decide that step again.
+    async fn sync_recorded(&mut self, p: PlannedStep) {
+        let id = p.before.id.clone();
+        let mut synced = match self.shared.store.get_job(&id).await {
+            Ok(Some(stored)) if stored.run_id == p.before.run_id => stored,
+            _ => p.before,
+        };
+        let taken = p.write.step;
+        if !synced
+            .steps
+            .iter()
+            .any(|s| s.step == taken.step && s.due_at == taken.due_at)
+        {
+            synced.steps.push(taken);
+        }
+        self.jobs.insert(id, synced);
+    }
+
+    /// Carries out a recorded step: the signal, the workspace removal of a force delete,
+    /// hooks, and an audit row if it failed.
+    async fn carry_out(&mut self, p: PlannedStep, now: Timestamp) {
+        let PlannedStep {
+            write,
+            after: mut job,
+            terminating,
+            why,
+            ..
+        } = p;
+        let step = write.step.step;
+        let delay = (now - write.step.due_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
         self.shared.metrics.step_taken(step, delay);
-        let mut job = job;
-        job.steps.push(taken);
+        let dry = write.audit.dry_run;
         let mut failure = None;
         if !dry {
             let signal = match step {
@@ -843,23 +956,19 @@ impl Enforcer {
         } else {
             tracing::info!(job = %job.id, step = %step, "dry-run: decided, not carried out");
         }
-        if step == Step::SoftKill && !dry && job.stage == Stage::Running {
-            job.stage = Stage::Terminating;
-            job.reason = Some(why.to_owned());
-            self.fire_hooks("terminating", &job, Some(why.to_owned()), now);
+        if terminating {
+            self.fire_hooks("terminating", &job, Some(why), now);
         }
         self.fire_hooks(step.as_str(), &job, None, now);
         if let Some(err) = failure {
             let a = self.audit(&job, step.into(), "step failed".into(), Some(err), now);
             self.append_audit(vec![a]).await;
         }
-        if step != Step::Warn {
-            // A warning changes nothing but the steps, which `record_step` already stored:
-            // one write transaction per warning instead of two.
+        if step == Step::ForceDelete && !dry {
+            // The only step that settles the job: its outcome is saved on its own.
             self.persist(&job).await;
         }
-        self.jobs.insert(id.clone(), job);
-        true
+        self.jobs.insert(job.id.clone(), job);
     }
 
     /// TTL expired: queue removal of the workspace (now) and of the log (by its own

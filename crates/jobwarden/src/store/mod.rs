@@ -156,6 +156,22 @@ pub enum Store {
     Postgres(PgStore),
 }
 
+/// One escalation step for [`Store::record_steps`].
+#[derive(Debug, Clone)]
+pub struct StepWrite {
+    /// The job.
+    pub job_id: JobId,
+    /// The run the step belongs to; a step for any other run is refused.
+    pub run_id: String,
+    /// The step and its times.
+    pub step: StepTaken,
+    /// The audit row written with it.
+    pub audit: AuditEntry,
+    /// The job as it is once the step is taken (e.g. a soft kill moves it to `terminating`),
+    /// saved as [`Store::update_job`] would, only if the step is recorded now.
+    pub job_after: Option<JobRecord>,
+}
+
 /// Calls the same method on whichever backend this is.
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* $(,)? )) => {
@@ -265,7 +281,28 @@ impl Store {
         step: &StepTaken,
         audit: &AuditEntry,
     ) -> Result<bool> {
-        dispatch!(self.record_step(job_id, run_id, step, audit))
+        let batch = [StepWrite {
+            job_id: job_id.clone(),
+            run_id: run_id.to_owned(),
+            step: step.clone(),
+            audit: audit.clone(),
+            job_after: None,
+        }];
+        let mut results = self.record_steps(&batch).await?;
+        results.pop().unwrap_or(Ok(false))
+    }
+
+    /// [`Store::record_step`] for many steps in one write transaction (the enforcer records
+    /// every step that falls due in one wake-up this way). Each step gets its own answer:
+    /// `Ok(true)` recorded now, `Ok(false)` already recorded, or [`Error::JobNotFound`] /
+    /// [`Error::StaleRun`]. A query error rolls back the whole batch and is returned alone.
+    ///
+    /// A step recorded now also saves its [`StepWrite::job_after`], in the same transaction.
+    pub async fn record_steps(&self, batch: &[StepWrite]) -> Result<Vec<Result<bool>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.record_steps(batch))
     }
 
     // ----- cleanup queue -----

@@ -25,7 +25,7 @@ use super::queue::{
     self, Backoff, Completion, Enqueued, FailOutcome, NewTask, QueueStats, RequeueOutcome, Task,
     TaskFilter, task_columns,
 };
-use super::{Error, Result, db, redact_url};
+use super::{Error, Result, StepWrite, db, redact_url};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -250,34 +250,7 @@ impl PgStore {
     pub(crate) async fn update_job(&self, job: &JobRecord, audit: &[AuditEntry]) -> Result<()> {
         let op = format!("updating job {}", job.id);
         let mut tx = self.begin(&op).await?;
-        let stored =
-            sqlx::query("SELECT run_id, steps, last_heartbeat FROM jobs WHERE id = $1 FOR UPDATE")
-                .bind(job.id.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db(op.clone()))?
-                .ok_or_else(|| Error::JobNotFound(job.id.to_string()))?;
-        let r = job_row(&stored);
-        let (steps, heartbeat) = merge_for_update(
-            job,
-            &r.text("run_id")?,
-            decode_steps(&r)?,
-            r.opt_ts("last_heartbeat")?,
-        );
-        let p = JobParams::new(job, &steps, heartbeat)?;
-        let q = sqlx::query(
-            "UPDATE jobs SET run_id = $2, attempt = $3, runtime = $4, namespace = $5, name = $6, \
-             org = $7, job_type = $8, stage = $9, outcome = $10, reason = $11, created_at = $12, \
-             started_at = $13, finished_at = $14, timeout_secs = $15, grace_secs = $16, \
-             ttl_secs = $17, deadline = $18, steps = $19::jsonb, heartbeat_timeout_secs = $20, \
-             last_heartbeat = $21, recovery_attempts = $22, pid = $23, pid_start_ticks = $24, \
-             exit_code = $25, signal = $26, spec = $27::jsonb, dry_run = $28 WHERE id = $1",
-        );
-        bind_job(q, &p)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(op.clone()))?;
-        insert_audit(&mut tx, audit).await?;
+        update_job_in(&mut tx, job, audit, &op).await?;
         tx.commit().await.map_err(db(op))
     }
 
@@ -361,53 +334,30 @@ impl PgStore {
         Ok(r.rows_affected() > 0)
     }
 
-    pub(crate) async fn record_step(
-        &self,
-        job_id: &JobId,
-        run_id: &str,
-        step: &StepTaken,
-        audit: &AuditEntry,
-    ) -> Result<bool> {
-        let op = format!("recording step {} of job {job_id} run {run_id}", step.step);
+    pub(crate) async fn record_steps(&self, batch: &[StepWrite]) -> Result<Vec<Result<bool>>> {
+        let op = format!("recording {} escalation steps", batch.len());
         let mut tx = self.begin(&op).await?;
-        // One statement: the row lock it takes makes a concurrent second call wait and then
-        // see the step already there.
-        let updated = sqlx::query(
-            "UPDATE jobs SET steps = steps || jsonb_build_array($3::jsonb) \
-             WHERE id = $1 AND run_id = $2 \
-               AND NOT steps @> jsonb_build_array(CASE WHEN $4::text = 'warn' \
-                   THEN jsonb_build_object('step', $4::text, 'due_at', $5::text) \
-                   ELSE jsonb_build_object('step', $4::text) END)",
-        )
-        .bind(job_id.as_str())
-        .bind(run_id)
-        .bind(jobs::step_json(step)?)
-        .bind(step.step.as_str())
-        .bind(jobs::due_at_json(step))
-        .execute(&mut *tx)
-        .await
-        .map_err(db(op.clone()))?
-        .rows_affected();
-        if updated == 0 {
-            let current: Option<String> =
-                sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = $1")
-                    .bind(job_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db(op))?;
-            return match current {
-                None => Err(Error::JobNotFound(job_id.to_string())),
-                Some(current) if current != run_id => Err(Error::StaleRun {
-                    job_id: job_id.to_string(),
-                    given: run_id.to_owned(),
-                    current,
-                }),
-                Some(_) => Ok(false),
-            };
+        let mut results = Vec::with_capacity(batch.len());
+        for w in batch {
+            let op = format!(
+                "recording step {} of job {} run {}",
+                w.step.step, w.job_id, w.run_id
+            );
+            // A query error aborts the whole transaction; "not found" and "stale run" are
+            // answers about one step and leave the others to commit.
+            match record_step_in(&mut tx, &w.job_id, &w.run_id, &w.step, &w.audit, &op).await {
+                Err(e @ Error::Db { .. }) => return Err(e),
+                Ok(true) => {
+                    if let Some(job) = &w.job_after {
+                        update_job_in(&mut tx, job, &[], &op).await?;
+                    }
+                    results.push(Ok(true));
+                }
+                other => results.push(other),
+            }
         }
-        insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await.map_err(db(op))?;
-        Ok(true)
+        Ok(results)
     }
 
     // ----- cleanup queue -----
@@ -863,4 +813,87 @@ impl PgStore {
             .map_err(db("querying the audit log"))?;
         rows.iter().map(|r| decode_audit(&audit_row(r))).collect()
     }
+}
+
+/// [`PostgresStore::update_job`] inside the caller's transaction.
+async fn update_job_in(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    job: &JobRecord,
+    audit: &[AuditEntry],
+    op: &str,
+) -> Result<()> {
+    let stored =
+        sqlx::query("SELECT run_id, steps, last_heartbeat FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(job.id.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db(op.to_owned()))?
+            .ok_or_else(|| Error::JobNotFound(job.id.to_string()))?;
+    let r = job_row(&stored);
+    let (steps, heartbeat) = merge_for_update(
+        job,
+        &r.text("run_id")?,
+        decode_steps(&r)?,
+        r.opt_ts("last_heartbeat")?,
+    );
+    let p = JobParams::new(job, &steps, heartbeat)?;
+    let q = sqlx::query(
+        "UPDATE jobs SET run_id = $2, attempt = $3, runtime = $4, namespace = $5, name = $6, \
+             org = $7, job_type = $8, stage = $9, outcome = $10, reason = $11, created_at = $12, \
+             started_at = $13, finished_at = $14, timeout_secs = $15, grace_secs = $16, \
+             ttl_secs = $17, deadline = $18, steps = $19::jsonb, heartbeat_timeout_secs = $20, \
+             last_heartbeat = $21, recovery_attempts = $22, pid = $23, pid_start_ticks = $24, \
+             exit_code = $25, signal = $26, spec = $27::jsonb, dry_run = $28 WHERE id = $1",
+    );
+    bind_job(q, &p)
+        .execute(&mut **tx)
+        .await
+        .map_err(db(op.to_owned()))?;
+    insert_audit(tx, audit).await
+}
+
+/// Appends one step unless it is already recorded for the run (see
+/// [`super::Store::record_steps`]), inside the caller's transaction.
+async fn record_step_in(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    job_id: &JobId,
+    run_id: &str,
+    step: &StepTaken,
+    audit: &AuditEntry,
+    op: &str,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE jobs SET steps = steps || jsonb_build_array($3::jsonb) \
+             WHERE id = $1 AND run_id = $2 \
+               AND NOT steps @> jsonb_build_array(CASE WHEN $4::text = 'warn' \
+                   THEN jsonb_build_object('step', $4::text, 'due_at', $5::text) \
+                   ELSE jsonb_build_object('step', $4::text) END)",
+    )
+    .bind(job_id.as_str())
+    .bind(run_id)
+    .bind(jobs::step_json(step)?)
+    .bind(step.step.as_str())
+    .bind(jobs::due_at_json(step))
+    .execute(&mut **tx)
+    .await
+    .map_err(db(op.to_owned()))?
+    .rows_affected();
+    if updated == 0 {
+        let current: Option<String> = sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = $1")
+            .bind(job_id.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db(op.to_owned()))?;
+        return match current {
+            None => Err(Error::JobNotFound(job_id.to_string())),
+            Some(current) if current != run_id => Err(Error::StaleRun {
+                job_id: job_id.to_string(),
+                given: run_id.to_owned(),
+                current,
+            }),
+            Some(_) => Ok(false),
+        };
+    }
+    insert_audit(tx, std::slice::from_ref(audit)).await?;
+    Ok(true)
 }
