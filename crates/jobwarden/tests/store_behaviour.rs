@@ -473,6 +473,29 @@ async fn record_steps_answers_each_step_in_one_transaction(db: &Db) {
     );
     assert!(audit_of(&s, "batch-missing").await.is_empty());
     assert!(s.record_steps(&[]).await.expect("empty batch").is_empty());
+
+    // update_jobs: a missing job is answered alone; the others are saved, steps merged.
+    let done = JobRecord {
+        stage: Stage::Failed,
+        outcome: Some(Outcome::Terminated),
+        finished_at: Some(t(3602)),
+        ..a.clone()
+    };
+    let got = s
+        .update_jobs(&[done, job("batch-missing")])
+        .await
+        .expect("update_jobs");
+    assert!(
+        matches!(got[..], [Ok(()), Err(Error::JobNotFound(_))]),
+        "{got:?}"
+    );
+    let a_now = s.get_job(&a.id).await.expect("get a").expect("a");
+    assert_eq!(a_now.outcome, Some(Outcome::Terminated));
+    assert_eq!(
+        a_now.steps,
+        [soft(3601)],
+        "steps recorded meanwhile are kept"
+    );
 }
 
 async fn record_step_is_once_per_run(db: &Db) {

@@ -117,6 +117,9 @@ struct PreStarted {
     reply: oneshot::Sender<Result<JobRecord, CommandError>>,
 }
 
+/// Most exits settled in one write transaction.
+const EXIT_BATCH: usize = 1024;
+
 /// Retry delay when the store did not answer.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -155,7 +158,15 @@ impl Enforcer {
             tokio::select! {
                 biased;
                 _ = super::stopped(&mut shutdown) => break,
-                Some(ev) = self.exits.recv() => self.on_exit(ev).await,
+                Some(ev) = self.exits.recv() => {
+                    // Every exit already reported is settled with one write transaction.
+                    let mut evs = vec![ev];
+                    while evs.len() < EXIT_BATCH {
+                        let Ok(ev) = self.exits.try_recv() else { break };
+                        evs.push(ev);
+                    }
+                    self.on_exits(evs).await;
+                }
                 Some(cmd) = self.commands.recv() => self.on_command(cmd).await,
                 Some(p) = self.pre_started.recv() => self.after_pre_start(p).await,
                 _ = tokio::time::sleep(sleep) => {}
@@ -531,9 +542,7 @@ impl Enforcer {
 
     async fn flush_early_exits(&mut self) {
         let pending = std::mem::take(&mut self.early_exits);
-        for ev in pending {
-            self.on_exit(ev).await;
-        }
+        self.on_exits(pending).await;
     }
 
     async fn cancel(&mut self, id: &JobId) -> Result<JobRecord, CommandError> {
@@ -615,16 +624,43 @@ impl Enforcer {
         Ok(())
     }
 
-    async fn on_exit(&mut self, ev: ExitEvent) {
+    /// Settles the runs that exited and saves them in one write transaction.
+    async fn on_exits(&mut self, evs: Vec<ExitEvent>) {
+        if evs.is_empty() {
+            return;
+        }
+        let now = clock::now();
+        let settled: Vec<JobRecord> = evs
+            .into_iter()
+            .filter_map(|ev| self.on_exit(ev, now))
+            .collect();
+        if settled.is_empty() {
+            return;
+        }
+        match self.shared.store.update_jobs(&settled).await {
+            Ok(results) => {
+                self.shared.set_store_ok(true);
+                for e in results.iter().filter_map(|r| r.as_ref().err()) {
+                    self.store_error("saving a finished job", e);
+                }
+            }
+            Err(e) => self.store_error("saving finished jobs", &e),
+        }
+        for job in settled {
+            self.reschedule(&job.id, now);
+        }
+    }
+
+    /// Settles one exited run in memory; the job to save, if it changed.
+    fn on_exit(&mut self, ev: ExitEvent, now: Timestamp) -> Option<JobRecord> {
         let Some(job) = self.jobs.get(&ev.job_id) else {
             self.early_exits.push(ev);
-            return;
+            return None;
         };
         if job.run_id != ev.run_id || !job.stage.is_active() {
-            return; // an earlier run, or already settled
+            return None; // an earlier run, or already settled
         }
         let mut job = job.clone();
-        let now = clock::now();
         let by_us = !job.dry_run && (job.has_step(Step::SoftKill) || job.has_step(Step::HardKill));
         let outcome = if ev.status_known {
             lifecycle::outcome_of_exit(ev.exit_code, ev.signal, by_us)
@@ -648,10 +684,8 @@ impl Enforcer {
             reason
         };
         self.finish(&mut job, outcome, ev.exit_code, ev.signal, reason, now);
-        self.persist(&job).await;
-        let id = job.id.clone();
-        self.jobs.insert(id.clone(), job);
-        self.reschedule(&id, now);
+        self.jobs.insert(job.id.clone(), job.clone());
+        Some(job)
     }
 
     /// Settles a run: outcome, stage, times; fires the stage hooks.

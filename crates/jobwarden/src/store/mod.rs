@@ -235,6 +235,17 @@ impl Store {
         dispatch!(self.update_job(job, &[]))
     }
 
+    /// [`Store::update_job`] for many jobs in one write transaction (the enforcer saves every
+    /// run that exited since its last wake-up this way). Each job gets its own answer
+    /// ([`Error::JobNotFound`] for a missing one); a query error rolls back the whole batch
+    /// and is returned alone.
+    pub async fn update_jobs(&self, jobs: &[JobRecord]) -> Result<Vec<Result<()>>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.update_jobs(jobs))
+    }
+
     /// [`Store::update_job`] and [`Store::append_audit`] in one transaction.
     pub async fn update_job_with_audit(&self, job: &JobRecord, audit: &[AuditEntry]) -> Result<()> {
         dispatch!(self.update_job(job, audit))

@@ -249,6 +249,21 @@ impl SqliteStore {
         tx.commit().await.map_err(db(op))
     }
 
+    pub(crate) async fn update_jobs(&self, jobs: &[JobRecord]) -> Result<Vec<Result<()>>> {
+        let op = format!("updating {} jobs", jobs.len());
+        let mut tx = self.write(&op).await?;
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let op = format!("updating job {}", job.id);
+            match update_job_in(&mut tx, job, &[], &op).await {
+                Err(e @ Error::Db { .. }) => return Err(e),
+                other => results.push(other),
+            }
+        }
+        tx.commit().await.map_err(db(op))?;
+        Ok(results)
+    }
+
     pub(crate) async fn get_job(&self, id: &JobId) -> Result<Option<JobRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ",
