@@ -94,6 +94,11 @@ pub enum Cmd {
     },
     /// Start a daemon on a temporary data dir and run a short, real story (under a minute).
     Demo,
+    /// Render Kubernetes manifests (no cluster needed).
+    Manifest {
+        #[command(subcommand)]
+        cmd: crate::kubernetes::cli::ManifestCmd,
+    },
 }
 
 /// `job …`
@@ -220,6 +225,9 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Cmd::Run(args) => run(args).await,
         Cmd::Demo => crate::demo::run().await.map_err(|e| fail(1, e)),
+        Cmd::Manifest { cmd } => crate::kubernetes::cli::manifest(cmd, crate::clock::now())
+            .map(|out| print!("{out}"))
+            .map_err(|(code, message)| fail(code, message)),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => match Config::load(&file) {
@@ -352,10 +360,16 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
 
 async fn run(args: RunArgs) -> Result<(), Failure> {
     if args.runtime == RuntimeArg::Kubernetes {
-        return Err(fail(
-            2,
-            "--runtime kubernetes is not available in this build yet; use --runtime local",
-        ));
+        let opts = crate::kubernetes::cli::RunOptions {
+            config: args.config.clone(),
+            store: args.store.clone(),
+            data_dir: absolute(&args.data_dir),
+            listen: args.listen,
+            dry_run: args.dry_run,
+        };
+        return crate::kubernetes::cli::run(opts, wait_for_signal())
+            .await
+            .map_err(|(code, message)| fail(code, message));
     }
     let (config, source) = match &args.config {
         Some(path) => (

@@ -71,6 +71,8 @@ pub struct Config {
     /// `[artifacts]`: object storage (file:// or s3://) for artifacts, partial saves and logs.
     #[serde(skip_serializing)]
     pub artifacts: crate::artifacts::config::ArtifactsConfig,
+    /// `[kubernetes]`: the Kubernetes runtime (ignored by the local runtime).
+    pub kubernetes: crate::kubernetes::config::KubernetesConfig,
 }
 
 /// `[server]`.
@@ -500,6 +502,9 @@ impl Config {
         }
         if self.annotations.prefix.is_empty() {
             return bad("annotations.prefix", "must not be empty".into());
+        }
+        if let Err((key, problem)) = self.kubernetes.check(self.store.url.as_deref()) {
+            return bad(&key, problem);
         }
         for (i, h) in self.hooks.iter().enumerate() {
             let key = format!("hooks[{i}]");

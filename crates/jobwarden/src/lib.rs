@@ -14,6 +14,7 @@ pub mod demo;
 pub mod duration;
 pub mod engine;
 pub mod hooks;
+pub mod kubernetes;
 pub mod metrics;
 pub mod model;
 pub mod policy;

@@ -1,0 +1,214 @@
+//! `jobwarden manifest …`: the clap arguments and the handler (no cluster needed).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::duration::Dur;
+use crate::model::{JobId, Timestamp};
+
+use super::manifest::{JobRequest, render_job, to_json_value, to_yaml};
+
+/// `manifest …`
+#[derive(Debug, Subcommand)]
+pub enum ManifestCmd {
+    /// Print a FlowForge batch/v1 Job whose timeout, grace, deadline and TTL agree with the
+    /// policy, with jobwarden-init as its entrypoint.
+    Job(JobArgs),
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// YAML (for `kubectl apply -f -`).
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// `manifest job`.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// Timeout (capped by the organisation maximum and the hard maximum of the config).
+    #[arg(long)]
+    pub timeout: Dur,
+    /// Organisation.
+    #[arg(long)]
+    pub org: String,
+    /// Container image; it must contain jobwarden-init at `[kubernetes] init_path`.
+    #[arg(long)]
+    pub image: String,
+    /// Grace period between SIGTERM and SIGKILL [default: the type's or global grace].
+    #[arg(long)]
+    pub grace: Option<Dur>,
+    /// Keep the finished Job this long [default: the retention for its outcome].
+    #[arg(long)]
+    pub ttl: Option<Dur>,
+    /// Job type.
+    #[arg(long = "type")]
+    pub job_type: Option<String>,
+    /// Job name [default: flowforge-<job id>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Namespace [default: kubectl's current one].
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Job id (the job-id label) [default: a fresh one].
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// The TOML config whose policy applies [default: built-in defaults].
+    #[arg(long, env = "JOBWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
+    pub output: Format,
+    /// The job's command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// Runs `manifest …`: the text for stdout, or (exit code, message).
+pub fn manifest(cmd: ManifestCmd, now: Timestamp) -> Result<String, (u8, String)> {
+    let ManifestCmd::Job(a) = cmd;
+    let config = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| (2, e.to_string()))?,
+        None => Config::default(),
+    };
+    let job_id = match &a.job_id {
+        Some(s) => JobId::parse(s).map_err(|e| (2, format!("--job-id: {e}")))?,
+        None => JobId::generate(now),
+    };
+    let req = JobRequest {
+        job_id,
+        timeout: a.timeout.0,
+        grace: a.grace.map(|d| d.0),
+        ttl: a.ttl.map(|d| d.0),
+        org: a.org,
+        job_type: a.job_type,
+        name: a.name,
+        namespace: a.namespace,
+        image: a.image,
+        command: a.command,
+    };
+    let rendered = render_job(&req, &config).map_err(|e| (2, e.to_string()))?;
+    match a.output {
+        Format::Yaml => to_yaml(&rendered.job).map_err(|e| (1, e)),
+        Format::Json => to_json_value(&rendered.job)
+            .and_then(|v| serde_json::to_string_pretty(&v).map_err(|e| e.to_string()))
+            .map(|s| s + "\n")
+            .map_err(|e| (1, e)),
+    }
+}
+
+/// What `jobwarden run --runtime kubernetes` was given.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--store` (else `[store] url`, else SQLite in `data_dir`).
+    pub store: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--listen` (else `[server] listen`): `/healthz`, `/readyz`, `/metrics` only.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `--dry-run`.
+    pub dry_run: bool,
+}
+
+/// Runs the Kubernetes controller until `shutdown` completes. Errors are (exit code, message).
+pub async fn run(
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), (u8, String)> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (config, source) = match &opts.config {
+        Some(p) => (
+            Config::load(p).map_err(|e| (2, e.to_string()))?,
+            p.display().to_string(),
+        ),
+        None => (Config::default(), "<built-in defaults>".to_owned()),
+    };
+    let listen: std::net::SocketAddr = match opts.listen {
+        Some(a) => a,
+        None => config
+            .server
+            .listen
+            .parse()
+            .map_err(|e| (2, format!("{source}: server.listen: {e}")))?,
+    };
+    let store_url = opts
+        .store
+        .clone()
+        .or_else(|| config.store.url.clone())
+        .unwrap_or_else(|| format!("sqlite://{}", opts.data_dir.join("jobwarden.db").display()));
+    let store = crate::store::Store::open(&store_url)
+        .await
+        .map_err(|e| (1, e.to_string()))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        (
+            1,
+            format!("no Kubernetes API server: {e} (in a pod: the service account; elsewhere: KUBECONFIG or ~/.kube/config)"),
+        )
+    })?;
+    let instance = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "jobwarden".to_owned());
+    let scope = super::observe::Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let actions = super::actions::Actions::new(client.clone(), scope, opts.dry_run, &instance);
+    let label = config.kubernetes.job_id_label.clone();
+    let reconciler = super::reconcile::Reconciler::new(config, store, actions);
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let health_ready = ready.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = health_ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready: Jobs and Pods listed\n")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: waiting for the first listing of Jobs and Pods\n",
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    eprintln!(
+        "jobwarden (kubernetes{}) watching Jobs labelled {label}; health on http://{listen} (config: {source})",
+        if opts.dry_run { ", dry-run" } else { "" }
+    );
+    let controller = tokio::spawn(super::controller::run(
+        client,
+        label,
+        reconciler,
+        ready,
+        stop_rx,
+        crate::clock::now,
+    ));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = controller.await;
+    let _ = http.await;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The watch loop: reflectors on labelled Jobs and Pods (no polling), one deadline
+//! [`Scheduler`], and a [`Reconciler`] run for every Job that changed or fell due.
+//!
+//! - Jobs and Pods are watched cluster-wide with the job-id label selector (`job-id` exists);
+//!   `[kubernetes] namespaces` and the protected namespaces are applied by
+//!   [`super::observe::Scope`] on what arrives. kube-rs' watcher re-lists on a 410 Gone or a
+//!   broken watch, with backoff; a Job's deadline lives in the scheduler, so a re-list never
+//!   loses it.
+//! - A Pod event reconciles its controlling Job (diagnosis, hard kill targets).
+//! - The scheduler wakes a Job at the time the engine returned; a reconcile re-arms it.
+//!
+//! Not here yet: leader election (run one replica), orphans of Kubernetes kinds, dead-job
+//! recovery, the per-minute limit on destructive calls, the TTL-triggered cleanup of PVCs,
+//! Secrets, ConfigMaps, artifacts and logs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::model::{Timestamp, add, since};
+use crate::scheduler::Scheduler;
+
+use super::observe::controlled_by;
+use super::reconcile::{Reconciled, Reconciler};
+
+/// Retry a reconcile that failed (store error) after this long.
+pub const RECONCILE_RETRY: Duration = Duration::from_secs(5);
+
+/// `(namespace, name)` of a Job.
+type Key = (String, String);
+
+/// Runs until `shutdown` turns true. `ready` turns true once both watches have listed.
+pub async fn run(
+    client: Client,
+    job_id_label: String,
+    reconciler: Reconciler,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+    clock: impl Fn() -> Timestamp,
+) {
+    let selector = watcher::Config::default().labels(&job_id_label);
+    let (jobs, jobs_writer) = reflector::store::<Job>();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let job_events = reflector::reflector(
+        jobs_writer,
+        watcher(Api::<Job>::all(client.clone()), selector.clone()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .boxed();
+    let pod_events = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client), selector))
+        .default_backoff()
+        .touched_objects()
+        .boxed();
+    let mut job_events = job_events.fuse();
+    let mut pod_events = pod_events.fuse();
+    let mut scheduler: Scheduler<Key> = Scheduler::new();
+    let mut dirty: BTreeSet<Key> = BTreeSet::new();
+    let (jobs_ready, pods_ready) = (jobs.clone(), pods.clone());
+    let mut ready_wait = Box::pin(async move {
+        let _ = jobs_ready.wait_until_ready().await;
+        let _ = pods_ready.wait_until_ready().await;
+    });
+    let mut is_ready = false;
+    loop {
+        let now = clock();
+        let sleep = scheduler
+            .next_due()
+            .map_or(Duration::from_secs(3600), |at| since(at, now));
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    break;
+                }
+            }
+            () = &mut ready_wait, if !is_ready => {
+                is_ready = true;
+                ready.store(true, Ordering::Relaxed);
+                tracing::info!("watching Jobs and Pods labelled {job_id_label}");
+            }
+            ev = job_events.next() => match ev {
+                Some(Ok(job)) => {
+                    if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
+                        dirty.insert((ns, name));
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "watching Jobs failed; re-listing after a backoff"),
+                None => break,
+            },
+            ev = pod_events.next() => match ev {
+                Some(Ok(pod)) => {
+                    let owner = pod.metadata.owner_references.iter().flatten()
+                        .find(|r| r.controller == Some(true) && r.kind == "Job");
+                    if let (Some(ns), Some(owner)) = (pod.metadata.namespace.clone(), owner) {
+                        dirty.insert((ns, owner.name.clone()));
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "watching Pods failed; re-listing after a backoff"),
+                None => break,
+            },
+            () = tokio::time::sleep(sleep) => {
+                for (key, _) in scheduler.pop_due(clock(), 1024) {
+                    dirty.insert(key);
+                }
+            }
+        }
+        if !is_ready {
+            // Decide only on complete listings: a Job's pods may not have arrived yet.
+            continue;
+        }
+        for key in std::mem::take(&mut dirty) {
+            let Some(job) = jobs.get(&ObjectRef::new(&key.1).within(&key.0)) else {
+                scheduler.cancel(&key);
+                continue;
+            };
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            let own: Vec<Pod> = pods
+                .state()
+                .iter()
+                .filter(|p| {
+                    p.metadata.namespace.as_deref() == Some(key.0.as_str())
+                        && controlled_by(p, &uid)
+                })
+                .map(|p| (**p).clone())
+                .collect();
+            let now = clock();
+            match reconciler.reconcile(&job, &own, now).await {
+                Ok(Reconciled::Ignored) => {
+                    scheduler.cancel(&key);
+                }
+                Ok(Reconciled::Wake(at)) => scheduler.set(key, at),
+                Err(e) => {
+                    tracing::warn!(namespace = %key.0, job = %key.1, error = %e, "reconcile failed; retrying");
+                    scheduler.arm(key, add(now, RECONCILE_RETRY));
+                }
+            }
+        }
+    }
+    ready.store(false, Ordering::Relaxed);
+}

@@ -1,0 +1,69 @@
+//! The Kubernetes runtime: batch/v1 Jobs carrying the job-id label, policed through kube-rs.
+//!
+//! - [`config`]: the `[kubernetes]` section (namespaces, label, lease, orphan ages, limits).
+//! - [`observe`]: pure mapping of a Job and its Pods to the engine's job record and diagnosis.
+//!   No I/O; which Jobs are ours (the job-id label, no protected namespace) is decided here.
+//! - [`actions`]: the API calls that carry out a step (events, patches, deletes) and the audit
+//!   rows they produce. The one list of calls the code makes, [`actions::API_CALLS`], is what
+//!   the RBAC test checks `deploy/` against.
+//! - [`manifest`]: renders a FlowForge Job whose fields agree with the policy.
+//! - [`reconcile`]: one Job through observe → store → engine → actions → store/audit.
+//! - [`controller`]: the watch loop (Job and Pod reflectors, the deadline scheduler).
+//! - [`cli`]: `jobwarden manifest job` and `jobwarden run --runtime kubernetes`.
+//!
+//! Times from the API server are `jiff` timestamps (k8s-openapi); the engine uses `chrono`.
+//! [`to_chrono`] / [`to_jiff`] convert, never reading the clock.
+
+pub mod actions;
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod manifest;
+pub mod observe;
+pub mod reconcile;
+
+use crate::model::Timestamp;
+
+/// The annotation jobwarden sets on a Job it ended (value [`TERMINATED_BY_VALUE`]).
+pub const TERMINATED_BY: &str = "terminated-by";
+/// The value of `<prefix>terminated-by` on Jobs jobwarden ended.
+pub const TERMINATED_BY_VALUE: &str = "jobwarden";
+/// The annotation holding why jobwarden ended a Job.
+pub const TERMINATION_REASON: &str = "termination-reason";
+/// Label the Job controller puts on its pods: the Job's name.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+/// Label the Job controller puts on its pods: the Job's UID.
+pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+/// `reportingController` of the Events jobwarden posts.
+pub const REPORTING_CONTROLLER: &str = "flowforge.io/jobwarden";
+
+/// An API-server timestamp as the engine's timestamp (exact to the nanosecond).
+pub fn to_chrono(t: k8s_openapi::jiff::Timestamp) -> Timestamp {
+    let nanos = u32::try_from(t.subsec_nanosecond()).unwrap_or(0);
+    chrono::DateTime::from_timestamp(t.as_second(), nanos)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+}
+
+/// The engine's timestamp as an API-server timestamp (saturating outside jiff's range).
+pub fn to_jiff(t: Timestamp) -> k8s_openapi::jiff::Timestamp {
+    let nanos = i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::new(t.timestamp(), nanos).unwrap_or(if t.timestamp() < 0 {
+        k8s_openapi::jiff::Timestamp::MIN
+    } else {
+        k8s_openapi::jiff::Timestamp::MAX
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_convert_both_ways_exactly() {
+        let c = chrono::DateTime::from_timestamp(1_800_000_000, 123_456_789).expect("ts");
+        let j = to_jiff(c);
+        assert_eq!(j.as_second(), 1_800_000_000);
+        assert_eq!(j.subsec_nanosecond(), 123_456_789);
+        assert_eq!(to_chrono(j), c);
+    }
+}

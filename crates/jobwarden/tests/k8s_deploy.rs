@@ -1,0 +1,325 @@
+//! `deploy/`: every manifest parses into its k8s-openapi type without losing a field (a typo
+//! would be dropped by the type and the round trip would differ); the ClusterRole grants
+//! exactly `API_CALLS`; the ConfigMap's config passes `config check`; the example Job is what
+//! `jobwarden manifest job` renders under that config.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jobwarden::config::Config;
+use jobwarden::kubernetes::actions::API_CALLS;
+use jobwarden::kubernetes::manifest::{JobRequest, render_job};
+use jobwarden::kubernetes::observe::{Scope, observe_job};
+use jobwarden::model::JobId;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// Every document of every manifest file, with the file it came from.
+fn documents() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .expect("deploy/ exists")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let mut docs = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("readable");
+        let values: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: not YAML: {e}", f.display()));
+        for v in values.into_iter().filter(|v| !v.is_null()) {
+            docs.push((f.display().to_string(), v));
+        }
+    }
+    docs
+}
+
+fn typed<T: DeserializeOwned + Serialize>(file: &str, v: &Value) -> T {
+    let t: T = serde_json::from_value(v.clone())
+        .unwrap_or_else(|e| panic!("{file}: {} does not parse: {e}", v["kind"]));
+    let back = serde_json::to_value(&t).expect("serialises");
+    assert_eq!(
+        &back, v,
+        "{file}: {} lost or changed fields in a round trip (typo?)",
+        v["kind"]
+    );
+    t
+}
+
+fn of_kind<T: DeserializeOwned + Serialize>(kind: &str) -> Vec<T> {
+    documents()
+        .iter()
+        .filter(|(_, v)| v["kind"] == kind)
+        .map(|(f, v)| typed(f, v))
+        .collect()
+}
+
+#[test]
+fn every_manifest_parses_into_its_kubernetes_type() {
+    let mut kinds = BTreeSet::new();
+    for (file, v) in documents() {
+        let kind = v["kind"].as_str().unwrap_or_default().to_owned();
+        match kind.as_str() {
+            "Namespace" => drop(typed::<Namespace>(&file, &v)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(&file, &v)),
+            "ClusterRole" => drop(typed::<ClusterRole>(&file, &v)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&file, &v)),
+            "ConfigMap" => drop(typed::<ConfigMap>(&file, &v)),
+            "Deployment" => drop(typed::<Deployment>(&file, &v)),
+            "Service" => drop(typed::<Service>(&file, &v)),
+            "Job" => drop(typed::<Job>(&file, &v)),
+            other => panic!("{file}: no test parses kind {other:?}; add it here"),
+        }
+        kinds.insert(kind);
+    }
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "Job",
+    ] {
+        assert!(kinds.contains(k), "deploy/ has no {k}");
+    }
+}
+
+#[test]
+fn the_cluster_role_grants_exactly_the_calls_the_code_makes() {
+    let roles: Vec<ClusterRole> = of_kind("ClusterRole");
+    assert_eq!(roles.len(), 1);
+    let mut granted = BTreeSet::new();
+    for rule in roles[0].rules.iter().flatten() {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    assert_ne!(v, "*", "no wildcards");
+                    let new = granted.insert((g.clone(), r.clone(), v.clone()));
+                    assert!(new, "({g:?}, {r}, {v}) granted twice");
+                }
+            }
+        }
+    }
+    let used: BTreeSet<(String, String, String)> = API_CALLS
+        .iter()
+        .map(|c| (c.group.to_owned(), c.resource.to_owned(), c.verb.to_owned()))
+        .collect();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        missing.is_empty(),
+        "the role lacks calls the code makes: {missing:?}"
+    );
+    assert!(
+        unused.is_empty(),
+        "the role grants calls no code makes: {unused:?}"
+    );
+
+    let bindings: Vec<ClusterRoleBinding> = of_kind("ClusterRoleBinding");
+    assert_eq!(bindings[0].role_ref.name, "jobwarden");
+    let subject = &bindings[0].subjects.as_ref().expect("subjects")[0];
+    let sas: Vec<ServiceAccount> = of_kind("ServiceAccount");
+    assert_eq!(Some(&subject.name), sas[0].metadata.name.as_ref());
+    assert_eq!(subject.namespace, sas[0].metadata.namespace);
+}
+
+fn configmap_config() -> Config {
+    let cms: Vec<ConfigMap> = of_kind("ConfigMap");
+    let text = cms[0]
+        .data
+        .as_ref()
+        .and_then(|d| d.get("config.toml"))
+        .expect("config.toml key");
+    Config::parse(text, "deploy/configmap.yaml").expect("the shipped config passes config check")
+}
+
+#[test]
+fn the_deployment_runs_the_kubernetes_runtime_with_probes_and_the_config() {
+    let config = configmap_config();
+    let deployments: Vec<Deployment> = of_kind("Deployment");
+    let d = &deployments[0];
+    let spec = d.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.replicas,
+        Some(1),
+        "SQLite in the ConfigMap: one replica"
+    );
+    assert_eq!(config.kubernetes.replicas, 1);
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("jobwarden"));
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--runtime=kubernetes"), "{args:?}");
+    assert!(
+        args.iter()
+            .any(|a| a == "--config=/etc/jobwarden/config/config.toml")
+    );
+    let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    let port = c.ports.as_ref().expect("ports")[0].container_port;
+    assert!(config.server.listen.ends_with(&format!(":{port}")));
+    let services: Vec<Service> = of_kind("Service");
+    let svc = services[0].spec.as_ref().expect("spec");
+    assert_eq!(
+        svc.selector,
+        spec.template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+    );
+}
+
+#[test]
+fn the_example_job_is_what_manifest_job_renders_and_jobwarden_polices_it() {
+    let config = configmap_config();
+    let jobs: Vec<Job> = of_kind("Job");
+    let example = &jobs[0];
+    let rendered = render_job(
+        &JobRequest {
+            job_id: JobId::parse("example-0001").expect("id"),
+            timeout: Duration::from_secs(7200),
+            grace: None,
+            ttl: None,
+            org: "acme".into(),
+            job_type: Some("build".into()),
+            name: Some("flowforge-example".into()),
+            namespace: Some("flowforge".into()),
+            image: "ghcr.io/flowforge/runner:1".into(),
+            command: vec!["make".into(), "test".into()],
+        },
+        &config,
+    )
+    .expect("renders");
+    assert_eq!(&rendered.job, example, "deploy/example-job.yaml is stale");
+    let mut served = example.clone();
+    served.metadata.uid = Some("uid".into());
+    let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let o = observe_job(&served, &[], &scope).expect("jobwarden polices the example");
+    assert_eq!(o.settings.org.as_deref(), Some("acme"));
+    assert!(o.settings.active_deadline >= o.settings.timeout);
+}
+
+fn jobwarden(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_jobwarden"))
+        .args(args)
+        .env_remove("JOBWARDEN_CONFIG")
+        .output()
+        .expect("runs jobwarden")
+}
+
+#[test]
+fn manifest_job_prints_a_job_capped_by_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("jw.toml");
+    std::fs::write(&cfg, "[policy.organization_max]\nacme = \"1h\"\n").expect("write");
+    let cfg = cfg.display().to_string();
+    let out = jobwarden(&[
+        "manifest",
+        "job",
+        "--timeout",
+        "2h",
+        "--org",
+        "acme",
+        "--image",
+        "img:1",
+        "--grace",
+        "90s",
+        "--type",
+        "build",
+        "--job-id",
+        "j-7",
+        "--config",
+        &cfg,
+        "-o",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: Job = serde_json::from_slice(&out.stdout).expect("a batch/v1 Job as JSON");
+    let a = job.metadata.annotations.clone().expect("annotations");
+    assert_eq!(
+        a["flowforge.io/timeout-seconds"], "3600",
+        "acme's 1h caps --timeout 2h"
+    );
+    assert_eq!(a["flowforge.io/grace-period-seconds"], "90");
+    assert_eq!(a["flowforge.io/job-type"], "build");
+    let spec = job.spec.expect("spec");
+    assert_eq!(spec.active_deadline_seconds, Some(3690));
+    let pod = spec.template.spec.expect("pod");
+    assert!(pod.termination_grace_period_seconds >= Some(90));
+    assert_eq!(
+        pod.containers[0].command.clone().unwrap_or_default(),
+        ["/usr/local/bin/jobwarden-init", "--", "sh", "-c", "sleep 1"]
+    );
+    assert_eq!(job.metadata.labels.expect("labels")["job-id"], "j-7");
+
+    // YAML by default, with a generated job id.
+    let out = jobwarden(&[
+        "manifest",
+        "job",
+        "--timeout",
+        "30m",
+        "--org",
+        "acme",
+        "--image",
+        "img:1",
+        "--",
+        "true",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let job: Job = serde_saphyr::from_str(&text).expect("YAML Job");
+    let id = &job.metadata.labels.expect("labels")["job-id"];
+    assert_eq!(
+        job.metadata.name.as_deref(),
+        Some(format!("flowforge-{id}").as_str())
+    );
+
+    // Bad input: exit 2 with the problem named.
+    let out = jobwarden(&[
+        "manifest",
+        "job",
+        "--timeout",
+        "2h",
+        "--org",
+        "acme",
+        "--image",
+        "img",
+        "--name",
+        "Bad_Name",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--name \"Bad_Name\""));
+}
