@@ -415,14 +415,14 @@ async fn record_steps_answers_each_step_in_one_transaction(db: &Db) {
         due_at: t(at),
         at: t(at),
     };
-    let write = |j: &JobRecord, run: &str, after: Option<JobRecord>| StepWrite {
+    let write = |j: &JobRecord, run: &str, after: Option<(Stage, String)>| StepWrite {
         job_id: j.id.clone(),
         run_id: run.into(),
         step: soft(3601),
         audit: entry(j.id.as_str(), AuditAction::SoftKill, t(3601)),
-        job_after: after,
+        stage_after: after,
     };
-    // b's soft kill is already recorded: its job_after must not be saved.
+    // b's soft kill is already recorded: its stage_after must not be saved.
     assert!(
         s.record_step(
             &b.id,
@@ -433,14 +433,10 @@ async fn record_steps_answers_each_step_in_one_transaction(db: &Db) {
         .await
         .expect("pre-record b")
     );
-    let terminating = |j: &JobRecord| JobRecord {
-        stage: Stage::Terminating,
-        reason: Some("timeout".into()),
-        ..j.clone()
-    };
+    let terminating = || Some((Stage::Terminating, "timeout".to_owned()));
     let batch = [
-        write(&a, "run-1", Some(terminating(&a))),
-        write(&b, "run-1", Some(terminating(&b))),
+        write(&a, "run-1", terminating()),
+        write(&b, "run-1", terminating()),
         write(&a, "run-0", None),
         write(&job("batch-missing"), "run-1", None),
     ];
@@ -457,12 +453,13 @@ async fn record_steps_answers_each_step_in_one_transaction(db: &Db) {
 
     let a_now = s.get_job(&a.id).await.expect("get a").expect("a");
     assert_eq!(a_now.stage, Stage::Terminating);
+    assert_eq!(a_now.reason.as_deref(), Some("timeout"));
     assert_eq!(a_now.steps, [soft(3601)]);
     let b_now = s.get_job(&b.id).await.expect("get b").expect("b");
     assert_eq!(
         b_now.stage,
         Stage::Running,
-        "job_after of an old step is not saved"
+        "stage_after of an old step is not saved"
     );
     assert_eq!(b_now.steps, [soft(3601)]);
     assert_eq!(audit_of(&s, "batch-a").await.len(), 1);

@@ -867,7 +867,7 @@ impl Enforcer {
                 run_id: job.run_id.clone(),
                 step: taken,
                 audit,
-                job_after: terminating.then(|| after.clone()),
+                stage_after: terminating.then(|| (Stage::Terminating, why.to_owned())),
             },
             before: job.clone(),
             after,

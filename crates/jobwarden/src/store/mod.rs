@@ -41,7 +41,7 @@ pub use queue::{
 };
 pub use sqlite::SqliteStore;
 
-use crate::model::{AuditEntry, JobId, JobRecord, StepTaken, Timestamp};
+use crate::model::{AuditEntry, JobId, JobRecord, Stage, StepTaken, Timestamp};
 
 /// What went wrong in the store. Every message names the operation and, where there is one, the
 /// job id or the store URL (with any password replaced by `***`).
@@ -167,9 +167,9 @@ pub struct StepWrite {
     pub step: StepTaken,
     /// The audit row written with it.
     pub audit: AuditEntry,
-    /// The job as it is once the step is taken (e.g. a soft kill moves it to `terminating`),
-    /// saved as [`Store::update_job`] would, only if the step is recorded now.
-    pub job_after: Option<JobRecord>,
+    /// The stage and reason the job moves to with this step (a soft kill: `terminating`),
+    /// saved with the step in the same statement, only if the step is recorded now.
+    pub stage_after: Option<(Stage, String)>,
 }
 
 /// Calls the same method on whichever backend this is.
@@ -297,7 +297,7 @@ impl Store {
             run_id: run_id.to_owned(),
             step: step.clone(),
             audit: audit.clone(),
-            job_after: None,
+            stage_after: None,
         }];
         let mut results = self.record_steps(&batch).await?;
         results.pop().unwrap_or(Ok(false))
@@ -308,7 +308,8 @@ impl Store {
     /// `Ok(true)` recorded now, `Ok(false)` already recorded, or [`Error::JobNotFound`] /
     /// [`Error::StaleRun`]. A query error rolls back the whole batch and is returned alone.
     ///
-    /// A step recorded now also saves its [`StepWrite::job_after`], in the same transaction.
+    /// A step recorded now also saves its [`StepWrite::stage_after`]. Each step is one
+    /// statement (two when it is not recorded), and the audit rows of the batch one more.
     pub async fn record_steps(&self, batch: &[StepWrite]) -> Result<Vec<Result<bool>>> {
         if batch.is_empty() {
             return Ok(Vec::new());

@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
-use crate::model::{self, AuditEntry, JobId, JobRecord, StepTaken, Timestamp};
+use crate::model::{self, AuditEntry, JobId, JobRecord, Timestamp};
 
 use super::audit::{self, AuditQuery, audit_insert_columns, decode_audit};
 use super::convert::{Row, RowExt, micros, trunc_micros};
@@ -347,6 +347,7 @@ impl SqliteStore {
         let op = format!("recording {} escalation steps", batch.len());
         let mut tx = self.write(&op).await?;
         let mut results = Vec::with_capacity(batch.len());
+        let mut audit = Vec::new();
         for w in batch {
             let op = format!(
                 "recording step {} of job {} run {}",
@@ -354,17 +355,17 @@ impl SqliteStore {
             );
             // A query error aborts the whole transaction; "not found" and "stale run" are
             // answers about one step and leave the others to commit.
-            match record_step_in(&mut tx, &w.job_id, &w.run_id, &w.step, &w.audit, &op).await {
+            match record_step_in(&mut tx, w, &op).await {
                 Err(e @ Error::Db { .. }) => return Err(e),
                 Ok(true) => {
-                    if let Some(job) = &w.job_after {
-                        update_job_in(&mut tx, job, &[], &op).await?;
-                    }
+                    audit.push(w.audit.clone());
                     results.push(Ok(true));
                 }
                 other => results.push(other),
             }
         }
+        // The audit rows of the steps recorded now, in one statement per chunk.
+        insert_audit(&mut tx, &audit).await?;
         tx.commit().await.map_err(db(op))?;
         Ok(results)
     }
@@ -817,43 +818,42 @@ async fn update_job_in(
 /// [`super::Store::record_steps`]), inside the caller's transaction.
 async fn record_step_in(
     tx: &mut sqlx::Transaction<'static, Sqlite>,
-    job_id: &JobId,
-    run_id: &str,
-    step: &StepTaken,
-    audit: &AuditEntry,
+    w: &StepWrite,
     op: &str,
 ) -> Result<bool> {
     let updated = sqlx::query(
-        "UPDATE jobs SET steps = json_insert(steps, '$[#]', json($3)) \
+        "UPDATE jobs SET steps = json_insert(steps, '$[#]', json($3)), \
+             stage = COALESCE($6, stage), reason = CASE WHEN $6 IS NULL THEN reason ELSE $7 END \
              WHERE id = $1 AND run_id = $2 AND NOT EXISTS \
              (SELECT 1 FROM json_each(jobs.steps) WHERE json_extract(value, '$.step') = $4 \
                AND ($4 <> 'warn' OR json_extract(value, '$.due_at') = $5))",
     )
-    .bind(job_id.as_str())
-    .bind(run_id)
-    .bind(jobs::step_json(step)?)
-    .bind(step.step.as_str())
-    .bind(jobs::due_at_json(step))
+    .bind(w.job_id.as_str())
+    .bind(w.run_id.as_str())
+    .bind(jobs::step_json(&w.step)?)
+    .bind(w.step.step.as_str())
+    .bind(jobs::due_at_json(&w.step))
+    .bind(w.stage_after.as_ref().map(|(stage, _)| stage.as_str()))
+    .bind(w.stage_after.as_ref().map(|(_, reason)| reason.as_str()))
     .execute(&mut **tx)
     .await
     .map_err(db(op.to_owned()))?
     .rows_affected();
     if updated == 0 {
         let current: Option<String> = sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = $1")
-            .bind(job_id.as_str())
+            .bind(w.job_id.as_str())
             .fetch_optional(&mut **tx)
             .await
             .map_err(db(op.to_owned()))?;
         return match current {
-            None => Err(Error::JobNotFound(job_id.to_string())),
-            Some(current) if current != run_id => Err(Error::StaleRun {
-                job_id: job_id.to_string(),
-                given: run_id.to_owned(),
+            None => Err(Error::JobNotFound(w.job_id.to_string())),
+            Some(current) if current != w.run_id => Err(Error::StaleRun {
+                job_id: w.job_id.to_string(),
+                given: w.run_id.clone(),
                 current,
             }),
             Some(_) => Ok(false),
         };
     }
-    insert_audit(tx, std::slice::from_ref(audit)).await?;
     Ok(true)
 }
