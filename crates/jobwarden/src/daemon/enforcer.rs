@@ -646,8 +646,10 @@ impl Enforcer {
             }
             Err(e) => self.store_error("saving finished jobs", &e),
         }
-        for job in settled {
-            self.reschedule(&job.id, now);
+        let ids: Vec<JobId> = settled.into_iter().map(|j| j.id).collect();
+        self.queue_retention_of(&ids, now).await;
+        for id in ids {
+            self.reschedule(&id, now);
         }
     }
 
@@ -1110,22 +1112,35 @@ impl Enforcer {
     /// de-duplicates pending tasks across restarts; a re-run of a finished one deletes nothing
     /// and says so in the audit log).
     async fn queue_retention(&mut self, id: &JobId, now: Timestamp) {
-        let Some(job) = self.jobs.get(id) else {
-            return;
-        };
-        let key = (job.id.clone(), job.run_id.clone());
-        if job.stage.is_active()
-            || job.finished_at.is_none()
-            || job.dry_run
-            || self.shared.dry_run
-            || self.retention_queued.contains(&key)
-        {
+        self.queue_retention_of(std::slice::from_ref(id), now).await;
+    }
+
+    /// [`Self::queue_retention`] for many jobs with one write transaction.
+    async fn queue_retention_of(&mut self, ids: &[JobId], now: Timestamp) {
+        let mut keys = Vec::new();
+        let mut tasks = Vec::new();
+        for id in ids {
+            let Some(job) = self.jobs.get(id) else {
+                continue;
+            };
+            let key = (job.id.clone(), job.run_id.clone());
+            if job.stage.is_active()
+                || job.finished_at.is_none()
+                || job.dry_run
+                || self.shared.dry_run
+                || self.retention_queued.contains(&key)
+            {
+                continue;
+            }
+            tasks.extend(self.retention_tasks(job, now));
+            keys.push(key);
+        }
+        if keys.is_empty() {
             return;
         }
-        let tasks = self.retention_tasks(job, now);
         match self.shared.store.enqueue_many(&tasks, now).await {
             Ok(_) => {
-                self.retention_queued.insert(key);
+                self.retention_queued.extend(keys);
                 self.shared.queue_kick.notify_waiters();
             }
             Err(e) => self.store_error("queueing log and artifact retention", &e),
