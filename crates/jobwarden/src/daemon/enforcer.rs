@@ -94,6 +94,10 @@ pub struct Enforcer {
     starting: HashMap<JobId, bool>,
     /// Runs whose log and artifact retention tasks were queued by this daemon.
     retention_queued: std::collections::HashSet<(JobId, String)>,
+    /// When the jobs-by-stage gauges were last refreshed.
+    stage_metrics_at: Option<tokio::time::Instant>,
+    /// A refresh was skipped: the gauges lag until the next one.
+    stage_metrics_stale: bool,
 }
 
 /// An escalation step decided for a job, ready to be recorded and carried out.
@@ -116,6 +120,9 @@ struct PreStarted {
     outcomes: Vec<crate::hooks::HookOutcome>,
     reply: oneshot::Sender<Result<JobRecord, CommandError>>,
 }
+
+/// How often the jobs-by-stage gauges are refreshed.
+const STAGE_METRICS_EVERY: Duration = Duration::from_millis(500);
 
 /// Most exits settled in one write transaction.
 const EXIT_BATCH: usize = 1024;
@@ -144,6 +151,8 @@ impl Enforcer {
             pre_started,
             starting: HashMap::new(),
             retention_queued: std::collections::HashSet::new(),
+            stage_metrics_at: None,
+            stage_metrics_stale: false,
         }
     }
 
@@ -151,10 +160,13 @@ impl Enforcer {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         self.load().await;
         loop {
-            let sleep = match self.sched.next_due() {
+            let mut sleep = match self.sched.next_due() {
                 Some(at) => since(at, clock::now()),
                 None => Duration::from_secs(3600),
             };
+            if self.stage_metrics_stale {
+                sleep = sleep.min(STAGE_METRICS_EVERY);
+            }
             tokio::select! {
                 biased;
                 _ = super::stopped(&mut shutdown) => break,
@@ -196,7 +208,18 @@ impl Enforcer {
         self.update_stage_metrics();
     }
 
-    fn update_stage_metrics(&self) {
+    /// Refreshes the jobs-by-stage gauges, at most every [`STAGE_METRICS_EVERY`]: counting
+    /// walks every job, and at thousands of deadlines a second the loop wakes far more often.
+    fn update_stage_metrics(&mut self) {
+        if self
+            .stage_metrics_at
+            .is_some_and(|at| at.elapsed() < STAGE_METRICS_EVERY)
+        {
+            self.stage_metrics_stale = true; // the loop wakes again to refresh them
+            return;
+        }
+        self.stage_metrics_at = Some(tokio::time::Instant::now());
+        self.stage_metrics_stale = false;
         let mut counts: HashMap<Stage, u64> = HashMap::new();
         for j in self.jobs.values() {
             *counts.entry(j.stage).or_default() += 1;
