@@ -31,6 +31,9 @@ struct Done {
     audit: Vec<AuditEntry>,
 }
 
+/// How often a worker refreshes the queue-depth gauges.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
 /// Runs one worker until shutdown.
 pub async fn run(
     shared: Arc<Shared>,
@@ -46,21 +49,37 @@ pub async fn run(
         jitter: Jitter::Equal,
     };
     let lease = q.lease.0;
+    let mut stats_at: Option<tokio::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let now = clock::now();
-        let tasks = match shared.store.claim(&name, BATCH, lease, now).await {
-            Ok(t) => t,
-            Err(e) => {
-                shared.metrics.error("store");
-                shared.set_store_ok(false);
-                tracing::warn!(worker = %name, "claiming cleanup tasks: {e}");
-                Vec::new()
+        // A kick usually means "tasks were queued for later" (every finished job queues its
+        // retention): one indexed read says so, where a claim would take the write lock.
+        let due = match shared.store.next_due_at().await {
+            Ok(next) => next.is_some_and(|at| at <= now),
+            Err(_) => true, // the claim reports the store error
+        };
+        let tasks = if !due {
+            Vec::new()
+        } else {
+            match shared.store.claim(&name, BATCH, lease, now).await {
+                Ok(t) => t,
+                Err(e) => {
+                    shared.metrics.error("store");
+                    shared.set_store_ok(false);
+                    tracing::warn!(worker = %name, "claiming cleanup tasks: {e}");
+                    Vec::new()
+                }
             }
         };
-        if let Ok(stats) = shared.store.queue_stats().await {
+        // The queue gauges count every task (a scan): refreshed at most every STATS_EVERY,
+        // not on every kick.
+        if stats_at.is_none_or(|at| at.elapsed() >= STATS_EVERY)
+            && let Ok(stats) = shared.store.queue_stats().await
+        {
+            stats_at = Some(tokio::time::Instant::now());
             shared
                 .metrics
                 .set_queue(stats.pending + stats.running, stats.dead);
