@@ -46,6 +46,8 @@ pub struct SqliteStore {
     /// The same pool as `writer` for an in-memory database (each connection would otherwise
     /// see its own copy).
     reader: SqlitePool,
+    /// An in-memory database: its one connection holds the data and is never reopened.
+    memory: bool,
 }
 
 type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
@@ -196,15 +198,39 @@ impl SqliteStore {
                 url: shown.clone(),
                 cause,
             })?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            memory,
+        })
     }
 
     /// Begins a write transaction holding the write lock.
+    ///
+    /// A COMMIT that failed (disk full: SQLite rolls the transaction back itself) leaves the
+    /// driver counting an open transaction on the writer connection, and every later BEGIN
+    /// on it fails. Such a connection is closed (the pool opens a fresh one) and the BEGIN is
+    /// tried once more, so writes resume as soon as the disk has room again.
     async fn write(&self, op: &str) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db(format!("{op}: starting a write transaction")))
+        let begin = || self.writer.begin_with("BEGIN IMMEDIATE");
+        let first = begin().await;
+        let tx = match first {
+            Err(sqlx::Error::InvalidSavePointStatement) if !self.memory => {
+                tracing::warn!(
+                    "{op}: the store's writer connection was left inside a failed transaction; reopening it"
+                );
+                let conn = self
+                    .writer
+                    .acquire()
+                    .await
+                    .map_err(db(format!("{op}: reopening the writer connection")))?;
+                // Closing fails only if the connection is already broken; it is gone either way.
+                let _ = conn.close().await;
+                begin().await
+            }
+            other => other,
+        };
+        tx.map_err(db(format!("{op}: starting a write transaction")))
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
