@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -57,6 +58,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}/heartbeat", post(heartbeat))
         .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        // The wrong method on a known route (e.g. POST /v1/jobs/{id}) answers in the same JSON
+        // shape as every other error, not with an empty body.
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route".into(),
+            )
+        })
         .with_state(state)
 }
 
@@ -64,11 +73,16 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(ErrorBody { error: message })).into_response()
 }
 
-fn from_command(e: CommandError) -> Response {
-    error(
-        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        e.message,
-    )
+fn from_command(st: &ApiState, e: CommandError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // The driver's "disk I/O error" does not say why; the daemon's diagnosis does.
+    let message = match st.shared.write_fault() {
+        Some(fault) if status == StatusCode::SERVICE_UNAVAILABLE => {
+            format!("{}; {fault}", e.message)
+        }
+        _ => e.message,
+    };
+    error(status, message)
 }
 
 async fn require_token(
@@ -94,10 +108,18 @@ async fn require_token(
 
 #[allow(
     clippy::result_large_err,
-    reason = "the error is the handler's early 404 response, built once per bad request"
+    reason = "the error is the handler's early 400/404 response, built once per bad request"
 )]
-fn parse_id(id: &str) -> Result<JobId, Response> {
-    JobId::parse(id).map_err(|e| error(StatusCode::NOT_FOUND, e.to_string()))
+fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, Response> {
+    // A path that does not even decode (bad percent-escape, not UTF-8) is a 400 in the same
+    // JSON shape as every other error, not axum's plain-text rejection.
+    let Path(id) = path.map_err(|r| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the job id in the URL: {}", r.body_text()),
+        )
+    })?;
+    JobId::parse(&id).map_err(|e| error(StatusCode::NOT_FOUND, e.to_string()))
 }
 
 /// Parses a JSON body, naming the offending field in the error.
@@ -151,7 +173,12 @@ pub fn validate_submit(req: &SubmitRequest) -> Result<(), String> {
     Ok(())
 }
 
-async fn submit(State(st): State<ApiState>, body: Bytes) -> Response {
+async fn submit(State(st): State<ApiState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        // Too large (413) or unreadable: the same JSON error shape as every other answer.
+        Err(r) => return error(r.status(), format!("request body: {}", r.body_text())),
+    };
     let req: SubmitRequest = match parse_body(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -165,7 +192,7 @@ async fn submit(State(st): State<ApiState>, body: Bytes) -> Response {
     }
     match rx.await {
         Ok(Ok(job)) => (StatusCode::CREATED, axum::Json(view(&st, &job))).into_response(),
-        Ok(Err(e)) => from_command(e),
+        Ok(Err(e)) => from_command(&st, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
     }
 }
@@ -188,8 +215,11 @@ async fn list_jobs(State(st): State<ApiState>) -> Response {
     }
 }
 
-async fn get_job(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
+async fn get_job(
+    State(st): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match parse_id(path) {
         Ok(i) => i,
         Err(r) => return r,
     };
@@ -200,8 +230,8 @@ async fn get_job(State(st): State<ApiState>, Path(id): Path<String>) -> Response
     }
 }
 
-async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
+async fn cancel(State(st): State<ApiState>, path: Result<Path<String>, PathRejection>) -> Response {
+    let id = match parse_id(path) {
         Ok(i) => i,
         Err(r) => return r,
     };
@@ -211,13 +241,16 @@ async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Response 
     }
     match rx.await {
         Ok(Ok(job)) => axum::Json(view(&st, &job)).into_response(),
-        Ok(Err(e)) => from_command(e),
+        Ok(Err(e)) => from_command(&st, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
     }
 }
 
-async fn heartbeat(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
+async fn heartbeat(
+    State(st): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match parse_id(path) {
         Ok(i) => i,
         Err(r) => return r,
     };
@@ -227,7 +260,7 @@ async fn heartbeat(State(st): State<ApiState>, Path(id): Path<String>) -> Respon
     }
     match rx.await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => from_command(e),
+        Ok(Err(e)) => from_command(&st, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
     }
 }
@@ -241,7 +274,14 @@ struct AuditParams {
     limit: Option<u32>,
 }
 
-async fn audit(State(st): State<ApiState>, Query(p): Query<AuditParams>) -> Response {
+async fn audit(
+    State(st): State<ApiState>,
+    query: Result<Query<AuditParams>, QueryRejection>,
+) -> Response {
+    let Query(p) = match query {
+        Ok(q) => q,
+        Err(r) => return error(r.status(), format!("query: {}", r.body_text())),
+    };
     let action = match p
         .action
         .as_deref()
@@ -343,6 +383,12 @@ async fn orphans_clean(State(st): State<ApiState>) -> Response {
 }
 
 async fn readyz(State(st): State<ApiState>) -> Response {
+    if !st.shared.loaded.load(std::sync::atomic::Ordering::SeqCst) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading jobs from the store and re-adopting their processes".into(),
+        );
+    }
     let artifacts = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         st.shared.artifacts.check_reachable(),
@@ -366,20 +412,70 @@ async fn readyz(State(st): State<ApiState>) -> Response {
             );
         }
     }
-    match st.shared.store.ping().await {
-        Ok(()) => {
-            st.shared.set_store_ok(true);
-            (StatusCode::OK, "ready\n").into_response()
-        }
-        Err(e) => {
+    let ping = tokio::time::timeout(STORE_PING_TIMEOUT, st.shared.store.ping()).await;
+    match ping {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
             st.shared.set_store_ok(false);
-            error(
+            return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("store unreachable: {e}"),
-            )
+            );
+        }
+        Err(_) => {
+            st.shared.set_store_ok(false);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "store unreachable: no answer within {}s",
+                    STORE_PING_TIMEOUT.as_secs()
+                ),
+            );
         }
     }
+    // The store answers a read. If a store call failed since the last successful write, check
+    // that writes work again (a write transaction that changes nothing: there is no dead task
+    // -1) before saying ready: a connection left unusable by a failed write must not look
+    // healthy.
+    if !st.shared.store_ok.load(std::sync::atomic::Ordering::SeqCst) {
+        let probe = tokio::time::timeout(
+            STORE_PING_TIMEOUT,
+            st.shared.store.requeue_dead(-1, clock::now()),
+        )
+        .await;
+        let failed = match probe {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "no answer within {}s",
+                STORE_PING_TIMEOUT.as_secs()
+            )),
+        };
+        if let Some(e) = failed {
+            st.shared.set_store_ok(false);
+            let why = st.shared.write_fault().unwrap_or(e);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store cannot write: {why}"),
+            );
+        }
+    }
+    // A write that failed for want of space (or at the file-size limit) keeps the daemon
+    // not-ready for as long as the condition holds.
+    if st.shared.write_fault().is_some()
+        && let Some(fault) = st.shared.faults.live()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store cannot write: {fault}"),
+        );
+    }
+    st.shared.set_store_ok(true);
+    (StatusCode::OK, "ready\n").into_response()
 }
+
+/// How long `/readyz` waits for the store (a probe must answer, not hang).
+const STORE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn metrics(State(st): State<ApiState>) -> Response {
     (

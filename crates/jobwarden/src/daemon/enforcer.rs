@@ -130,6 +130,9 @@ const EXIT_BATCH: usize = 1024;
 /// Retry delay when the store did not answer.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// A step whose record took longer than this to write is re-timed to when its signal went out.
+const LATE_WRITE: Duration = Duration::from_millis(200);
+
 impl Enforcer {
     /// A new enforcer.
     pub fn new(
@@ -159,6 +162,9 @@ impl Enforcer {
     /// Runs until `shutdown` becomes true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         self.load().await;
+        self.shared
+            .loaded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         loop {
             let mut sleep = match self.sched.next_due() {
                 Some(at) => since(at, clock::now()),
@@ -380,8 +386,7 @@ impl Enforcer {
             }
         };
         if !self.shared.hooks.has("pre_start") {
-            let job = self.start_new_job(job).await;
-            let _ = reply.send(Ok(job));
+            let _ = reply.send(self.start_new_job(job).await);
             return;
         }
         let shared = self.shared.clone();
@@ -425,18 +430,18 @@ impl Enforcer {
             (false, Some(reason)) => Some((Outcome::Failed, reason)),
             (false, None) => None,
         };
-        let job = if let Some((outcome, reason)) = end {
+        let answer = if let Some((outcome, reason)) = end {
             let now = clock::now();
             let id = job.id.clone();
             self.finish(&mut job, outcome, None, None, reason, now);
             self.persist(&job).await;
             self.jobs.insert(id.clone(), job.clone());
             self.sched.arm(id, now);
-            job
+            Ok(job)
         } else {
             self.start_new_job(job).await
         };
-        let _ = reply.send(Ok(job));
+        let _ = reply.send(answer);
     }
 
     /// Validates the store is up, resolves the policy and inserts the job (stage pre_start).
@@ -522,14 +527,42 @@ impl Enforcer {
     }
 
     /// Spawns a recorded job's first run and starts watching it.
-    async fn start_new_job(&mut self, mut job: JobRecord) -> JobRecord {
+    ///
+    /// The start (pid, deadline) must be recorded before the submit is acknowledged: a job
+    /// whose process runs while the store still says "not started" would, after a daemon
+    /// restart, be a process nobody watches. So when that write fails the process is killed
+    /// at once (it has run for milliseconds), the job is failed, and the submit is refused.
+    async fn start_new_job(&mut self, mut job: JobRecord) -> Result<JobRecord, CommandError> {
         let id = job.id.clone();
         self.start_run(&mut job, clock::now());
-        self.persist(&job).await;
+        if let Err(e) = self.shared.store.update_job(&job).await {
+            self.store_error("recording a job's start", &e);
+            let now = clock::now();
+            if job.pid.is_some() {
+                match self.runtime.signal(&job, Signal::KILL) {
+                    Ok(_) => tracing::warn!(job = %id, "killed: its start could not be recorded"),
+                    Err(err) => {
+                        tracing::error!(job = %id, "killing a job whose start could not be recorded: {err}")
+                    }
+                }
+            }
+            let reason = format!("its start could not be recorded, so it was killed: {e}");
+            self.finish(&mut job, Outcome::Failed, None, None, reason, now);
+            // Best effort; if this fails too, the next start finds the job without a pid and
+            // marks it lost.
+            self.persist(&job).await;
+            self.jobs.insert(id.clone(), job);
+            self.sched.arm(id.clone(), now);
+            return Err(CommandError::new(
+                503,
+                format!("store: {e}; job {id} was not started (its start could not be recorded)"),
+            ));
+        }
+        self.shared.set_store_ok(true);
         self.jobs.insert(id.clone(), job.clone());
         self.sched.arm(id.clone(), clock::now());
         self.flush_early_exits().await;
-        self.jobs.get(&id).cloned().unwrap_or(job)
+        Ok(self.jobs.get(&id).cloned().unwrap_or(job))
     }
 
     /// Starts (or restarts) the job's command: sets run times and spawns.
@@ -921,14 +954,33 @@ impl Enforcer {
             }
         };
         self.shared.set_store_ok(true);
+        // Signals go out only now, after the write. When the store was slow, the next step's
+        // grace counts from now, not from the decision: a slow store must not eat the job's
+        // grace period (a step is due a grace period after the previous one happened).
+        let sent = clock::now();
+        let late = since(sent, now) > LATE_WRITE;
+        let mut retimed = Vec::new();
         let mut all_ok = true;
-        for (p, result) in planned.into_iter().zip(results) {
+        for (mut p, result) in planned.into_iter().zip(results) {
             let id = p.before.id.clone();
             match result {
                 Ok(true) => {
                     self.shared.metrics.audit_written(1);
-                    self.carry_out(p, now).await;
-                    self.sched.arm(id, now);
+                    if late && matches!(p.write.step.step, Step::SoftKill | Step::HardKill) {
+                        let taken = p.write.step.clone();
+                        if let Some(s) = p
+                            .after
+                            .steps
+                            .iter_mut()
+                            .find(|s| s.step == taken.step && s.due_at == taken.due_at)
+                        {
+                            s.at = sent;
+                        }
+                        p.write.step.at = sent;
+                        retimed.push(id.clone());
+                    }
+                    self.carry_out(p, sent).await;
+                    self.sched.arm(id, sent);
                 }
                 Ok(false) => {
                     self.sync_recorded(p).await;
@@ -939,6 +991,22 @@ impl Enforcer {
                     self.sched.arm(id, add(now, STORE_RETRY));
                     all_ok = false;
                 }
+            }
+        }
+        if !retimed.is_empty() {
+            tracing::warn!(
+                jobs = retimed.len(),
+                write_ms = since(sent, now).as_millis() as u64,
+                "the store was slow to record kill steps: their grace periods count from when the signals went out"
+            );
+            let jobs: Vec<JobRecord> = retimed
+                .iter()
+                .filter_map(|id| self.jobs.get(id).cloned())
+                .collect();
+            // Best effort: until a restart the in-memory times rule; after one, the recorded
+            // decision times (a shorter grace) would.
+            if let Err(e) = self.shared.store.update_jobs(&jobs).await {
+                self.store_error("recording when late kill signals went out", &e);
             }
         }
         all_ok
@@ -1072,7 +1140,14 @@ impl Enforcer {
             self.sched.cancel(id);
             return true;
         }
-        let tasks = self.cleanup_tasks(&job, now);
+        let mut tasks = self.cleanup_tasks(&job, now);
+        // A job settled and cleaned within one pass (a mark_failed or force_delete with a
+        // TTL already expired) never had its log and artifact retention queued: queue it
+        // with the cleanup. (Pending duplicates are merged by the queue.)
+        let key = (job.id.clone(), job.run_id.clone());
+        if !self.retention_queued.contains(&key) {
+            tasks.extend(self.retention_tasks(&job, now));
+        }
         job.stage = Stage::Cleanup;
         // Stage first, then tasks: a crash in between leaves a `cleanup` job whose tasks
         // are re-queued on the next start (see `load`), never tasks for a job we forgot.
@@ -1090,6 +1165,8 @@ impl Enforcer {
         self.shared.queue_kick.notify_waiters();
         self.jobs.remove(id);
         self.sched.cancel(id);
+        // The job leaves memory: so does the note that its retention is queued.
+        self.retention_queued.remove(&key);
         true
     }
 

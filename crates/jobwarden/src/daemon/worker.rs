@@ -97,6 +97,9 @@ pub async fn run(
             continue;
         }
         for task in tasks {
+            if !still_held(&shared, &name, &task, lease).await {
+                continue;
+            }
             let result = execute(&shared, &runtime, &task).await;
             let now = clock::now();
             match result {
@@ -123,7 +126,7 @@ pub async fn run(
                 }
                 Err(err) => {
                     shared.metrics.error("cleanup");
-                    let audit = vec![failure_audit(&task, &err, now, shared.dry_run)];
+                    let audit = vec![failure_audit(&shared, &task, &err, now)];
                     match shared
                         .store
                         .fail(task.id, &name, &err, &audit, now, &backoff)
@@ -146,13 +149,61 @@ pub async fn run(
     }
 }
 
-fn failure_audit(task: &Task, err: &str, now: Timestamp, dry_run: bool) -> AuditEntry {
+/// Whether this worker may still carry out `task`, claimed earlier in a batch: a task whose
+/// lease is more than half used is extended first (earlier tasks of the batch were slow), and
+/// one whose lease has passed to another worker is skipped, since that worker runs it. Without
+/// this, a slow batch outlives its leases and every task in it runs twice.
+async fn still_held(shared: &Shared, name: &str, task: &Task, lease: Duration) -> bool {
+    let now = clock::now();
+    let Some(expires) = task.lease_expires_at else {
+        return true;
+    };
+    if crate::model::since(expires, now) > lease / 2 {
+        return true;
+    }
+    match shared.store.extend_lease(task.id, name, lease, now).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(
+                task = task.id,
+                "lease passed to another worker before the task started; it runs it"
+            );
+            false
+        }
+        Err(e) => {
+            shared.metrics.error("store");
+            shared.set_store_ok(false);
+            tracing::warn!(
+                task = task.id,
+                "extending the lease: {e}; the task waits for its lease to expire"
+            );
+            false
+        }
+    }
+}
+
+/// The audit row of a failed attempt, naming the resource as the row of a successful one does
+/// (so that one resource's history is one query).
+fn failure_audit(shared: &Shared, task: &Task, err: &str, now: Timestamp) -> AuditEntry {
+    let (resource_type, resource_name) = match task.kind.as_str() {
+        "artifact_prefix" | "orphan_prefix" => (
+            "object_prefix".to_owned(),
+            format!(
+                "{}/{}",
+                shared.artifacts.location().trim_end_matches('/'),
+                task.resource_name
+            ),
+        ),
+        "orphan_workspace" => ("workspace".to_owned(), task.resource_name.clone()),
+        "orphan_log" => ("log".to_owned(), task.resource_name.clone()),
+        other => (other.to_owned(), task.resource_name.clone()),
+    };
     AuditEntry {
         id: 0,
         timestamp: now,
         job_id: task.job_id.clone().unwrap_or_default(),
-        resource_type: task.kind.clone(),
-        resource_name: task.resource_name.clone(),
+        resource_type,
+        resource_name,
         action: if task.kind.starts_with("orphan_") {
             AuditAction::OrphanCleanup
         } else {
@@ -162,7 +213,7 @@ fn failure_audit(task: &Task, err: &str, now: Timestamp, dry_run: bool) -> Audit
         initiated_by: "jobwarden".into(),
         success: false,
         error_message: Some(err.to_owned()),
-        dry_run,
+        dry_run: shared.dry_run,
         details: None,
     }
 }
@@ -376,9 +427,18 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
             a.details =
                 Some(serde_json::json!({ "objects": report.objects, "bytes": report.bytes }));
             // A prefix the job never wrote: nothing was deleted, so there is nothing to audit.
-            let audit = if report.objects == 0 && !report.dry_run {
+            // Unless this is a retry: an earlier attempt may have deleted the objects and been
+            // cut short (crash, lost lease) before its completion and audit row were written,
+            // and then this row is the only trace of the deletion.
+            let audit = if report.objects == 0 && !report.dry_run && task.attempts <= 1 {
                 vec![]
             } else {
+                if report.objects == 0 && task.attempts > 1 {
+                    a.reason.push_str(&format!(
+                        "; attempt {}: an earlier attempt may have deleted them",
+                        task.attempts
+                    ));
+                }
                 vec![a]
             };
             Ok(Done { audit })
