@@ -193,6 +193,9 @@ pub struct Daemon {
     pub pg: Option<PgDb>,
     /// Extra `run` flags (e.g. `--dry-run`).
     pub extra: Vec<String>,
+    /// Environment, store override and wrapper of the daemon process (read at every start,
+    /// so a test may change them between [`Daemon::kill9`] and [`Daemon::restart`]).
+    pub opts: SpawnOpts,
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
@@ -210,9 +213,33 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra `run` flags.
     pub fn start_with(backend: Backend, config: &str, extra: &[&str]) -> Option<Daemon> {
-        let pg = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(PgDb::create()?),
+        Daemon::start_opts(backend, config, extra, SpawnOpts::default())
+    }
+
+    /// Like [`Daemon::start_with`], with [`SpawnOpts`]. With `opts.store_url` set, no
+    /// database is created on `DATABASE_URL` (the test brings its own store).
+    pub fn start_opts(
+        backend: Backend,
+        config: &str,
+        extra: &[&str],
+        opts: SpawnOpts,
+    ) -> Option<Daemon> {
+        let mut d = Daemon::create(backend, config, extra, opts)?;
+        d.spawn();
+        Some(d)
+    }
+
+    /// Sets up the data dir and config without starting the daemon (see
+    /// [`Daemon::try_spawn`]).
+    pub fn create(
+        backend: Backend,
+        config: &str,
+        extra: &[&str],
+        opts: SpawnOpts,
+    ) -> Option<Daemon> {
+        let pg = match (backend, &opts.store_url) {
+            (Backend::Postgres, None) => Some(PgDb::create()?),
+            _ => None,
         };
         let root = tempfile::Builder::new()
             .prefix("jw-e2e-")
@@ -221,25 +248,27 @@ impl Daemon {
         let data = root.path().join("data");
         let config_path = root.path().join("config.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut d = Daemon {
+        Some(Daemon {
             data,
             config: config_path,
             backend,
             pg,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            opts,
             child: None,
             url: String::new(),
             addr: String::new(),
             starts: 0,
             root,
-        };
-        d.spawn();
-        Some(d)
+        })
     }
 
     /// The store URL the daemon uses (`None` for the default SQLite file).
     pub fn store_url(&self) -> Option<String> {
-        self.pg.as_ref().map(|p| p.url.clone())
+        self.opts
+            .store_url
+            .clone()
+            .or_else(|| self.pg.as_ref().map(|p| p.url.clone()))
     }
 
     fn log_path(&self, n: u32) -> PathBuf {
@@ -248,6 +277,14 @@ impl Daemon {
 
     /// Starts the daemon process and waits for its listening line.
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the daemon process and waits for its listening line; the error (with the
+    /// daemon's output) if it exits first.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         self.starts += 1;
         let log_path = self.log_path(self.starts);
         let log = std::fs::File::create(&log_path).expect("create daemon log");
@@ -267,7 +304,18 @@ impl Daemon {
             args.push(url);
         }
         args.extend(self.extra.iter().cloned());
-        let child = Command::new(BIN)
+        let mut cmd = match self.opts.wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .args(&args)
             .current_dir(self.root.path())
             .stdin(Stdio::null())
@@ -287,18 +335,36 @@ impl Daemon {
                 let port = addr.rsplit(':').next().expect("port").to_owned();
                 self.addr = format!("127.0.0.1:{port}");
                 self.url = format!("http://{}", self.addr);
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().expect("try_wait"))
             {
-                panic!("jobwarden run exited with {status} before listening:\n{text}");
+                self.child = None;
+                return Err(format!(
+                    "jobwarden run exited with {status} before listening:\n{text}"
+                ));
             }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "jobwarden run did not print its address within {WAIT:?}:\n{text}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the current start has loaded the store's jobs and re-adopted (or settled)
+    /// their processes: before that, a listing still shows the states of before the restart.
+    pub fn wait_loaded(&self) {
+        let deadline = Instant::now() + WAIT;
+        while !self.last_log().contains("loaded jobs from the store") {
             assert!(
                 Instant::now() < deadline,
-                "jobwarden run did not print its address within {WAIT:?}:\n{text}"
+                "the daemon did not load its jobs within {WAIT:?}:\n{}",
+                self.last_log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -486,6 +552,122 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the daemon process has exited (reaps it); its status if so.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// The log of the latest start.
+    pub fn last_log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    /// `<data>/jobwarden.db` (the default SQLite store).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data.join("jobwarden.db")
+    }
+
+    /// Runs `sql` on the daemon's store (sqlite3 on the SQLite file, psql on PostgreSQL);
+    /// returns the rows, one per line, columns separated by `|`.
+    pub fn store_sql(&self, sql: &str) -> String {
+        match self.store_url() {
+            Some(url) => psql(&url, sql),
+            None => sqlite(&self.sqlite_path(), sql),
+        }
+    }
+
+    /// `GET /readyz`: status and body.
+    pub fn readyz(&self) -> (u16, String) {
+        self.http("GET", "/readyz", &[], None)
+    }
+
+    /// `POST /v1/jobs` with a JSON body (cheaper than the CLI for many jobs): status, body.
+    pub fn post_job(&self, body: &serde_json::Value) -> (u16, String) {
+        let bytes = serde_json::to_vec(body).expect("JSON");
+        http_timeout(&self.addr, "POST", "/v1/jobs", &[], Some(&bytes), SLOW_WAIT)
+    }
+
+    /// Submits through `POST /v1/jobs`; returns the job (panics unless 201).
+    pub fn submit_json(&self, body: &serde_json::Value) -> JobView {
+        let (status, text) = self.post_job(body);
+        assert_eq!(status, 201, "POST /v1/jobs {body}: {text}");
+        serde_json::from_str(&text).expect("a job")
+    }
+
+    /// `GET /v1/jobs` (one request for every job).
+    pub fn list(&self) -> Vec<JobView> {
+        let (status, body) = http_timeout(&self.addr, "GET", "/v1/jobs", &[], None, SLOW_WAIT);
+        assert_eq!(status, 200, "GET /v1/jobs: {body}");
+        serde_json::from_str(&body).expect("jobs")
+    }
+}
+
+/// How the daemon process is started, beyond its config and flags.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOpts {
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// A store URL instead of the backend's (e.g. a private PostgreSQL server).
+    pub store_url: Option<String>,
+    /// A program (and its arguments) the daemon is run under, e.g.
+    /// `["prlimit", "--fsize=1048576", "--"]`.
+    pub wrapper: Vec<String>,
+}
+
+/// Runs `sql` with the sqlite3 CLI on `db`; panics with its stderr on failure; returns stdout.
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .args(["-bail", "-cmd", ".timeout 5000"])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("running sqlite3 (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {} {sql:?}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Whether servers are required (CI or `JOBWARDEN_REQUIRE_SERVERS=1`): a missing one fails
+/// the test instead of skipping it.
+pub fn require_servers() -> bool {
+    servers_required()
+}
+
+/// Cases for a property test: `PROPTEST_CASES`, else `JOBWARDEN_PROPTEST_CASES`, else
+/// `default` (small enough for CI).
+pub fn proptest_cases(default: u32) -> u32 {
+    proptest_cases_scaled(default, 1)
+}
+
+/// [`proptest_cases`] for an expensive property: a count from the environment is divided by
+/// `divisor` (at least 1 case), so that one `PROPTEST_CASES` sizes a whole long run.
+pub fn proptest_cases_scaled(default: u32, divisor: u32) -> u32 {
+    ["PROPTEST_CASES", "JOBWARDEN_PROPTEST_CASES"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse::<u32>().ok())
+        .map_or(default, |n| (n / divisor.max(1)).max(1))
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -539,8 +721,24 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> (u16, String) {
+    http_timeout(addr, method, path, headers, body, WAIT)
+}
+
+/// Bound on one request in the fault tests: a loaded machine (several builds at once) can
+/// stall the daemon for seconds; a hang is still a failure.
+pub const SLOW_WAIT: Duration = Duration::from_secs(60);
+
+/// [`http`] with its own read timeout.
+pub fn http_timeout(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
     let body = body.unwrap_or_default();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -556,7 +754,8 @@ pub fn http(
     s.write_all(req.as_bytes()).expect("write request");
     s.write_all(body).expect("write body");
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).expect("read response");
+    s.read_to_end(&mut resp)
+        .unwrap_or_else(|e| panic!("{method} {path}: reading the response: {e}"));
     let text = String::from_utf8_lossy(&resp).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status: u16 = head
