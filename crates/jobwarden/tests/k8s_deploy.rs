@@ -323,3 +323,30 @@ fn manifest_job_prints_a_job_capped_by_the_config() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--name \"Bad_Name\""));
 }
+
+/// Without a cluster, `run --runtime kubernetes` fails with a clear message and creates
+/// nothing: no store file is left behind in the data dir.
+#[test]
+fn without_a_cluster_run_fails_clearly_and_creates_no_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobwarden"))
+        .args(["run", "--runtime", "kubernetes", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("JOBWARDEN_CONFIG")
+        .env_remove("JOBWARDEN_STORE")
+        .output()
+        .expect("run jobwarden");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no Kubernetes API server"), "{stderr}");
+    assert!(
+        !data.join("jobwarden.db").exists(),
+        "a store was created although there is no cluster"
+    );
+}

@@ -373,3 +373,74 @@ async fn ttl_deletes_are_limited_per_minute_but_the_ladder_is_not() {
     // Warned, soft-killed; next: the hard kill a grace (300 s) later.
     assert_eq!(out, Reconciled::Wake(Some(t("10:25:00"))));
 }
+
+/// A soft kill the API forbids (RBAC) is retried, but with a doubling wait (60 s, 120 s,
+/// 240 s, … up to an hour), so a permanent 403 does not write an audit row every minute; each
+/// attempt is audited as failed, and nothing is recorded as taken until it succeeds.
+#[tokio::test]
+async fn a_forbidden_soft_kill_is_retried_with_a_doubling_wait() {
+    let store = Store::open("sqlite::memory:").await.expect("store");
+    let id = JobId::parse("j-42").expect("id");
+    let running = job_json(); // deadline 11:00:01
+    let pods = vec![pod(pod_json("build-42-a", "pod-a", "Running"))];
+    let forbidden = (
+        403,
+        status(
+            403,
+            "Forbidden",
+            "jobs.batch \"build-42\" is forbidden: User \"system:serviceaccount:jobwarden:jobwarden\" cannot patch resource \"jobs\"",
+        ),
+    );
+    // GracePeriodTooShort and TimeoutWarning Events on the first pass, then the PATCH: three
+    // times forbidden, then allowed (the operator fixed the Role).
+    let (client, server) = scripted(vec![
+        event(),
+        event(),
+        forbidden.clone(),
+        forbidden.clone(),
+        forbidden,
+        (200, job_json()),
+        event(),
+    ]);
+    let config = Config::default();
+    let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let r = Reconciler::new(
+        config,
+        store.clone(),
+        Actions::new(client, scope, false, "jw-0"),
+    );
+    let j = job(running);
+    let mut wakes = Vec::new();
+    let mut now = t("11:00:01");
+    for _ in 0..3 {
+        let Reconciled::Wake(Some(at)) = r.reconcile(&j, &pods, now).await.expect("reconcile")
+        else {
+            panic!("no retry scheduled");
+        };
+        wakes.push(at);
+        let rec = store.get_job(&id).await.expect("get").expect("row");
+        assert!(!rec.has_step(Step::SoftKill), "recorded although forbidden");
+        now = at;
+    }
+    assert_eq!(wakes, [t("11:01:01"), t("11:03:01"), t("11:07:01")]);
+    let out = r.reconcile(&j, &pods, now).await.expect("reconcile");
+    assert_eq!(
+        out,
+        Reconciled::Wake(Some(t("11:12:01"))),
+        "hard kill a grace later"
+    );
+    let rec = store.get_job(&id).await.expect("get").expect("row");
+    assert!(rec.has_step(Step::SoftKill));
+    drop(r);
+    let seen = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server ends")
+        .expect("server task");
+    assert_eq!(seen.len(), 7, "{:?}", lines(&seen));
+    let failed = actions_of(&store)
+        .await
+        .into_iter()
+        .filter(|(a, _, ok)| *a == AuditAction::SoftKill && !ok)
+        .count();
+    assert_eq!(failed, 3, "one failed soft_kill row per attempt");
+}

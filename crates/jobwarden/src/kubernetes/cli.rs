@@ -144,15 +144,16 @@ pub async fn run(
         .clone()
         .or_else(|| config.store.url.clone())
         .unwrap_or_else(|| format!("sqlite://{}", opts.data_dir.join("jobwarden.db").display()));
-    let store = crate::store::Store::open(&store_url)
-        .await
-        .map_err(|e| (1, e.to_string()))?;
+    // The cluster first: without one, nothing is opened or created (no empty store file).
     let client = kube::Client::try_default().await.map_err(|e| {
         (
             1,
             format!("no Kubernetes API server: {e} (in a pod: the service account; elsewhere: KUBECONFIG or ~/.kube/config)"),
         )
     })?;
+    let store = crate::store::Store::open(&store_url)
+        .await
+        .map_err(|e| (1, e.to_string()))?;
     let instance = std::env::var("POD_NAME")
         .ok()
         .filter(|s| !s.is_empty())

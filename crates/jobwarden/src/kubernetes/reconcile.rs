@@ -29,8 +29,21 @@ use super::actions::{Actions, Outcome, Report};
 use super::observe::{Scope, observe_job, to_record};
 
 /// How long to wait before retrying an action that failed for good (RBAC, validation): the
-/// operator may fix it, and the audit log says what failed meanwhile.
+/// operator may fix it, and the audit log says what failed meanwhile. Doubled after each
+/// consecutive failure of the same action on the same run, up to [`FAILED_ACTION_RETRY_MAX`],
+/// so a permanent 403 costs a few audit rows an hour, not one a minute.
 pub const FAILED_ACTION_RETRY: Duration = Duration::from_secs(60);
+
+/// The longest wait between retries of an action that keeps failing.
+pub const FAILED_ACTION_RETRY_MAX: Duration = Duration::from_secs(3600);
+
+/// The wait before the retry that follows `failures` consecutive failures (1 = the first).
+pub fn failed_action_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FAILED_ACTION_RETRY
+        .saturating_mul(1 << doublings)
+        .min(FAILED_ACTION_RETRY_MAX)
+}
 
 /// While a TTL-deleted Job is still there, look for pods stuck terminating this often.
 pub const DELETION_CHECK: Duration = Duration::from_secs(30);
@@ -52,6 +65,8 @@ pub struct Reconciler {
     config: Config,
     policy: Policy,
     limiter: RateLimiter,
+    /// Consecutive `Failed` outcomes per (job id, run id, action), for the retry backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<(String, String, &'static str), u32>>,
 }
 
 impl Reconciler {
@@ -61,6 +76,7 @@ impl Reconciler {
         let policy = Policy::from_config(&config);
         let limiter = RateLimiter::per_minute(config.kubernetes.destructive_calls_per_minute);
         Reconciler {
+            failures: std::sync::Mutex::default(),
             limiter,
             store,
             actions,
@@ -128,7 +144,9 @@ impl Reconciler {
                 .await
                 .map_err(|_| ignored_late())?;
             self.store.append_audit(&report.audit).await?;
-            let at = retry_at(&report, now).unwrap_or(add(now, DELETION_CHECK));
+            let at = self
+                .retry_at(&record, "ttl_delete", &report, now)
+                .unwrap_or(add(now, DELETION_CHECK));
             return Ok(Reconciled::Wake(Some(at)));
         }
         // Each pass takes at most one step; a later step is due at least a grace period
@@ -172,7 +190,7 @@ impl Reconciler {
                     }
                     .map_err(|_| ignored_late())?;
                     self.store.append_audit(&report.audit).await?;
-                    if let Some(retry_at) = retry_at(&report, now) {
+                    if let Some(retry_at) = self.retry_at(&record, step.as_str(), &report, now) {
                         return Ok(Reconciled::Wake(Some(retry_at)));
                     }
                     self.store
@@ -201,7 +219,7 @@ impl Reconciler {
                         .await
                         .map_err(|_| ignored_late())?;
                     self.store.append_audit(&report.audit).await?;
-                    if let Some(retry_at) = retry_at(&report, now) {
+                    if let Some(retry_at) = self.retry_at(&record, "ttl_delete", &report, now) {
                         return Ok(Reconciled::Wake(Some(retry_at)));
                     }
                     record.stage = Stage::Cleanup;
@@ -237,11 +255,30 @@ pub enum ReconcileError {
     OutOfScope,
 }
 
-fn retry_at(report: &Report, now: Timestamp) -> Option<Timestamp> {
-    match &report.outcome {
-        Outcome::Done | Outcome::Recreated => None,
-        Outcome::Retry { after, .. } => Some(add(now, *after)),
-        Outcome::Failed { .. } => Some(add(now, FAILED_ACTION_RETRY)),
+impl Reconciler {
+    /// When to try `action` on this run again, if its report says so; counts consecutive
+    /// failures for the backoff and forgets them once the action succeeds.
+    fn retry_at(
+        &self,
+        record: &JobRecord,
+        action: &'static str,
+        report: &Report,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let key = (record.id.to_string(), record.run_id.clone(), action);
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match &report.outcome {
+            Outcome::Done | Outcome::Recreated => {
+                failures.remove(&key);
+                None
+            }
+            Outcome::Retry { after, .. } => Some(add(now, *after)),
+            Outcome::Failed { .. } => {
+                let n = failures.entry(key).or_insert(0);
+                *n = n.saturating_add(1);
+                Some(add(now, failed_action_backoff(*n)))
+            }
+        }
     }
 }
 
@@ -288,5 +325,20 @@ fn audit(
         error_message: None,
         dry_run: job.dry_run,
         details: due_at.map(|d| serde_json::json!({"due_at": fmt_ts(d), "run_id": job.run_id})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_actions_back_off_from_a_minute_to_an_hour() {
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| failed_action_backoff(n).as_secs())
+            .collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(failed_action_backoff(0).as_secs(), 60);
+        assert_eq!(failed_action_backoff(u32::MAX).as_secs(), 3600);
     }
 }
