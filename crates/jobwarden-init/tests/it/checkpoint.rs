@@ -116,7 +116,15 @@ fn a_deadline_already_past_checkpoints_at_once() {
             "trap 'exit 5' USR1; while :; do sleep 0.05; done",
         ]);
     let done = Running::start(cmd, tmp.path()).wait(PATIENCE);
-    assert_eq!(done.code, Some(5), "stderr:\n{}", done.stderr);
+    // SIGUSR1 goes out at once: the child's trap exits 5, or, on a loaded machine where the
+    // signal beats the shell to its `trap`, SIGUSR1's default action ends it (128 + 10).
+    // Either way the child got the checkpoint signal.
+    assert!(
+        matches!(done.code, Some(5) | Some(138)),
+        "code {:?}, stderr:\n{}",
+        done.code,
+        done.stderr
+    );
     assert!(store.join("partial/cp-past/artifacts.tar.gz").exists());
     assert_eq!(done.step("artifacts")["trigger"], "checkpoint");
 }
