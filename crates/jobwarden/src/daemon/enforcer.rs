@@ -205,9 +205,11 @@ impl Enforcer {
         let now = clock::now();
         let mut batch = Vec::new();
         for (id, _) in self.sched.pop_due(now, 10_000) {
-            match self.batchable_step(&id, now) {
-                Some(planned) => batch.push(planned),
-                None => self.process(&id).await,
+            let planned = self.batchable_steps(&id, now);
+            if planned.is_empty() {
+                self.process(&id).await;
+            } else {
+                batch.extend(planned);
             }
         }
         self.take_steps(batch, now).await;
@@ -302,7 +304,8 @@ impl Enforcer {
                 } else {
                     Signal::KILL
                 };
-                let res = self.runtime.signal(&job, sig);
+                // Audit first, then signal: a crash in between leaves a row for a signal
+                // that was not sent (harmless), never a signal without its row.
                 let audit = self.audit(
                     &job,
                     step.into(),
@@ -310,10 +313,27 @@ impl Enforcer {
                         "re-sent {} after a daemon restart (idempotent)",
                         sig_name(sig)
                     ),
-                    res.as_ref().err().map(|e| e.to_string()),
+                    None,
                     now,
                 );
-                self.append_audit(vec![audit]).await;
+                match self.shared.store.append_audit(&[audit]).await {
+                    Ok(()) => {
+                        self.shared.metrics.audit_written(1);
+                        if let Err(e) = self.runtime.signal(&job, sig) {
+                            self.shared.metrics.error("signal");
+                            let failed = self.audit(
+                                &job,
+                                step.into(),
+                                format!("re-sending {} failed", sig_name(sig)),
+                                Some(e.to_string()),
+                                now,
+                            );
+                            self.append_audit(vec![failed]).await;
+                        }
+                    }
+                    // Not recorded, not sent: the ladder's next step still comes on time.
+                    Err(e) => self.store_error("auditing a re-sent kill signal", &e),
+                }
             }
             return;
         }
@@ -860,17 +880,29 @@ impl Enforcer {
         self.take_steps(vec![planned], now).await
     }
 
-    /// The decision for a due job when it is a step that [`Self::take_steps`] can record in a
-    /// batch (every step but force_delete, which settles the job).
-    fn batchable_step(&self, id: &JobId, now: Timestamp) -> Option<PlannedStep> {
-        let job = self.jobs.get(id)?;
-        let (decision, _) = decide(job, &self.diagnose(job), &self.shared.policy, now);
-        match decision {
-            Decision::Step { step, due_at } if step != Step::ForceDelete => {
-                Some(self.plan_step(job, step, due_at, now, "timeout"))
-            }
-            _ => None,
+    /// The steps due now for a job when they are steps that [`Self::take_steps`] can record
+    /// in a batch (every step but force_delete, which settles the job). Several when more
+    /// than one is overdue at once (a warn and the soft_kill at the same instant, or after an
+    /// outage): each is decided on the job as the previous one leaves it, and all go into the
+    /// same write. Empty when the job needs anything else.
+    fn batchable_steps(&self, id: &JobId, now: Timestamp) -> Vec<PlannedStep> {
+        let mut planned: Vec<PlannedStep> = Vec::new();
+        let Some(first) = self.jobs.get(id) else {
+            return planned;
+        };
+        // warn (each), soft_kill, hard_kill: a handful at most; the bound is a safeguard.
+        while planned.len() < 8 {
+            let job = planned.last().map_or(first, |p| &p.after);
+            let (decision, _) = decide(job, &self.diagnose(job), &self.shared.policy, now);
+            let next = match decision {
+                Decision::Step { step, due_at } if step != Step::ForceDelete => {
+                    self.plan_step(job, step, due_at, now, "timeout")
+                }
+                _ => break,
+            };
+            planned.push(next);
         }
+        planned
     }
 
     /// The record of a step and the job as it will be once the step is carried out.
