@@ -127,12 +127,15 @@ async fn the_loop_lists_becomes_ready_and_soft_kills_a_job_past_its_deadline() {
     );
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    // This replica leads throughout (tests/k8s_leader.rs covers following).
+    let (_leading, leading_rx) = tokio::sync::watch::channel(true);
     let now: Timestamp = "2026-11-28T10:30:00Z".parse().expect("ts");
     let task = tokio::spawn(controller::run(
         client,
         "job-id".into(),
         reconciler,
         ready.clone(),
+        leading_rx,
         stop_rx,
         move || now,
     ));

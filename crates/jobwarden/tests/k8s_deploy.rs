@@ -1,21 +1,22 @@
 //! `deploy/`: every manifest parses into its k8s-openapi type without losing a field (a typo
-//! would be dropped by the type and the round trip would differ); the ClusterRole grants
-//! exactly `API_CALLS`; the ConfigMap's config passes `config check`; the example Job is what
-//! `jobwarden manifest job` renders under that config.
+//! would be dropped by the type and the round trip would differ); the ClusterRole and the
+//! leader-election Role together grant exactly `API_CALLS`, each exactly its share; the
+//! ConfigMap's config passes `config check`; the example Job is what `jobwarden manifest job`
+//! renders under that config.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jobwarden::config::Config;
-use jobwarden::kubernetes::actions::API_CALLS;
+use jobwarden::kubernetes::actions::{API_CALLS, Grant};
 use jobwarden::kubernetes::manifest::{JobRequest, render_job};
 use jobwarden::kubernetes::observe::{Scope, observe_job};
 use jobwarden::model::JobId;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -75,6 +76,8 @@ fn every_manifest_parses_into_its_kubernetes_type() {
             "ServiceAccount" => drop(typed::<ServiceAccount>(&file, &v)),
             "ClusterRole" => drop(typed::<ClusterRole>(&file, &v)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&file, &v)),
+            "Role" => drop(typed::<Role>(&file, &v)),
+            "RoleBinding" => drop(typed::<RoleBinding>(&file, &v)),
             "ConfigMap" => drop(typed::<ConfigMap>(&file, &v)),
             "Deployment" => drop(typed::<Deployment>(&file, &v)),
             "Service" => drop(typed::<Service>(&file, &v)),
@@ -88,6 +91,8 @@ fn every_manifest_parses_into_its_kubernetes_type() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "ConfigMap",
         "Deployment",
         "Service",
@@ -97,44 +102,99 @@ fn every_manifest_parses_into_its_kubernetes_type() {
     }
 }
 
-#[test]
-fn the_cluster_role_grants_exactly_the_calls_the_code_makes() {
-    let roles: Vec<ClusterRole> = of_kind("ClusterRole");
-    assert_eq!(roles.len(), 1);
+type Granted = BTreeSet<(String, String, String)>;
+
+/// What `rules` grant, one (group, resource, verb) each; no wildcards, no names, no repeats.
+fn granted(what: &str, rules: &[PolicyRule]) -> Granted {
     let mut granted = BTreeSet::new();
-    for rule in roles[0].rules.iter().flatten() {
-        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+    for rule in rules {
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "{what}: {rule:?}"
+        );
         for g in rule.api_groups.iter().flatten() {
             for r in rule.resources.iter().flatten() {
                 for v in &rule.verbs {
-                    assert_ne!(v, "*", "no wildcards");
+                    assert!(v != "*" && r != "*" && g != "*", "{what}: no wildcards");
                     let new = granted.insert((g.clone(), r.clone(), v.clone()));
-                    assert!(new, "({g:?}, {r}, {v}) granted twice");
+                    assert!(new, "{what}: ({g:?}, {r}, {v}) granted twice");
                 }
             }
         }
     }
-    let used: BTreeSet<(String, String, String)> = API_CALLS
+    granted
+}
+
+fn used(grant: Grant) -> Granted {
+    API_CALLS
         .iter()
+        .filter(|c| c.grant == grant)
         .map(|c| (c.group.to_owned(), c.resource.to_owned(), c.verb.to_owned()))
-        .collect();
-    let missing: Vec<_> = used.difference(&granted).collect();
-    let unused: Vec<_> = granted.difference(&used).collect();
+        .collect()
+}
+
+fn assert_same(what: &str, granted: &Granted, used: &Granted) {
+    let missing: Vec<_> = used.difference(granted).collect();
+    let unused: Vec<_> = granted.difference(used).collect();
     assert!(
         missing.is_empty(),
-        "the role lacks calls the code makes: {missing:?}"
+        "{what} lacks calls the code makes: {missing:?}"
     );
     assert!(
         unused.is_empty(),
-        "the role grants calls no code makes: {unused:?}"
+        "{what} grants calls no code makes: {unused:?}"
     );
+}
 
-    let bindings: Vec<ClusterRoleBinding> = of_kind("ClusterRoleBinding");
-    assert_eq!(bindings[0].role_ref.name, "jobwarden");
-    let subject = &bindings[0].subjects.as_ref().expect("subjects")[0];
+#[test]
+fn the_cluster_role_and_the_lease_role_grant_exactly_the_calls_the_code_makes() {
     let sas: Vec<ServiceAccount> = of_kind("ServiceAccount");
-    assert_eq!(Some(&subject.name), sas[0].metadata.name.as_ref());
-    assert_eq!(subject.namespace, sas[0].metadata.namespace);
+    let sa = &sas[0].metadata;
+
+    let roles: Vec<ClusterRole> = of_kind("ClusterRole");
+    assert_eq!(roles.len(), 1);
+    let cluster = granted(
+        "the ClusterRole",
+        roles[0].rules.as_deref().unwrap_or_default(),
+    );
+    assert_same("the ClusterRole", &cluster, &used(Grant::Cluster));
+    let bindings: Vec<ClusterRoleBinding> = of_kind("ClusterRoleBinding");
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0].role_ref.kind, "ClusterRole");
+    assert_eq!(
+        Some(&bindings[0].role_ref.name),
+        roles[0].metadata.name.as_ref()
+    );
+    let subject = &bindings[0].subjects.as_ref().expect("subjects")[0];
+    assert_eq!(Some(&subject.name), sa.name.as_ref());
+    assert_eq!(subject.namespace, sa.namespace);
+
+    // The Lease calls only in the Lease's namespace: the one jobwarden runs in, since the
+    // shipped config leaves `lease_namespace` unset.
+    assert_eq!(configmap_config().kubernetes.lease_namespace, None);
+    let deployments: Vec<Deployment> = of_kind("Deployment");
+    let pod_namespace = deployments[0].metadata.namespace.clone();
+    let roles: Vec<Role> = of_kind("Role");
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0].metadata.namespace, pod_namespace);
+    let lease = granted("the Role", roles[0].rules.as_deref().unwrap_or_default());
+    assert_same(
+        "the leader-election Role",
+        &lease,
+        &used(Grant::LeaseNamespace),
+    );
+    let bindings: Vec<RoleBinding> = of_kind("RoleBinding");
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0].metadata.namespace, pod_namespace);
+    assert_eq!(bindings[0].role_ref.kind, "Role");
+    assert_eq!(
+        Some(&bindings[0].role_ref.name),
+        roles[0].metadata.name.as_ref()
+    );
+    let subjects = bindings[0].subjects.as_ref().expect("subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(Some(&subjects[0].name), sa.name.as_ref());
+    assert_eq!(subjects[0].namespace, sa.namespace);
 }
 
 fn configmap_config() -> Config {
@@ -162,6 +222,21 @@ fn the_deployment_runs_the_kubernetes_runtime_with_probes_and_the_config() {
     let pod = spec.template.spec.as_ref().expect("pod spec");
     assert_eq!(pod.service_account_name.as_deref(), Some("jobwarden"));
     let c = &pod.containers[0];
+    // The Lease's holder identity and namespace come from the downward API.
+    for (var, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let from = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == var)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(from, Some(field), "{var}");
+    }
     let args = c.args.clone().unwrap_or_default();
     assert!(args.iter().any(|a| a == "--runtime=kubernetes"), "{args:?}");
     assert!(

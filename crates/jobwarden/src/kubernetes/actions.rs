@@ -23,9 +23,9 @@
 //! reachable server and would post Events): each call that would have been made is an audit
 //! row marked `dry_run`, naming the method, path and body.
 //!
-//! [`API_CALLS`] lists every (group, resource, verb) the code uses; `deploy/rbac.yaml` must
-//! grant exactly these (tests/k8s_deploy.rs), and tests/k8s_requests.rs checks every request
-//! the code sends against it via [`classify`].
+//! [`API_CALLS`] lists every (group, resource, verb) the code uses and which role grants it;
+//! `deploy/rbac.yaml` must grant exactly these (tests/k8s_deploy.rs), and tests/k8s_requests.rs
+//! and tests/k8s_leader.rs check every request the code sends against it via [`classify`].
 
 use std::time::Duration;
 
@@ -53,6 +53,17 @@ pub struct ApiCall {
     pub resource: &'static str,
     /// RBAC verb.
     pub verb: &'static str,
+    /// Which role grants it.
+    pub grant: Grant,
+}
+
+/// Where RBAC grants a call (`deploy/rbac.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Grant {
+    /// The ClusterRole: Jobs, Pods and Events in every namespace jobwarden polices.
+    Cluster,
+    /// The Role in the Lease's namespace (leader election, `leader.rs`): nothing else there.
+    LeaseNamespace,
 }
 
 const fn call(group: &'static str, resource: &'static str, verb: &'static str) -> ApiCall {
@@ -60,11 +71,22 @@ const fn call(group: &'static str, resource: &'static str, verb: &'static str) -
         group,
         resource,
         verb,
+        grant: Grant::Cluster,
     }
 }
 
-/// Every API call jobwarden makes (the actions here and the watches of `controller.rs`). Keep it in step with the code: the request tests fail
-/// on a call missing here, the deploy test on a role that differs from it.
+const fn lease_call(verb: &'static str) -> ApiCall {
+    ApiCall {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verb,
+        grant: Grant::LeaseNamespace,
+    }
+}
+
+/// Every API call jobwarden makes (the actions here, the watches of `controller.rs`, the Lease
+/// calls of `leader.rs`). Keep it in step with the code: the request tests fail on a call
+/// missing here, the deploy test on a role that differs from it.
 pub const API_CALLS: &[ApiCall] = &[
     // controller.rs: the Job and Pod reflectors (list, then watch).
     call("batch", "jobs", "list"),
@@ -77,6 +99,11 @@ pub const API_CALLS: &[ApiCall] = &[
     call("", "pods", "delete"),
     call("", "pods", "list"),
     call("", "pods/status", "patch"),
+    // leader.rs: read the Lease, create it when missing, take it over / renew / release it
+    // (PUT with its resourceVersion).
+    lease_call("get"),
+    lease_call("create"),
+    lease_call("update"),
 ];
 
 /// The RBAC view of a request: which (group, resource, verb) it needs. None for paths that are

@@ -154,10 +154,19 @@ pub async fn run(
     let store = crate::store::Store::open(&store_url)
         .await
         .map_err(|e| (1, e.to_string()))?;
-    let instance = std::env::var("POD_NAME")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "jobwarden".to_owned());
+    let pod_name = std::env::var("POD_NAME").ok().filter(|s| !s.is_empty());
+    let instance = pod_name.clone().unwrap_or_else(|| "jobwarden".to_owned());
+    // The Lease holder must be unique among live replicas: the pod name is; without one, a
+    // random suffix keeps two processes from both believing they hold the Lease.
+    let identity = pod_name.unwrap_or_else(|| format!("jobwarden-{:08x}", rand::random::<u32>()));
+    let lease = super::leader::LeaseSettings::new(
+        &config.kubernetes,
+        &identity,
+        std::env::var("POD_NAMESPACE").ok().as_deref(),
+        std::fs::read_to_string(super::leader::SERVICE_ACCOUNT_NAMESPACE_FILE)
+            .ok()
+            .as_deref(),
+    );
     let scope = super::observe::Scope::new(&config.kubernetes, &config.annotations.prefix);
     let actions = super::actions::Actions::new(client.clone(), scope, opts.dry_run, &instance);
     let label = config.kubernetes.job_id_label.clone();
@@ -195,21 +204,52 @@ pub async fn run(
             })
             .await;
     });
+    let election = if opts.dry_run {
+        // Dry-run writes nothing, the Lease included (a dry-run replica holding it would keep
+        // the real one from acting); it sends no action either, so it needs no leadership.
+        "no leader election in dry-run".to_owned()
+    } else {
+        format!(
+            "leader election on Lease {} as {} (lease {})",
+            lease.lease(),
+            lease.identity,
+            crate::duration::format_duration(lease.lease_duration)
+        )
+    };
     eprintln!(
-        "jobwarden (kubernetes{}) watching Jobs labelled {label}; health on http://{listen} (config: {source})",
+        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; health on http://{listen} (config: {source})",
         if opts.dry_run { ", dry-run" } else { "" }
     );
+    // Every replica watches; only the leader acts. Shutdown order: the controller stops
+    // acting first, then the elector releases the Lease.
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(opts.dry_run);
+    let (elector_stop_tx, elector_stop_rx) = tokio::sync::watch::channel(false);
+    let elector = if opts.dry_run {
+        None
+    } else {
+        Some(tokio::spawn(super::leader::run(
+            super::leader::Elector::new(client.clone(), lease),
+            leading_tx,
+            elector_stop_rx,
+            crate::clock::now,
+        )))
+    };
     let controller = tokio::spawn(super::controller::run(
         client,
         label,
         reconciler,
         ready,
+        leading_rx,
         stop_rx,
         crate::clock::now,
     ));
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = controller.await;
+    let _ = elector_stop_tx.send(true);
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
     let _ = http.await;
     Ok(())
 }

@@ -21,14 +21,19 @@ pub struct KubernetesConfig {
     pub protected_namespaces: Vec<String>,
     /// The label whose value is the job id; objects without it are never touched.
     pub job_id_label: String,
-    /// Namespace of the leader-election Lease (default: the namespace jobwarden runs in,
-    /// else `default`).
+    /// Namespace of the leader-election Lease (default: the namespace jobwarden runs in, from
+    /// `POD_NAMESPACE` or the service account, else `default`). RBAC: get, create, update on
+    /// leases there (the Role in `deploy/rbac.yaml`).
     pub lease_namespace: Option<String>,
-    /// Name of the leader-election Lease.
+    /// Name of the leader-election Lease; replicas sharing it elect one leader.
     pub lease_name: String,
-    /// How long a leader's Lease is valid without renewal.
+    /// How long a leader's Lease is valid without renewal (D): the leader renews every D/3 and
+    /// stops acting 2D/3 after its last successful renewal; a standby takes over about D after
+    /// the leader's last renewal. Longer: fewer writes, slower failover.
     pub lease_duration: Dur,
-    /// Replicas of jobwarden (one leads). More than one needs a PostgreSQL store.
+    /// Replicas of jobwarden. All watch, the Lease holder acts, the others stand by. More than
+    /// one needs a PostgreSQL store. With one, the election still runs (it keeps a second
+    /// deployment by mistake from acting too).
     pub replicas: u32,
     /// Per-kind minimum age before a labelled object can be an orphan.
     pub orphan_min_age: OrphanMinAge,

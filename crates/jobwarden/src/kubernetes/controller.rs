@@ -1,5 +1,6 @@
 //! The watch loop: reflectors on labelled Jobs and Pods (no polling), one deadline
-//! [`Scheduler`], and a [`Reconciler`] run for every Job that changed or fell due.
+//! [`Scheduler`], and a [`Reconciler`] run for every Job that changed or fell due, while this
+//! replica leads.
 //!
 //! - Jobs and Pods are watched cluster-wide with the job-id label selector (`job-id` exists);
 //!   `[kubernetes] namespaces` and the protected namespaces are applied by
@@ -8,10 +9,16 @@
 //!   loses it.
 //! - A Pod event reconciles its controlling Job (diagnosis, hard kill targets).
 //! - The scheduler wakes a Job at the time the engine returned; a reconcile re-arms it.
+//! - Leadership ([`super::leader`]) gates acting, not watching: every replica keeps its
+//!   reflectors warm (and `/readyz` means "listed"), only the leader reconciles. On becoming
+//!   leader it reconciles every Job in the cache once (the store and the engine say what is
+//!   due); on losing it, it stops at once: a reconcile in flight is dropped (as a crash at
+//!   that point would, which reconciles tolerate), the scheduler and the pending Jobs are
+//!   forgotten until leadership returns.
 //!
-//! Not here yet: leader election (run one replica), orphans of Kubernetes kinds, dead-job
-//! recovery, the per-minute limit on destructive calls, the TTL-triggered cleanup of PVCs,
-//! Secrets, ConfigMaps, artifacts and logs.
+//! Not here yet: orphans of Kubernetes kinds, dead-job recovery, the per-minute limit on
+//! destructive calls, the TTL-triggered cleanup of PVCs, Secrets, ConfigMaps, artifacts and
+//! logs.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -38,12 +45,14 @@ pub const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 /// `(namespace, name)` of a Job.
 type Key = (String, String);
 
-/// Runs until `shutdown` turns true. `ready` turns true once both watches have listed.
+/// Runs until `shutdown` turns true. `ready` turns true once both watches have listed. Jobs
+/// are reconciled only while `leading` is true (a dropped sender counts as false).
 pub async fn run(
     client: Client,
     job_id_label: String,
     reconciler: Reconciler,
     ready: Arc<AtomicBool>,
+    mut leading: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
     clock: impl Fn() -> Timestamp,
 ) {
@@ -71,6 +80,8 @@ pub async fn run(
         let _ = pods_ready.wait_until_ready().await;
     });
     let mut is_ready = false;
+    let mut is_leader = *leading.borrow_and_update();
+    let mut leading_open = true;
     loop {
         let now = clock();
         let sleep = scheduler
@@ -85,7 +96,26 @@ pub async fn run(
             () = &mut ready_wait, if !is_ready => {
                 is_ready = true;
                 ready.store(true, Ordering::Relaxed);
-                tracing::info!("watching Jobs and Pods labelled {job_id_label}");
+                tracing::info!(leading = is_leader, "watching Jobs and Pods labelled {job_id_label}");
+            }
+            changed = leading.changed(), if leading_open => {
+                leading_open = changed.is_ok();
+                let now_leader = leading_open && *leading.borrow_and_update();
+                if now_leader && !is_leader {
+                    // Whatever happened while another replica led (or none did): the store
+                    // and the engine say what is due now.
+                    for job in jobs.state() {
+                        if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
+                            dirty.insert((ns, name));
+                        }
+                    }
+                    tracing::debug!(jobs = dirty.len(), "leading: reconciling every Job in the cache");
+                } else if !now_leader && is_leader {
+                    scheduler = Scheduler::new();
+                    dirty.clear();
+                    tracing::debug!("not leading: acting stopped, watches stay warm");
+                }
+                is_leader = now_leader;
             }
             ev = job_events.next() => match ev {
                 Some(Ok(job)) => {
@@ -117,6 +147,11 @@ pub async fn run(
             // Decide only on complete listings: a Job's pods may not have arrived yet.
             continue;
         }
+        if !is_leader {
+            // Becoming leader reconciles everything; nothing to remember meanwhile.
+            dirty.clear();
+            continue;
+        }
         for key in std::mem::take(&mut dirty) {
             let Some(job) = jobs.get(&ObjectRef::new(&key.1).within(&key.0)) else {
                 scheduler.cancel(&key);
@@ -133,7 +168,20 @@ pub async fn run(
                 .map(|p| (**p).clone())
                 .collect();
             let now = clock();
-            match reconciler.reconcile(&job, &own, now).await {
+            let reconciled = tokio::select! {
+                // Leadership first: a reconcile is never polled while not leading.
+                biased;
+                _ = leading.wait_for(|l| !*l) => {
+                    // Lost leadership mid-reconcile: not one more call from this replica.
+                    tracing::debug!(namespace = %key.0, job = %key.1, "not leading: reconcile abandoned");
+                    is_leader = false;
+                    scheduler = Scheduler::new();
+                    dirty.clear();
+                    break;
+                }
+                r = reconciler.reconcile(&job, &own, now) => r,
+            };
+            match reconciled {
                 Ok(Reconciled::Ignored) => {
                     scheduler.cancel(&key);
                 }

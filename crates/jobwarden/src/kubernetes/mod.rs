@@ -8,7 +8,9 @@
 //!   the RBAC test checks `deploy/` against.
 //! - [`manifest`]: renders a FlowForge Job whose fields agree with the policy.
 //! - [`reconcile`]: one Job through observe → store → engine → actions → store/audit.
-//! - [`controller`]: the watch loop (Job and Pod reflectors, the deadline scheduler).
+//! - [`leader`]: leader election on one coordination.k8s.io/v1 Lease; only the leader acts.
+//! - [`controller`]: the watch loop (Job and Pod reflectors, the deadline scheduler), acting
+//!   only while [`leader`] says this replica leads.
 //! - [`cli`]: `jobwarden manifest job` and `jobwarden run --runtime kubernetes`.
 //!
 //! Times from the API server are `jiff` timestamps (k8s-openapi); the engine uses `chrono`.
@@ -18,6 +20,7 @@ pub mod actions;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod leader;
 pub mod manifest;
 pub mod observe;
 pub mod reconcile;
