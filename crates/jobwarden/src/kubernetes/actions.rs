@@ -84,8 +84,8 @@ const fn lease_call(verb: &'static str) -> ApiCall {
     }
 }
 
-/// Every API call jobwarden makes (the actions here, the watches of `controller.rs`, the Lease
-/// calls of `leader.rs`). Keep it in step with the code: the request tests fail on a call
+/// Every API call jobwarden makes (the actions here, the watches of `controller.rs`, the
+/// orphan pass of `orphans.rs`, the Lease calls of `leader.rs`). Keep it in step with the code: the request tests fail on a call
 /// missing here, the deploy test on a role that differs from it.
 pub const API_CALLS: &[ApiCall] = &[
     // controller.rs: the Job and Pod reflectors (list, then watch).
@@ -99,6 +99,14 @@ pub const API_CALLS: &[ApiCall] = &[
     call("", "pods", "delete"),
     call("", "pods", "list"),
     call("", "pods/status", "patch"),
+    // orphans.rs: one paginated LIST per kind per pass (pods list is above), and DELETE with a
+    // UID precondition.
+    call("", "persistentvolumeclaims", "list"),
+    call("", "persistentvolumeclaims", "delete"),
+    call("", "secrets", "list"),
+    call("", "secrets", "delete"),
+    call("", "configmaps", "list"),
+    call("", "configmaps", "delete"),
     // leader.rs: read the Lease, create it when missing, take it over / renew / release it
     // (PUT with its resourceVersion).
     lease_call("get"),

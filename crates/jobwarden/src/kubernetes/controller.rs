@@ -16,9 +16,14 @@
 //!   that point would, which reconciles tolerate), the scheduler and the pending Jobs are
 //!   forgotten until leadership returns.
 //!
-//! Not here yet: orphans of Kubernetes kinds, dead-job recovery, the per-minute limit on
-//! destructive calls, the TTL-triggered cleanup of PVCs, Secrets, ConfigMaps, artifacts and
-//! logs.
+//! - Orphans ([`super::orphans`]): with an [`OrphanPass`] ([`run_with_orphans`]), the leader
+//!   runs a pass every `[orphans] scan_interval`, the first once the Job reflector has listed
+//!   and this replica leads; a pass in flight is abandoned when leadership goes. It runs in
+//!   this task beside the watch loop (polled while the loop waits), so the reflectors stay
+//!   current during a pass.
+//!
+//! Not here yet: dead-job recovery, the per-minute limit on destructive calls, the
+//! TTL-triggered cleanup of PVCs, Secrets, ConfigMaps, artifacts and logs.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,6 +42,7 @@ use crate::model::{Timestamp, add, since};
 use crate::scheduler::Scheduler;
 
 use super::observe::controlled_by;
+use super::orphans::{LiveJobs, OrphanPass};
 use super::reconcile::{Reconciled, Reconciler};
 
 /// Retry a reconcile that failed (store error) after this long.
@@ -46,8 +52,34 @@ pub const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 type Key = (String, String);
 
 /// Runs until `shutdown` turns true. `ready` turns true once both watches have listed. Jobs
-/// are reconciled only while `leading` is true (a dropped sender counts as false).
+/// are reconciled only while `leading` is true (a dropped sender counts as false). No orphan
+/// passes: see [`run_with_orphans`].
 pub async fn run(
+    client: Client,
+    job_id_label: String,
+    reconciler: Reconciler,
+    ready: Arc<AtomicBool>,
+    leading: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    clock: impl Fn() -> Timestamp,
+) {
+    run_with_orphans(
+        None,
+        client,
+        job_id_label,
+        reconciler,
+        ready,
+        leading,
+        shutdown,
+        clock,
+    )
+    .await;
+}
+
+/// [`run`], plus the orphan pass while leading (`None`: no orphan passes).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_orphans(
+    orphans: Option<OrphanPass>,
     client: Client,
     job_id_label: String,
     reconciler: Reconciler,
@@ -79,6 +111,8 @@ pub async fn run(
         let _ = jobs_ready.wait_until_ready().await;
         let _ = pods_ready.wait_until_ready().await;
     });
+    let mut orphan_passes =
+        std::pin::pin!(orphan_loop(orphans, jobs.clone(), leading.clone(), &clock));
     let mut is_ready = false;
     let mut is_leader = *leading.borrow_and_update();
     let mut leading_open = true;
@@ -137,6 +171,7 @@ pub async fn run(
                 Some(Err(e)) => tracing::warn!(error = %e, "watching Pods failed; re-listing after a backoff"),
                 None => break,
             },
+            () = &mut orphan_passes => {}
             () = tokio::time::sleep(sleep) => {
                 for (key, _) in scheduler.pop_due(clock(), 1024) {
                     dirty.insert(key);
@@ -194,4 +229,71 @@ pub async fn run(
         }
     }
     ready.store(false, Ordering::Relaxed);
+}
+
+/// The orphan passes: never before the Job reflector has listed, only while leading, one every
+/// `interval`. Never completes.
+async fn orphan_loop(
+    pass: Option<OrphanPass>,
+    jobs: reflector::Store<Job>,
+    mut leading: watch::Receiver<bool>,
+    clock: &impl Fn() -> Timestamp,
+) {
+    let Some(pass) = pass else {
+        return std::future::pending().await;
+    };
+    // Fail closed: "no Job" means nothing until the cache holds every labelled Job.
+    if jobs.wait_until_ready().await.is_err() {
+        return std::future::pending().await;
+    }
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            // The elector is gone: never leading again.
+            return std::future::pending().await;
+        }
+        let label = pass.job_id_label().to_owned();
+        let snapshot = || {
+            let state = jobs.state();
+            LiveJobs::from_jobs(true, &label, state.iter().map(AsRef::as_ref))
+        };
+        let report = tokio::select! {
+            biased;
+            _ = leading.wait_for(|l| !*l) => {
+                tracing::debug!("not leading: orphan pass abandoned");
+                continue;
+            }
+            r = pass.run(snapshot, clock()) => r,
+        };
+        let s = &report.selection;
+        for w in &s.warnings {
+            tracing::warn!("orphans: {w}");
+        }
+        if let Some(why) = &s.skipped {
+            tracing::warn!("orphan pass skipped, nothing deleted: {why}");
+        } else if let Some(why) = &report.stopped {
+            tracing::warn!(
+                deleted = report.deleted,
+                "orphan pass stopped early (the next pass retries): {why}"
+            );
+        } else if !s.orphans.is_empty() && report.audit.is_empty() {
+            for o in s.orphans.iter().take(20) {
+                tracing::info!(
+                    "orphan {} {}/{} (job {}): {} (not cleaned: [orphans] clean = false)",
+                    o.kind,
+                    o.namespace,
+                    o.name,
+                    o.job_id,
+                    o.why
+                );
+            }
+        } else if !s.orphans.is_empty() {
+            tracing::info!(
+                found = s.orphans.len(),
+                deleted = report.deleted,
+                deferred = report.deferred,
+                "orphan pass"
+            );
+        }
+        tokio::time::sleep(pass.interval()).await;
+    }
 }

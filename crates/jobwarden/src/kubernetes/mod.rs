@@ -8,6 +8,8 @@
 //!   the RBAC test checks `deploy/` against.
 //! - [`manifest`]: renders a FlowForge Job whose fields agree with the policy.
 //! - [`reconcile`]: one Job through observe → store → engine → actions → store/audit.
+//! - [`orphans`]: labelled Pods, PVCs, Secrets and ConfigMaps whose Job is gone (pure
+//!   selection, and the leader's periodic pass that deletes them).
 //! - [`leader`]: leader election on one coordination.k8s.io/v1 Lease; only the leader acts.
 //! - [`controller`]: the watch loop (Job and Pod reflectors, the deadline scheduler), acting
 //!   only while [`leader`] says this replica leads.
@@ -23,6 +25,7 @@ pub mod controller;
 pub mod leader;
 pub mod manifest;
 pub mod observe;
+pub mod orphans;
 pub mod reconcile;
 
 use crate::model::Timestamp;
