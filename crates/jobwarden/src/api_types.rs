@@ -109,6 +109,9 @@ pub struct JobView {
     pub next_step: Option<NextStepView>,
     /// Decisions recorded but not carried out.
     pub dry_run: bool,
+    /// Kubernetes namespace (absent for local jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl From<&JobRecord> for JobView {
@@ -147,6 +150,7 @@ impl From<&JobRecord> for JobView {
             recovery_attempts: j.recovery_attempts,
             next_step: None,
             dry_run: j.dry_run,
+            namespace: j.namespace.clone(),
         }
     }
 }

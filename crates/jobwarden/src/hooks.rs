@@ -5,7 +5,9 @@
 //! fields in its environment). Each runs once per event with a timeout and bounded retries.
 //! Hooks never block the ladder: the daemon runs them in the background and audits the
 //! result. The exception is `pre_start`, whose command hooks may veto the start: a non-zero
-//! exit fails the job with the hook's output as the reason.
+//! exit fails the job with the hook's output as the reason. In the Kubernetes runtime the
+//! same events fire for the same steps (from `kubernetes::reconcile`); `pre_start` never
+//! fires there, since Kubernetes, not jobwarden, starts the Job.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,7 +15,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::HookConfig;
-use crate::model::{JobRecord, Timestamp, fmt_ts};
+use crate::metrics::Metrics;
+use crate::model::{AuditAction, AuditEntry, JobRecord, Timestamp, fmt_ts};
+use crate::store::Store;
 
 /// The JSON body a webhook receives.
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +58,26 @@ pub struct HookOutcome {
     pub error: Option<String>,
 }
 
+impl HookOutcome {
+    /// The audit row for this run of a hook on `event` for `job` (both runtimes).
+    pub fn audit_row(&self, job: &JobRecord, event: &str, now: Timestamp) -> AuditEntry {
+        AuditEntry {
+            id: 0,
+            timestamp: now,
+            job_id: job.id.to_string(),
+            resource_type: "hook".into(),
+            resource_name: self.hook.clone(),
+            action: AuditAction::Hook,
+            reason: format!("hook on {event}"),
+            initiated_by: "jobwarden".into(),
+            success: self.ok,
+            error_message: self.error.clone(),
+            dry_run: false,
+            details: Some(serde_json::json!({ "event": event, "attempts": self.attempts })),
+        }
+    }
+}
+
 /// The configured hooks.
 #[derive(Debug, Clone)]
 pub struct Hooks {
@@ -82,6 +106,34 @@ impl Hooks {
             out.push(self.run(h, payload).await);
         }
         out
+    }
+
+    /// Runs the hooks for `payload.event` (see [`Hooks::fire`]), then writes one audit row per
+    /// outcome and counts failed hooks as `hook` errors. Both runtimes call it from a task of
+    /// its own, so hooks never block the ladder.
+    pub async fn fire_and_audit(
+        &self,
+        payload: &HookPayload,
+        job: &JobRecord,
+        store: &Store,
+        metrics: &Metrics,
+    ) {
+        let outcomes = self.fire(payload).await;
+        let rows: Vec<AuditEntry> = outcomes
+            .iter()
+            .map(|o| o.audit_row(job, &payload.event, crate::clock::now()))
+            .collect();
+        for o in outcomes.iter().filter(|o| !o.ok) {
+            metrics.error("hook");
+            tracing::warn!(job = %job.id, hook = %o.hook, "hook failed: {}", o.error.clone().unwrap_or_default());
+        }
+        match store.append_audit(&rows).await {
+            Ok(()) => metrics.audit_written(rows.len() as u64),
+            Err(e) => {
+                metrics.error("store");
+                tracing::error!(job = %job.id, "writing hook audit rows: {e}");
+            }
+        }
     }
 
     async fn run(&self, hook: &HookConfig, payload: &HookPayload) -> HookOutcome {
@@ -201,6 +253,8 @@ fn env_for(p: &HookPayload) -> Vec<(String, String)> {
         ("JOBWARDEN_JOB_STAGE".into(), field("stage")),
         ("JOBWARDEN_JOB_OUTCOME".into(), field("outcome")),
         ("JOBWARDEN_JOB_DEADLINE".into(), field("deadline")),
+        // Empty for local jobs.
+        ("JOBWARDEN_JOB_NAMESPACE".into(), field("namespace")),
         ("JOBWARDEN_JOB_JSON".into(), p.job.to_string()),
     ]
 }

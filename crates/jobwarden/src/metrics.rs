@@ -28,6 +28,8 @@ pub struct Metrics {
     audit_rows: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     cleanup_tasks: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Kubernetes runtime only: whether this replica holds the Lease (None: not rendered).
+    leader: Mutex<Option<bool>>,
 }
 
 fn step_index(s: Step) -> usize {
@@ -87,6 +89,12 @@ impl Metrics {
     pub fn cleanup_task(&self, kind: &str, result: &'static str) {
         let mut m = self.cleanup_tasks.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((kind.to_owned(), result)).or_default() += 1;
+    }
+
+    /// Kubernetes runtime: whether this replica leads (acts) now. The local daemon never
+    /// sets it, so its `/metrics` has no `jobwarden_leader`.
+    pub fn set_leader(&self, leading: bool) {
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(leading);
     }
 
     /// Steps taken so far, by step.
@@ -191,6 +199,14 @@ impl Metrics {
         for (kind, n) in self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(o, "jobwarden_errors_total{{kind=\"{kind}\"}} {n}");
         }
+        if let Some(leading) = *self.leader.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = writeln!(
+                o,
+                "# HELP jobwarden_leader 1 while this replica holds the leader Lease and acts."
+            );
+            let _ = writeln!(o, "# TYPE jobwarden_leader gauge");
+            let _ = writeln!(o, "jobwarden_leader {}", u8::from(leading));
+        }
         o
     }
 }
@@ -226,5 +242,10 @@ mod tests {
             text.contains("jobwarden_enforcement_delay_seconds_count 3"),
             "{text}"
         );
+        assert!(!text.contains("jobwarden_leader"), "local daemon: {text}");
+        m.set_leader(true);
+        assert!(m.render().contains("\njobwarden_leader 1\n"));
+        m.set_leader(false);
+        assert!(m.render().contains("\njobwarden_leader 0\n"));
     }
 }

@@ -444,3 +444,336 @@ async fn a_forbidden_soft_kill_is_retried_with_a_doubling_wait() {
         .count();
     assert_eq!(failed, 3, "one failed soft_kill row per attempt");
 }
+
+/// `[[hooks]]` whose commands append the event, the job id, namespace and stage and the job
+/// JSON to `<dir>/<event>` (one line per run), plus a hook that always fails on `warn`.
+fn hooks_config(dir: &std::path::Path, soft_kill_delay: &str) -> Config {
+    let mut text = String::new();
+    for on in ["warn", "terminating", "soft_kill", "hard_kill", "cleanup"] {
+        let delay = if on == "soft_kill" {
+            soft_kill_delay
+        } else {
+            "0"
+        };
+        let script = format!(
+            "sleep {delay}; printf '%s %s %s %s %s\\n' \"$JOBWARDEN_EVENT\" \"$JOBWARDEN_JOB_ID\" \"$JOBWARDEN_JOB_NAMESPACE\" \"$JOBWARDEN_JOB_STAGE\" \"$JOBWARDEN_JOB_JSON\" >> \"{}/$JOBWARDEN_EVENT\"",
+            dir.display()
+        );
+        text.push_str(&format!(
+            "[[hooks]]\non = \"{on}\"\ncommand = [\"sh\", \"-c\", {}]\n\n",
+            toml_string(&script)
+        ));
+    }
+    text.push_str(
+        "[[hooks]]\non = \"warn\"\ncommand = [\"sh\", \"-c\", \"echo no-pager >&2; exit 4\"]\nretries = 0\n",
+    );
+    Config::parse(&text, "hooks.toml").expect("hooks config")
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("json string") // a JSON string is a TOML basic string
+}
+
+/// The lines the hook on `event` wrote: (event, job id, namespace, stage, job JSON).
+fn hook_runs(dir: &std::path::Path, event: &str) -> Vec<(String, String, String, String, Value)> {
+    let Ok(text) = std::fs::read_to_string(dir.join(event)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(|l| {
+            let mut parts = l.splitn(5, ' ');
+            let mut next = || parts.next().unwrap_or_default().to_owned();
+            let (e, id, ns, stage) = (next(), next(), next(), next());
+            let json = serde_json::from_str(&next()).expect("job JSON");
+            (e, id, ns, stage, json)
+        })
+        .collect()
+}
+
+async fn idle(r: &Reconciler) {
+    tokio::time::timeout(Duration::from_secs(20), r.hooks_idle())
+        .await
+        .expect("hooks finish");
+}
+
+/// Hooks in Kubernetes mode: warn and soft_kill (with `terminating`) fire once each, from
+/// real processes, with the local runtime's payload plus the namespace; a reconcile of the
+/// same state fires nothing; a slow hook does not hold up the soft kill; every outcome
+/// (a failing hook too) is audited; and the steps are counted in the metrics with their delay.
+#[tokio::test]
+async fn steps_fire_their_hooks_once_and_the_outcomes_are_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open("sqlite::memory:").await.expect("store");
+    let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": []});
+    let (client, server) = scripted(vec![
+        event(),           // GracePeriodTooShort
+        event(),           // TimeoutWarning
+        (200, job_json()), // soft kill PATCH
+        event(),           // its Event
+        (200, job_json()), // TTL DELETE of the finished Job j-c
+        (200, list),       // its pods
+    ]);
+    let config = hooks_config(dir.path(), "2");
+    let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let r = Reconciler::new(
+        config,
+        store.clone(),
+        Actions::new(client, scope, false, "jw-0"),
+    );
+    let running = job(job_json()); // deadline 11:00:01, warning at 10:50:01
+    let pods = vec![pod(pod_json("build-42-a", "pod-a", "Running"))];
+
+    r.reconcile(&running, &pods, t("10:50:01"))
+        .await
+        .expect("warn");
+    idle(&r).await;
+    let warned = hook_runs(dir.path(), "warn");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let (e, id, ns, stage, view) = &warned[0];
+    assert_eq!(
+        (e.as_str(), id.as_str(), ns.as_str(), stage.as_str()),
+        ("warn", "j-42", "flowforge", "running")
+    );
+    assert_eq!(view["name"], "build-42");
+    assert_eq!(view["org"], "acme");
+    assert_eq!(view["namespace"], "flowforge");
+    assert!(
+        view["deadline"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("2026-11-28T11:00:01")),
+        "{view}"
+    );
+
+    // The same state again: the warning is recorded, nothing fires.
+    r.reconcile(&running, &pods, t("10:50:02"))
+        .await
+        .expect("again");
+    idle(&r).await;
+    assert_eq!(hook_runs(dir.path(), "warn").len(), 1, "warn fired twice");
+
+    // Soft kill, 2 s late. Its hook sleeps 2 s first: the reconcile returns before it wrote.
+    let out = r
+        .reconcile(&running, &pods, t("11:00:03"))
+        .await
+        .expect("kill");
+    assert_eq!(out, Reconciled::Wake(Some(t("11:05:03"))));
+    assert!(
+        hook_runs(dir.path(), "soft_kill").is_empty(),
+        "the reconcile waited for the slow soft_kill hook"
+    );
+    idle(&r).await;
+    for event in ["terminating", "soft_kill"] {
+        let runs = hook_runs(dir.path(), event);
+        assert_eq!(runs.len(), 1, "{event}: {runs:?}");
+        assert_eq!(
+            runs[0].3, "terminating",
+            "{event}: the stage after the kill"
+        );
+    }
+    r.reconcile(&running, &pods, t("11:00:04"))
+        .await
+        .expect("again");
+    idle(&r).await;
+    assert_eq!(
+        hook_runs(dir.path(), "soft_kill").len(),
+        1,
+        "soft_kill fired twice"
+    );
+    assert_eq!(hook_runs(dir.path(), "terminating").len(), 1);
+    assert!(hook_runs(dir.path(), "hard_kill").is_empty());
+
+    // Another Job, finished long ago: TTL delete, `cleanup` fires once.
+    let mut done = job_json();
+    done["metadata"]["name"] = "c".into();
+    done["metadata"]["uid"] = "u-c".into();
+    done["metadata"]["labels"]["job-id"] = "j-c".into();
+    done["status"]["conditions"] = json!([{"type": "Complete", "status": "True",
+        "lastProbeTime": "2026-11-28T10:10:00Z", "lastTransitionTime": "2026-11-28T10:10:00Z"}]);
+    let done = job(done);
+    assert_eq!(
+        r.reconcile(&done, &[], t("12:00:00")).await.expect("ttl"),
+        Reconciled::Wake(None)
+    );
+    r.reconcile(&done, &[], t("12:00:01")).await.expect("again");
+    idle(&r).await;
+    let cleaned = hook_runs(dir.path(), "cleanup");
+    assert_eq!(cleaned.len(), 1, "{cleaned:?}");
+    assert_eq!(
+        (cleaned[0].1.as_str(), cleaned[0].3.as_str()),
+        ("j-c", "cleanup")
+    );
+
+    // Every hook run is audited: four that worked, the failing one with its output.
+    let audit = store
+        .query_audit(&AuditQuery::default())
+        .await
+        .expect("audit");
+    let hooks: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == AuditAction::Hook)
+        .collect();
+    let mut ok: Vec<_> = hooks
+        .iter()
+        .filter(|a| a.success)
+        .map(|a| {
+            (
+                a.job_id.as_str(),
+                a.details.as_ref().expect("details")["event"].to_string(),
+            )
+        })
+        .collect();
+    ok.sort();
+    assert_eq!(
+        ok,
+        [
+            ("j-42", "\"soft_kill\"".to_owned()),
+            ("j-42", "\"terminating\"".to_owned()),
+            ("j-42", "\"warn\"".to_owned()),
+            ("j-c", "\"cleanup\"".to_owned()),
+        ],
+        "{hooks:#?}"
+    );
+    let failed: Vec<_> = hooks.iter().filter(|a| !a.success).collect();
+    assert_eq!(failed.len(), 1, "{hooks:#?}");
+    assert!(
+        failed[0]
+            .error_message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no-pager"),
+        "{failed:#?}"
+    );
+
+    // Metrics: one warn, one soft kill (2 s late), the failed hook, every audit row.
+    let text = r.metrics().render();
+    for want in [
+        "jobwarden_escalation_steps_total{action=\"warn\"} 1\n",
+        "jobwarden_escalation_steps_total{action=\"soft_kill\"} 1\n",
+        "jobwarden_escalation_steps_total{action=\"hard_kill\"} 0\n",
+        "jobwarden_enforcement_delay_seconds_bucket{le=\"1\"} 1\n",
+        "jobwarden_enforcement_delay_seconds_bucket{le=\"2.5\"} 2\n",
+        "jobwarden_enforcement_delay_seconds_count 2\n",
+        "jobwarden_errors_total{kind=\"hook\"} 1\n",
+        &format!("jobwarden_audit_rows_total {}\n", audit.len()),
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+    drop(r);
+    let seen = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server ends")
+        .expect("server task");
+    assert_eq!(seen.len(), 6, "{:?}", lines(&seen));
+}
+
+/// Dry-run does as the local runtime's dry-run: the step events fire (the steps are decided
+/// and recorded), `terminating` and `cleanup` do not (nothing was ended or removed); nothing
+/// is sent to the API server and nothing fires twice.
+#[tokio::test]
+async fn dry_run_fires_step_hooks_only_and_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open("sqlite::memory:").await.expect("store");
+    let (client, server) = scripted(vec![]);
+    let config = hooks_config(dir.path(), "0");
+    let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let r = Reconciler::new(
+        config,
+        store.clone(),
+        Actions::new(client, scope, true, "jw-0"),
+    );
+    let running = job(job_json());
+    let pods = vec![pod(pod_json("build-42-a", "pod-a", "Running"))];
+    // Overdue: warning and soft kill in one reconcile; then the same state again.
+    r.reconcile(&running, &pods, t("11:00:01"))
+        .await
+        .expect("dry");
+    r.reconcile(&running, &pods, t("11:00:02"))
+        .await
+        .expect("again");
+    let mut done = job_json();
+    done["metadata"]["labels"]["job-id"] = "j-c".into();
+    done["metadata"]["uid"] = "u-c".into();
+    done["status"]["conditions"] = json!([{"type": "Complete", "status": "True",
+        "lastProbeTime": "2026-11-28T10:10:00Z", "lastTransitionTime": "2026-11-28T10:10:00Z"}]);
+    assert_eq!(
+        r.reconcile(&job(done), &[], t("12:00:00"))
+            .await
+            .expect("ttl"),
+        Reconciled::Wake(None)
+    );
+    idle(&r).await;
+    for (event, n) in [
+        ("warn", 1),
+        ("soft_kill", 1),
+        ("terminating", 0),
+        ("cleanup", 0),
+    ] {
+        let runs = hook_runs(dir.path(), event);
+        assert_eq!(runs.len(), n, "{event}: {runs:?}");
+    }
+    assert_eq!(hook_runs(dir.path(), "soft_kill")[0].4["dry_run"], true);
+    let hook_rows = store
+        .query_audit(&AuditQuery::default())
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|a| a.action == AuditAction::Hook)
+        .count();
+    assert_eq!(hook_rows, 3, "warn (two hooks) and soft_kill");
+    drop(r);
+    let seen = server.await.expect("server");
+    assert!(seen.is_empty(), "dry-run sent {:?}", lines(&seen));
+}
+
+/// `/metrics` of the Kubernetes health server, over HTTP: the reconciler's step counter and
+/// `jobwarden_leader` following the leadership channel; `/readyz` following readiness.
+#[tokio::test]
+async fn the_health_server_serves_the_reconcilers_metrics_and_leadership() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let store = Store::open("sqlite::memory:").await.expect("store");
+    let (client, _server) = scripted(vec![]);
+    let config = Config::default();
+    let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let r = Reconciler::new(config, store, Actions::new(client, scope, true, "jw-0"));
+    r.reconcile(&job(job_json()), &[], t("11:00:01"))
+        .await
+        .expect("reconcile");
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
+    let app = jobwarden::kubernetes::cli::health_router(ready.clone(), r.metrics(), leading_rx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let get = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            let resp = reqwest::get(&url).await.expect("GET");
+            (resp.status().as_u16(), resp.text().await.expect("body"))
+        }
+    };
+
+    let (code, text) = get("/metrics").await;
+    assert_eq!(code, 200);
+    for want in [
+        "jobwarden_escalation_steps_total{action=\"warn\"} 1\n",
+        "jobwarden_escalation_steps_total{action=\"soft_kill\"} 1\n",
+        "jobwarden_enforcement_delay_seconds_count 2\n",
+        "# TYPE jobwarden_leader gauge\njobwarden_leader 0\n",
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+    leading_tx.send(true).expect("send");
+    let (_, text) = get("/metrics").await;
+    assert!(text.contains("\njobwarden_leader 1\n"), "{text}");
+
+    assert_eq!(get("/readyz").await.0, 503);
+    ready.store(true, Ordering::Relaxed);
+    assert_eq!(get("/readyz").await.0, 200);
+    assert_eq!(get("/healthz").await, (200, "ok\n".to_owned()));
+    serving.abort();
+}

@@ -432,7 +432,7 @@ impl Enforcer {
         } = p;
         let audits: Vec<AuditEntry> = outcomes
             .iter()
-            .map(|o| hook_audit(&job, "pre_start", o, clock::now()))
+            .map(|o| o.audit_row(&job, "pre_start", clock::now()))
             .collect();
         self.append_audit(audits).await;
         let cancelled = self.starting.remove(&job.id).unwrap_or(false);
@@ -1445,44 +1445,12 @@ impl Enforcer {
         let payload = HookPayload::new(event, job, reason, now);
         let shared = self.shared.clone();
         let job = job.clone();
-        let event = event.to_owned();
         tokio::spawn(async move {
-            let outcomes = shared.hooks.fire(&payload).await;
-            let rows: Vec<AuditEntry> = outcomes
-                .iter()
-                .map(|o| hook_audit(&job, &event, o, clock::now()))
-                .collect();
-            for o in outcomes.iter().filter(|o| !o.ok) {
-                shared.metrics.error("hook");
-                tracing::warn!(job = %job.id, hook = %o.hook, "hook failed: {}", o.error.clone().unwrap_or_default());
-            }
-            if shared.store.append_audit(&rows).await.is_ok() {
-                shared.metrics.audit_written(rows.len() as u64);
-            }
+            shared
+                .hooks
+                .fire_and_audit(&payload, &job, &shared.store, &shared.metrics)
+                .await;
         });
-    }
-}
-
-/// The audit row for one hook run (pre_start hooks and background hooks alike).
-fn hook_audit(
-    job: &JobRecord,
-    event: &str,
-    o: &crate::hooks::HookOutcome,
-    now: Timestamp,
-) -> AuditEntry {
-    AuditEntry {
-        id: 0,
-        timestamp: now,
-        job_id: job.id.to_string(),
-        resource_type: "hook".into(),
-        resource_name: o.hook.clone(),
-        action: AuditAction::Hook,
-        reason: format!("hook on {event}"),
-        initiated_by: "jobwarden".into(),
-        success: o.ok,
-        error_message: o.error.clone(),
-        dry_run: false,
-        details: Some(serde_json::json!({ "event": event, "attempts": o.attempts })),
     }
 }
 

@@ -116,13 +116,61 @@ pub struct RunOptions {
     pub dry_run: bool,
 }
 
+/// How long shutdown waits for running hooks (a pod gets 30 s by default in all).
+const HOOKS_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The health server of `run --runtime kubernetes`: `/healthz`; `/readyz` (200 once `ready`);
+/// `/metrics` (Prometheus text: the counters of `metrics`, with `jobwarden_leader` read from
+/// `leading` at each scrape).
+pub fn health_router(
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    leading: tokio::sync::watch::Receiver<bool>,
+) -> axum::Router {
+    use std::sync::atomic::Ordering;
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready: Jobs and Pods listed\n")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: waiting for the first listing of Jobs and Pods\n",
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                metrics.set_leader(*leading.borrow());
+                let text = metrics.render();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+}
+
 /// Runs the Kubernetes controller until `shutdown` completes. Errors are (exit code, message).
 pub async fn run(
     opts: RunOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), (u8, String)> {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     let (config, source) = match &opts.config {
         Some(p) => (
@@ -170,28 +218,19 @@ pub async fn run(
     let scope = super::observe::Scope::new(&config.kubernetes, &config.annotations.prefix);
     let actions = super::actions::Actions::new(client.clone(), scope, opts.dry_run, &instance);
     let label = config.kubernetes.job_id_label.clone();
+    let orphans = super::orphans::OrphanPass::from_config(
+        client.clone(),
+        &config,
+        store.clone(),
+        opts.dry_run,
+    );
     let reconciler = super::reconcile::Reconciler::new(config, store, actions);
+    let hooks_idle = reconciler.hooks_idle();
     let ready = Arc::new(AtomicBool::new(false));
+    // Every replica watches; only the leader acts (dry-run acts without a Lease).
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(opts.dry_run);
 
-    let health_ready = ready.clone();
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let ready = health_ready.load(Ordering::Relaxed);
-                async move {
-                    if ready {
-                        (axum::http::StatusCode::OK, "ready: Jobs and Pods listed\n")
-                    } else {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: waiting for the first listing of Jobs and Pods\n",
-                        )
-                    }
-                }
-            }),
-        );
+    let app = health_router(ready.clone(), reconciler.metrics(), leading_rx.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
@@ -220,9 +259,7 @@ pub async fn run(
         "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; health on http://{listen} (config: {source})",
         if opts.dry_run { ", dry-run" } else { "" }
     );
-    // Every replica watches; only the leader acts. Shutdown order: the controller stops
-    // acting first, then the elector releases the Lease.
-    let (leading_tx, leading_rx) = tokio::sync::watch::channel(opts.dry_run);
+    // Shutdown order: the controller stops acting first, then the elector releases the Lease.
     let (elector_stop_tx, elector_stop_rx) = tokio::sync::watch::channel(false);
     let elector = if opts.dry_run {
         None
@@ -234,7 +271,8 @@ pub async fn run(
             crate::clock::now,
         )))
     };
-    let controller = tokio::spawn(super::controller::run(
+    let controller = tokio::spawn(super::controller::run_with_orphans(
+        Some(orphans),
         client,
         label,
         reconciler,
@@ -246,6 +284,16 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = controller.await;
+    // Let running hooks finish and audit (each has its own timeout), within bounds.
+    if tokio::time::timeout(HOOKS_AT_SHUTDOWN, hooks_idle)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "hooks still running {} after shutdown began; not waiting for them",
+            crate::duration::format_duration(HOOKS_AT_SHUTDOWN)
+        );
+    }
     let _ = elector_stop_tx.send(true);
     if let Some(elector) = elector {
         let _ = elector.await;

@@ -11,7 +11,17 @@
 //!
 //! TTL deletes take a token from `[kubernetes] destructive_calls_per_minute`; the ladder's
 //! steps do not (as in the local runtime), so a runaway Job is never late because of cleanup.
+//!
+//! `[[hooks]]` fire as in the local runtime, for the same events with the same payload: a
+//! step's event (plus `terminating` for a soft kill of a running Job) once the step is
+//! recorded by this reconcile, and `cleanup` once the TTL delete moved the Job to cleanup.
+//! A step found already recorded fires nothing, so each fires at most once per run. In
+//! dry-run the step events fire and `terminating` and `cleanup` do not, as locally.
+//! `pre_start` never fires: Kubernetes starts the Job. Hooks run in spawned tasks (never
+//! delaying the ladder) and each outcome is an audit row. The steps, their delay, audit rows
+//! and errors are counted in [`Metrics`] under the local runtime's names.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -20,6 +30,8 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::config::Config;
 use crate::daemon::ratelimit::RateLimiter;
 use crate::engine::{Decision, Policy, decide};
+use crate::hooks::{HookPayload, Hooks};
+use crate::metrics::Metrics;
 use crate::model::{
     AuditAction, AuditEntry, JobRecord, Stage, Step, StepTaken, Timestamp, add, fmt_ts,
 };
@@ -67,6 +79,10 @@ pub struct Reconciler {
     limiter: RateLimiter,
     /// Consecutive `Failed` outcomes per (job id, run id, action), for the retry backoff.
     failures: std::sync::Mutex<std::collections::HashMap<(String, String, &'static str), u32>>,
+    hooks: Arc<Hooks>,
+    metrics: Arc<Metrics>,
+    /// Hook tasks still running (see [`Reconciler::hooks_idle`]).
+    hooks_running: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl Reconciler {
@@ -77,6 +93,9 @@ impl Reconciler {
         let limiter = RateLimiter::per_minute(config.kubernetes.destructive_calls_per_minute);
         Reconciler {
             failures: std::sync::Mutex::default(),
+            hooks: Arc::new(Hooks::new(config.hooks.clone())),
+            metrics: Arc::new(Metrics::default()),
+            hooks_running: Arc::new(tokio::sync::watch::Sender::new(0)),
             limiter,
             store,
             actions,
@@ -86,9 +105,37 @@ impl Reconciler {
         }
     }
 
+    /// The metrics this reconciler counts into (for `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Completes once no hook task of this reconciler is running, checked when awaited (so
+    /// it may be created early, e.g. before the reconciler moves into the controller).
+    pub fn hooks_idle(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut running = self.hooks_running.subscribe();
+        async move {
+            let _ = running.wait_for(|n| *n == 0).await;
+        }
+    }
+
     /// Reconciles one Job (with the pods the caller knows; other Jobs' pods are ignored).
     #[tracing::instrument(skip_all, fields(job = job.metadata.name.as_deref().unwrap_or_default()))]
     pub async fn reconcile(
+        &self,
+        job: &Job,
+        pods: &[Pod],
+        now: Timestamp,
+    ) -> Result<Reconciled, ReconcileError> {
+        let out = self.reconcile_job(job, pods, now).await;
+        if let Err(ReconcileError::Store(e)) = &out {
+            self.metrics.error("store");
+            tracing::error!("store: {e}");
+        }
+        out
+    }
+
+    async fn reconcile_job(
         &self,
         job: &Job,
         pods: &[Pod],
@@ -120,10 +167,11 @@ impl Reconciler {
         match &previous {
             None => {
                 self.store.insert_job(&record).await?;
-                self.store.append_audit(&warnings).await?;
+                self.append_audit(&warnings).await?;
             }
             Some(p) if *p != record => {
                 self.store.update_job_with_audit(&record, &warnings).await?;
+                self.metrics.audit_written(warnings.len() as u64);
             }
             Some(_) => {}
         }
@@ -133,7 +181,7 @@ impl Reconciler {
                 .grace_too_short(job, obs.pod_grace, record.grace, now)
                 .await
                 .map_err(|_| ignored_late())?;
-            self.store.append_audit(&report.audit).await?;
+            self.append_audit(&report.audit).await?;
         }
         if record.stage == Stage::Cleanup && obs.deleting {
             // Our Foreground delete waits for the Job's pods; one stuck terminating (no kubelet)
@@ -143,7 +191,7 @@ impl Reconciler {
                 .ttl_delete(job, "TTL delete still waiting for the Job's pods", now)
                 .await
                 .map_err(|_| ignored_late())?;
-            self.store.append_audit(&report.audit).await?;
+            self.append_audit(&report.audit).await?;
             let at = self
                 .retry_at(&record, "ttl_delete", &report, now)
                 .unwrap_or(add(now, DELETION_CHECK));
@@ -163,20 +211,26 @@ impl Reconciler {
                     };
                     let reason = step_reason(&record, step, now);
                     let row = audit(&record, now, step.into(), &reason, Some(due_at));
+                    // The enforcement delay runs to when the step's API call succeeded: `now`
+                    // plus the call's own duration (monotonic; `now` is the only wall time).
+                    let started = std::time::Instant::now();
                     if step == Step::Warn {
-                        if self
+                        let recorded = self
                             .store
                             .record_step(&record.id, &record.run_id, &taken, &row)
-                            .await?
-                        {
+                            .await?;
+                        record.steps.push(taken);
+                        if recorded {
+                            self.metrics.audit_written(1);
                             let report = self
                                 .actions
                                 .warn(job, &reason, now)
                                 .await
                                 .map_err(|_| ignored_late())?;
-                            self.store.append_audit(&report.audit).await?;
+                            self.step_taken(step, due_at, now, started);
+                            self.append_audit(&report.audit).await?;
+                            self.fire_hooks(step.as_str(), &record, Some(reason), now);
                         }
-                        record.steps.push(taken);
                         continue;
                     }
                     let report = match step {
@@ -189,17 +243,28 @@ impl Reconciler {
                         _ => self.actions.force_delete(job, pods, &reason, now).await,
                     }
                     .map_err(|_| ignored_late())?;
-                    self.store.append_audit(&report.audit).await?;
+                    self.append_audit(&report.audit).await?;
                     if let Some(retry_at) = self.retry_at(&record, step.as_str(), &report, now) {
                         return Ok(Reconciled::Wake(Some(retry_at)));
                     }
-                    self.store
+                    let recorded = self
+                        .store
                         .record_step(&record.id, &record.run_id, &taken, &row)
                         .await?;
                     record.steps.push(taken);
+                    let was_running = record.stage == Stage::Running;
                     if step == Step::SoftKill && record.stage != Stage::Terminating {
                         record.stage = Stage::Terminating;
                         self.store.update_job(&record).await?;
+                    }
+                    if recorded {
+                        // Recorded now, by us: counted and announced once per run.
+                        self.metrics.audit_written(1);
+                        self.step_taken(step, due_at, now, started);
+                        if step == Step::SoftKill && was_running && !record.dry_run {
+                            self.fire_hooks("terminating", &record, Some(reason.clone()), now);
+                        }
+                        self.fire_hooks(step.as_str(), &record, Some(reason), now);
                     }
                 }
                 Decision::Cleanup { due_at, .. } => {
@@ -218,12 +283,17 @@ impl Reconciler {
                         .ttl_delete(job, &reason, now)
                         .await
                         .map_err(|_| ignored_late())?;
-                    self.store.append_audit(&report.audit).await?;
+                    self.append_audit(&report.audit).await?;
                     if let Some(retry_at) = self.retry_at(&record, "ttl_delete", &report, now) {
                         return Ok(Reconciled::Wake(Some(retry_at)));
                     }
+                    let moved = record.stage != Stage::Cleanup;
                     record.stage = Stage::Cleanup;
                     self.store.update_job(&record).await?;
+                    // As locally: a dry-run cleanup is decided, not done, and fires nothing.
+                    if moved && !record.dry_run {
+                        self.fire_hooks("cleanup", &record, None, now);
+                    }
                     return Ok(Reconciled::Wake(None));
                 }
                 Decision::Recover { .. } | Decision::MarkFailed { .. } => {
@@ -272,13 +342,73 @@ impl Reconciler {
                 failures.remove(&key);
                 None
             }
-            Outcome::Retry { after, .. } => Some(add(now, *after)),
+            Outcome::Retry { after, .. } => {
+                self.metrics.error("kubernetes");
+                Some(add(now, *after))
+            }
             Outcome::Failed { .. } => {
+                self.metrics.error("kubernetes");
                 let n = failures.entry(key).or_insert(0);
                 *n = n.saturating_add(1);
                 Some(add(now, failed_action_backoff(*n)))
             }
         }
+    }
+}
+
+impl Reconciler {
+    async fn append_audit(&self, rows: &[AuditEntry]) -> Result<(), crate::store::Error> {
+        self.store.append_audit(rows).await?;
+        self.metrics.audit_written(rows.len() as u64);
+        Ok(())
+    }
+
+    /// Counts a step carried out: its delay is from `due_at` to `now` plus the time since
+    /// `started` (the call's duration).
+    fn step_taken(
+        &self,
+        step: Step,
+        due_at: Timestamp,
+        now: Timestamp,
+        started: std::time::Instant,
+    ) {
+        let late = (now - due_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        self.metrics
+            .step_taken(step, late + started.elapsed().as_secs_f64());
+    }
+
+    /// Fires the hooks for `event` in a task of their own (a slow hook never delays the
+    /// ladder) and audits each outcome, as the local runtime does.
+    fn fire_hooks(&self, event: &str, job: &JobRecord, reason: Option<String>, now: Timestamp) {
+        if !self.hooks.has(event) {
+            return;
+        }
+        let payload = HookPayload::new(event, job, reason, now);
+        let hooks = self.hooks.clone();
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let job = job.clone();
+        let running = HookRunning::start(self.hooks_running.clone());
+        tokio::spawn(async move {
+            let _running = running;
+            hooks.fire_and_audit(&payload, &job, &store, &metrics).await;
+        });
+    }
+}
+
+/// Counts one running hook task while it lives (dropped at its end, panics included).
+struct HookRunning(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl HookRunning {
+    fn start(running: Arc<tokio::sync::watch::Sender<usize>>) -> Self {
+        running.send_modify(|n| *n += 1);
+        HookRunning(running)
+    }
+}
+
+impl Drop for HookRunning {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
