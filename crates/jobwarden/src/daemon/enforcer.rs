@@ -316,23 +316,19 @@ impl Enforcer {
                     None,
                     now,
                 );
-                match self.shared.store.append_audit(&[audit]).await {
-                    Ok(()) => {
-                        self.shared.metrics.audit_written(1);
-                        if let Err(e) = self.runtime.signal(&job, sig) {
-                            self.shared.metrics.error("signal");
-                            let failed = self.audit(
-                                &job,
-                                step.into(),
-                                format!("re-sending {} failed", sig_name(sig)),
-                                Some(e.to_string()),
-                                now,
-                            );
-                            self.append_audit(vec![failed]).await;
-                        }
-                    }
-                    // Not recorded, not sent: the ladder's next step still comes on time.
-                    Err(e) => self.store_error("auditing a re-sent kill signal", &e),
+                // Not recorded, not sent: the ladder's next step still comes on time.
+                if self.append_audit(vec![audit]).await
+                    && let Err(e) = self.runtime.signal(&job, sig)
+                {
+                    self.shared.metrics.error("signal");
+                    let failed = self.audit(
+                        &job,
+                        step.into(),
+                        format!("re-sending {} failed", sig_name(sig)),
+                        Some(e.to_string()),
+                        now,
+                    );
+                    self.append_audit(vec![failed]).await;
                 }
             }
             return;
@@ -1396,14 +1392,21 @@ impl Enforcer {
         }
     }
 
-    async fn append_audit(&self, rows: Vec<AuditEntry>) {
+    /// Writes audit rows; whether they are recorded (an error is logged and counted).
+    async fn append_audit(&self, rows: Vec<AuditEntry>) -> bool {
         if rows.is_empty() {
-            return;
+            return true;
         }
         let n = rows.len() as u64;
         match self.shared.store.append_audit(&rows).await {
-            Ok(()) => self.shared.metrics.audit_written(n),
-            Err(e) => self.store_error("writing audit rows", &e),
+            Ok(()) => {
+                self.shared.metrics.audit_written(n);
+                true
+            }
+            Err(e) => {
+                self.store_error("writing audit rows", &e);
+                false
+            }
         }
     }
 
