@@ -167,6 +167,25 @@ pub fn dead_job_verdict(
                 ),
             };
         }
+        Diagnosis::Unschedulable { message } => {
+            // Started for the runtime (a Kubernetes Job's startTime) but its pod was never
+            // scheduled: the startup timeout applies, and no heartbeat can be expected yet.
+            let limit = add(
+                job.started_at.unwrap_or(job.created_at),
+                limits.startup_timeout,
+            );
+            if now < limit {
+                return Verdict::Alive {
+                    check_at: Some(limit),
+                };
+            }
+            return Verdict::MarkFailed {
+                reason: format!(
+                    "still pending after the startup timeout ({}): unschedulable: {message}",
+                    crate::duration::format_duration(limits.startup_timeout)
+                ),
+            };
+        }
         _ => {}
     }
     let gone = matches!(diagnosis, Diagnosis::Gone | Diagnosis::NoPods);
@@ -239,6 +258,37 @@ mod tests {
         j.heartbeat_timeout = Some(Duration::from_secs(30));
         j.last_heartbeat = last.map(t);
         j
+    }
+
+    #[test]
+    fn an_unschedulable_started_job_waits_for_the_startup_timeout_then_fails() {
+        // No heartbeat yet (its pod never ran): not dead before the startup timeout…
+        let j = hb_job(None);
+        let started = j.started_at.expect("running() has started");
+        let pending = Diagnosis::Unschedulable {
+            message: "0/3 nodes are available: 3 Insufficient cpu.".into(),
+        };
+        let limit = add(started, LIMITS.startup_timeout);
+        let before = add(started, Duration::from_secs(59));
+        assert_eq!(
+            dead_job_verdict(&j, &pending, &cfg(), LIMITS, before),
+            Verdict::Alive {
+                check_at: Some(limit)
+            }
+        );
+        // …then failed with the scheduler's message, whether or not heartbeats are configured.
+        for job in [j.clone(), running()] {
+            let v = dead_job_verdict(&job, &pending, &cfg(), LIMITS, limit);
+            assert!(
+                matches!(&v, Verdict::MarkFailed { reason } if reason.contains("Insufficient cpu") && reason.contains("startup timeout")),
+                "{v:?}"
+            );
+        }
+        // Scheduled (healthy) instead: the heartbeat rules apply as before.
+        assert!(matches!(
+            dead_job_verdict(&j, &Diagnosis::Healthy, &cfg(), LIMITS, limit),
+            Verdict::Recover { .. } | Verdict::WaitForBackoff { .. }
+        ));
     }
 
     #[test]

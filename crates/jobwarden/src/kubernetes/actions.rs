@@ -7,6 +7,8 @@
 //! | soft_kill | merge PATCH the Job: our annotations + `spec.activeDeadlineSeconds: 1` (§1); Event; DELETE each running pod with `gracePeriodSeconds = G` when G is shorter than the pods' own grace |
 //! | hard_kill | Event; DELETE pods still there with grace 0; for `podReplacementPolicy: Failed` also PATCH pods/status `phase: Failed` (§3) |
 //! | force_delete | Event; DELETE the Job, Background, `preconditions.uid`; force-remove pods stuck terminating (§4) |
+//! | mark_failed | merge PATCH the Job as for soft_kill, plus `termination-outcome: failed`; Warning Event `MarkedFailed` |
+//! | recreate | DELETE the dead run's Job (Background, `preconditions.uid`) when still there; POST the stored Job with `recovery-attempt`; Event `Recreated` on the new Job |
 //! | ttl_delete | DELETE the Job, Foreground, `preconditions.uid` (409: re-created, left alone); force-remove its pods stuck terminating, found by `batch.kubernetes.io/job-name` (§4) |
 //!
 //! Soft kill sets `activeDeadlineSeconds` to 1, not to the elapsed time: the Job controller
@@ -96,6 +98,8 @@ pub const API_CALLS: &[ApiCall] = &[
     call("events.k8s.io", "events", "create"),
     call("batch", "jobs", "patch"),
     call("batch", "jobs", "delete"),
+    // Dead-job recovery: the stored Job created anew.
+    call("batch", "jobs", "create"),
     call("", "pods", "delete"),
     call("", "pods", "list"),
     call("", "pods/status", "patch"),
@@ -486,37 +490,17 @@ impl Actions {
     ) -> Result<Report, Ignored> {
         let t = self.target(job)?;
         let mut report = Report::new(t.id.clone());
-        let deadline = job
-            .spec
-            .as_ref()
-            .and_then(|s| s.active_deadline_seconds)
-            .map_or(1, |d| d.clamp(0, 1));
-        let body = json!({
-            "metadata": {"annotations": {
-                self.scope.terminated_by.clone(): TERMINATED_BY_VALUE,
-                self.scope.termination_reason.clone(): reason,
-            }},
-            "spec": {"activeDeadlineSeconds": deadline},
-        });
-        let result = if self.dry_run {
-            CallResult::DryRun
-        } else {
-            let api: Api<Job> = Api::namespaced(self.client.clone(), t.namespace);
-            CallResult::from(
-                api.patch(t.name, &patch_params(), &Patch::Merge(&body))
-                    .await,
+        let result = self
+            .end_job(
+                &t,
+                job,
+                None,
+                AuditAction::SoftKill,
+                reason,
+                now,
+                &mut report,
             )
-        };
-        report.audit.push(self.row(
-            &t,
-            now,
-            "job",
-            t.name,
-            AuditAction::SoftKill,
-            reason,
-            &result,
-            json!({"call": "PATCH batch/v1 jobs (merge)", "body": body}),
-        ));
+            .await;
         if result == CallResult::NotFound || !report.absorb(&result) {
             return Ok(report);
         }
@@ -551,6 +535,198 @@ impl Actions {
             }
         }
         Ok(report)
+    }
+
+    /// The merge PATCH that makes the Job controller end the Job now: our annotations (why;
+    /// `termination-outcome` when it is to count as `outcome` rather than terminated) and
+    /// `spec.activeDeadlineSeconds` already passed. One audit row.
+    #[allow(clippy::too_many_arguments)]
+    async fn end_job(
+        &self,
+        t: &Target<'_>,
+        job: &Job,
+        outcome: Option<crate::model::Outcome>,
+        action: AuditAction,
+        reason: &str,
+        now: Timestamp,
+        report: &mut Report,
+    ) -> CallResult {
+        let deadline = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds)
+            .map_or(1, |d| d.clamp(0, 1));
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(self.scope.terminated_by.clone(), TERMINATED_BY_VALUE.into());
+        annotations.insert(self.scope.termination_reason.clone(), reason.into());
+        if let Some(o) = outcome {
+            annotations.insert(self.scope.termination_outcome.clone(), o.as_str().into());
+        }
+        let body = json!({
+            "metadata": {"annotations": annotations},
+            "spec": {"activeDeadlineSeconds": deadline},
+        });
+        let result = if self.dry_run {
+            CallResult::DryRun
+        } else {
+            let api: Api<Job> = Api::namespaced(self.client.clone(), t.namespace);
+            CallResult::from(
+                api.patch(t.name, &patch_params(), &Patch::Merge(&body))
+                    .await,
+            )
+        };
+        report.audit.push(self.row(
+            t,
+            now,
+            "job",
+            t.name,
+            action,
+            reason,
+            &result,
+            json!({"call": "PATCH batch/v1 jobs (merge)", "body": body}),
+        ));
+        result
+    }
+
+    /// mark_failed (dead-job recovery gave up, image cannot be pulled, crash loop, pending
+    /// past the startup timeout): the Job controller ends the Job as for a soft kill, and our
+    /// annotations make it count as failed; a Warning Event `MarkedFailed` says why. The pods
+    /// keep their own grace period.
+    pub async fn mark_failed(
+        &self,
+        job: &Job,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Report, Ignored> {
+        let t = self.target(job)?;
+        let mut report = Report::new(t.id.clone());
+        let result = self
+            .end_job(
+                &t,
+                job,
+                Some(crate::model::Outcome::Failed),
+                AuditAction::MarkFailed,
+                reason,
+                now,
+                &mut report,
+            )
+            .await;
+        if result == CallResult::NotFound || !report.absorb(&result) {
+            return Ok(report);
+        }
+        report.audit.push(
+            self.event(&t, AuditAction::MarkFailed, "MarkedFailed", reason, now)
+                .await,
+        );
+        Ok(report)
+    }
+
+    /// Dead-job recovery: `current` (the dead run's Job, when still there) is deleted with its
+    /// UID as precondition and Background propagation (its pods go with it, each with its own
+    /// grace period), then `template` (the stored Job, `observe::job_template`) is created
+    /// anew carrying `<prefix>recovery-attempt: attempt`; an Event `Recreated` on the new Job
+    /// says why. The template must be ours (job-id label, allowed namespace), like any Job we
+    /// touch.
+    ///
+    /// - A 409 on the delete: the name holds another Job (someone re-created it): left alone,
+    ///   nothing created, `Outcome::Recreated`.
+    /// - A 409 on the create: a Job of that name still exists (ours still being deleted, or
+    ///   someone else's): `Outcome::Retry`; the caller decides again with what it then sees.
+    pub async fn recreate(
+        &self,
+        current: Option<&Job>,
+        template: &serde_json::Value,
+        attempt: u32,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(Report, Option<String>), Ignored> {
+        let mut new_job: Job =
+            serde_json::from_value(template.clone()).map_err(|_| Ignored::NoIdentity)?;
+        if let Some(job) = current {
+            let t = self.target(job)?;
+            let mut report = Report::new(t.id.clone());
+            let r = self
+                .delete_job(
+                    &t,
+                    DeleteParams::background(),
+                    AuditAction::Recover,
+                    reason,
+                    now,
+                    &mut report,
+                )
+                .await;
+            if let CallResult::Conflict(_) = r {
+                report.outcome = Outcome::Recreated;
+                return Ok((report, None));
+            }
+            if !report.absorb(&r) {
+                return Ok((report, None));
+            }
+            let (more, uid) = self.create_job(&mut new_job, attempt, reason, now).await?;
+            report.audit.extend(more.audit);
+            report.outcome = more.outcome;
+            return Ok((report, uid));
+        }
+        self.create_job(&mut new_job, attempt, reason, now).await
+    }
+
+    async fn create_job(
+        &self,
+        job: &mut Job,
+        attempt: u32,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(Report, Option<String>), Ignored> {
+        job.metadata.uid = None;
+        job.metadata.resource_version = None;
+        job.status = None;
+        job.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(self.scope.recovery_attempt.clone(), attempt.to_string());
+        let id = self.scope.admit(&job.metadata)?;
+        let (Some(name), Some(namespace)) =
+            (job.metadata.name.clone(), job.metadata.namespace.clone())
+        else {
+            return Err(Ignored::NoIdentity);
+        };
+        let mut report = Report::new(id.clone());
+        let (result, uid) = if self.dry_run {
+            (CallResult::DryRun, None)
+        } else {
+            let api: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+            match api.create(&PostParams::default(), job).await {
+                Ok(created) => (CallResult::Ok, created.metadata.uid),
+                Err(e) => (CallResult::from_error(&e), None),
+            }
+        };
+        let t = Target {
+            id,
+            namespace: &namespace,
+            name: &name,
+            uid: uid.as_deref().unwrap_or_default(),
+        };
+        report.audit.push(self.row(
+            &t,
+            now,
+            "job",
+            &name,
+            AuditAction::Recover,
+            reason,
+            &result,
+            json!({"call": "POST batch/v1 jobs", "recovery_attempt": attempt, "uid": uid}),
+        ));
+        if !report.absorb(&result) {
+            return Ok((report, None));
+        }
+        if uid.is_some() {
+            let note = format!("re-created by jobwarden (recovery attempt {attempt}): {reason}");
+            report.audit.push(
+                self.event(&t, AuditAction::Recover, "Recreated", &note, now)
+                    .await,
+            );
+        }
+        Ok((report, uid))
     }
 
     /// hard_kill: pods still there are deleted with grace 0; with `podReplacementPolicy:

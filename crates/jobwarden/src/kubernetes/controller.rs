@@ -22,8 +22,14 @@
 //!   this task beside the watch loop (polled while the loop waits), so the reflectors stay
 //!   current during a pass.
 //!
-//! Not here yet: dead-job recovery, the per-minute limit on destructive calls, the
-//! TTL-triggered cleanup of PVCs, Secrets, ConfigMaps, artifacts and logs.
+//! - Gone Jobs: a DELETED event hands the Job's last state to
+//!   [`Reconciler::reconcile_deleted`] (settled, or re-created by dead-job recovery); after
+//!   every complete (re-)listing and on becoming leader, [`Reconciler::sweep_gone`] settles
+//!   the active records whose Job is missing from it (a DELETED event lost to a re-list, or
+//!   deleted while no replica watched).
+//!
+//! Not here yet: the per-minute limit on destructive calls, the TTL-triggered cleanup of
+//! PVCs, Secrets, ConfigMaps, artifacts and logs.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -91,21 +97,25 @@ pub async fn run_with_orphans(
     let selector = watcher::Config::default().labels(&job_id_label);
     let (jobs, jobs_writer) = reflector::store::<Job>();
     let (pods, pods_writer) = reflector::store::<Pod>();
+    // Raw events, not touched objects: a DELETED event carries the Job's last state (a Job
+    // gone while its record is active), and the end of each (re-)list says the cache is
+    // complete, so records whose Job is missing from it can be settled.
     let job_events = reflector::reflector(
         jobs_writer,
         watcher(Api::<Job>::all(client.clone()), selector.clone()),
     )
     .default_backoff()
-    .touched_objects()
     .boxed();
     let pod_events = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client), selector))
         .default_backoff()
-        .touched_objects()
         .boxed();
     let mut job_events = job_events.fuse();
     let mut pod_events = pod_events.fuse();
     let mut scheduler: Scheduler<Key> = Scheduler::new();
     let mut dirty: BTreeSet<Key> = BTreeSet::new();
+    // Jobs deleted (their last state), and whether to look for records whose Job is missing.
+    let mut gone: Vec<Job> = Vec::new();
+    let mut sweep = false;
     let (jobs_ready, pods_ready) = (jobs.clone(), pods.clone());
     let mut ready_wait = Box::pin(async move {
         let _ = jobs_ready.wait_until_ready().await;
@@ -143,25 +153,50 @@ pub async fn run_with_orphans(
                             dirty.insert((ns, name));
                         }
                     }
+                    sweep = true;
                     tracing::debug!(jobs = dirty.len(), "leading: reconciling every Job in the cache");
                 } else if !now_leader && is_leader {
                     scheduler = Scheduler::new();
                     dirty.clear();
+                    gone.clear();
                     tracing::debug!("not leading: acting stopped, watches stay warm");
                 }
                 is_leader = now_leader;
             }
             ev = job_events.next() => match ev {
-                Some(Ok(job)) => {
+                Some(Ok(watcher::Event::Apply(job))) => {
                     if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
                         dirty.insert((ns, name));
                     }
+                }
+                Some(Ok(watcher::Event::Delete(job))) => gone.push(job),
+                // A (re-)listing: the reflector's cache takes its objects only at InitDone, so
+                // each one is looked at then (a Job reconciled from InitApply would not be in
+                // the cache yet, and would be dropped until it next changed).
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                Some(Ok(watcher::Event::InitDone)) => {
+                    for job in jobs.state() {
+                        if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
+                            dirty.insert((ns, name));
+                        }
+                    }
+                    sweep = true;
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "watching Jobs failed; re-listing after a backoff"),
                 None => break,
             },
             ev = pod_events.next() => match ev {
-                Some(Ok(pod)) => {
+                // As for Jobs: a re-listing's pods reach the cache at InitDone; every Job is
+                // then looked at with them.
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                Some(Ok(watcher::Event::InitDone)) => {
+                    for job in jobs.state() {
+                        if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
+                            dirty.insert((ns, name));
+                        }
+                    }
+                }
+                Some(Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod))) => {
                     let owner = pod.metadata.owner_references.iter().flatten()
                         .find(|r| r.controller == Some(true) && r.kind == "Job");
                     if let (Some(ns), Some(owner)) = (pod.metadata.namespace.clone(), owner) {
@@ -174,7 +209,11 @@ pub async fn run_with_orphans(
             () = &mut orphan_passes => {}
             () = tokio::time::sleep(sleep) => {
                 for (key, _) in scheduler.pop_due(clock(), 1024) {
-                    dirty.insert(key);
+                    if key == sweep_key() {
+                        sweep = true;
+                    } else {
+                        dirty.insert(key);
+                    }
                 }
             }
         }
@@ -185,7 +224,36 @@ pub async fn run_with_orphans(
         if !is_leader {
             // Becoming leader reconciles everything; nothing to remember meanwhile.
             dirty.clear();
+            gone.clear();
+            sweep = false;
             continue;
+        }
+        if !gone.is_empty() || sweep {
+            let deleted = std::mem::take(&mut gone);
+            let listed = std::mem::take(&mut sweep).then(|| {
+                jobs.state()
+                    .iter()
+                    .filter_map(|j| Some((j.metadata.namespace.clone()?, j.metadata.uid.clone()?)))
+                    .collect::<std::collections::HashSet<_>>()
+            });
+            let now = clock();
+            let work = gone_jobs(&reconciler, &deleted, listed.as_ref(), now);
+            let done = tokio::select! {
+                biased;
+                _ = leading.wait_for(|l| !*l) => false,
+                r = work => r,
+            };
+            if !done {
+                // Lost leadership, or the store failed: the next leader (or the retry's
+                // re-list) sweeps again; deleted Jobs not handled are found by that sweep.
+                if !*leading.borrow() {
+                    is_leader = false;
+                    scheduler = Scheduler::new();
+                    dirty.clear();
+                    continue;
+                }
+                scheduler.arm(sweep_key(), add(now, RECONCILE_RETRY));
+            }
         }
         for key in std::mem::take(&mut dirty) {
             let Some(job) = jobs.get(&ObjectRef::new(&key.1).within(&key.0)) else {
@@ -229,6 +297,40 @@ pub async fn run_with_orphans(
         }
     }
     ready.store(false, Ordering::Relaxed);
+}
+
+/// The scheduler key that stands for "sweep again" (no Job has an empty namespace).
+fn sweep_key() -> Key {
+    (String::new(), String::new())
+}
+
+/// Jobs deleted while watched (their last states) and, after a complete listing (`listed`:
+/// the namespace/UID of every Job in it), the active records whose Job is missing from it.
+/// False when the store failed (the caller sweeps again later).
+async fn gone_jobs(
+    reconciler: &Reconciler,
+    deleted: &[Job],
+    listed: Option<&std::collections::HashSet<(String, String)>>,
+    now: Timestamp,
+) -> bool {
+    let mut ok = true;
+    for job in deleted {
+        if let Err(e) = reconciler.reconcile_deleted(job, now).await {
+            tracing::warn!(job = job.metadata.name.as_deref().unwrap_or_default(), error = %e, "a deleted Job could not be settled; the next sweep retries");
+            ok = false;
+        }
+    }
+    if let Some(listed) = listed {
+        match reconciler.sweep_gone(listed, now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "settled records whose Job is gone"),
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for records whose Job is gone failed; retrying");
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// The orphan passes: never before the Job reflector has listed, only while leading, one every

@@ -36,6 +36,10 @@ pub const TERMINATED_BY: &str = "terminated-by";
 pub const TERMINATED_BY_VALUE: &str = "jobwarden";
 /// The annotation holding why jobwarden ended a Job.
 pub const TERMINATION_REASON: &str = "termination-reason";
+/// The annotation saying how a Job jobwarden ended should count (`failed`: recovery gave up).
+pub const TERMINATION_OUTCOME: &str = "termination-outcome";
+/// The annotation on a Job jobwarden re-created from the stored spec: the attempt number.
+pub const RECOVERY_ATTEMPT: &str = "recovery-attempt";
 /// Label the Job controller puts on its pods: the Job's name.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 /// Label the Job controller puts on its pods: the Job's UID.

@@ -28,7 +28,10 @@ use crate::policy::{
 };
 
 use super::config::KubernetesConfig;
-use super::{TERMINATED_BY, TERMINATED_BY_VALUE, TERMINATION_REASON, to_chrono};
+use super::{
+    CONTROLLER_UID_LABEL, JOB_NAME_LABEL, RECOVERY_ATTEMPT, TERMINATED_BY, TERMINATED_BY_VALUE,
+    TERMINATION_OUTCOME, TERMINATION_REASON, to_chrono,
+};
 
 /// Which objects are ours: the label, the namespaces, the annotation prefix.
 #[derive(Debug, Clone)]
@@ -45,6 +48,11 @@ pub struct Scope {
     pub terminated_by: String,
     /// `<prefix>termination-reason`.
     pub termination_reason: String,
+    /// `<prefix>termination-outcome`: `failed` on a Job jobwarden failed (dead-job recovery
+    /// gave up, startup timeout); absent on a Job it ended for its timeout.
+    pub termination_outcome: String,
+    /// `<prefix>recovery-attempt`: on a Job jobwarden re-created, which attempt it is.
+    pub recovery_attempt: String,
 }
 
 impl Scope {
@@ -57,6 +65,8 @@ impl Scope {
             keys: AnnotationKeys::new(annotation_prefix),
             terminated_by: format!("{annotation_prefix}{TERMINATED_BY}"),
             termination_reason: format!("{annotation_prefix}{TERMINATION_REASON}"),
+            termination_outcome: format!("{annotation_prefix}{TERMINATION_OUTCOME}"),
+            recovery_attempt: format!("{annotation_prefix}{RECOVERY_ATTEMPT}"),
         }
     }
 
@@ -146,6 +156,8 @@ pub struct ObservedJob {
     pub replacement_policy_failed: bool,
     /// What the pods say.
     pub diagnosis: Diagnosis,
+    /// The Job as it can be created again ([`job_template`]).
+    pub template: serde_json::Value,
 }
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -179,8 +191,15 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
         .unwrap_or_default();
     let (outcome, finished_at, reason) = match finish(conditions) {
         Some((succeeded, at, reason)) => {
+            let failed_by_us = terminated_by_us
+                && annotations
+                    .get(&scope.termination_outcome)
+                    .map(String::as_str)
+                    == Some(Outcome::Failed.as_str());
             let outcome = if succeeded {
                 Outcome::Succeeded
+            } else if failed_by_us {
+                Outcome::Failed
             } else if terminated_by_us {
                 Outcome::Terminated
             } else {
@@ -215,8 +234,11 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
     let started_at = status
         .and_then(|s| s.start_time.clone())
         .map(|t| to_chrono(t.0));
+    // "No pods" only when the Job controller agrees (`status.active` is 0): a Job whose pod
+    // template lacks the job-id label has pods we do not watch, and is not recreated for it.
+    let none_active = status.and_then(|s| s.active).unwrap_or(0) == 0;
     let diagnosis = if outcome.is_none() {
-        diagnose(&own, started_at.is_some())
+        diagnose(&own, started_at.is_some() && none_active)
     } else {
         Diagnosis::Healthy
     };
@@ -238,6 +260,7 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
         pod_grace,
         replacement_policy_failed,
         diagnosis,
+        template: job_template(job, scope),
     })
 }
 
@@ -400,13 +423,83 @@ pub fn to_record(
         pid_start_ticks: None,
         exit_code: None,
         signal: None,
-        spec: serde_json::json!({
-            "namespace": obs.namespace,
-            "name": obs.name,
-            "uid": obs.uid,
-        }),
+        spec: run_spec(obs, same_run),
         dry_run: previous.is_some_and(|p| p.dry_run),
     }
+}
+
+/// `JobRecord.spec` of a Kubernetes job: where the current run lives (`namespace`, `name`,
+/// `uid`), the Job to re-create it from (`job`: kept from the run's first sighting, so our own
+/// patches never enter it) and, while a re-creation is under way, `recovering` (kept within
+/// the run; see `reconcile.rs`).
+fn run_spec(obs: &ObservedJob, same_run: Option<&JobRecord>) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "namespace": obs.namespace,
+        "name": obs.name,
+        "uid": obs.uid,
+        "job": obs.template,
+    });
+    if let Some(p) = same_run {
+        for key in ["job", "recovering", "marked_failed"] {
+            if let Some(v) = p.spec.get(key) {
+                spec[key] = v.clone();
+            }
+        }
+    }
+    spec
+}
+
+/// Labels the Job controller adds to a Job's selector and pod template; a new Job gets its own.
+const CONTROLLER_LABELS: [&str; 4] = [
+    CONTROLLER_UID_LABEL,
+    JOB_NAME_LABEL,
+    "controller-uid",
+    "job-name",
+];
+
+/// The Job as it can be created again: apiVersion, kind, name, namespace, labels,
+/// annotations and spec, without what the API server and the Job controller filled in
+/// (uid, resourceVersion, status, the generated selector and its template labels) and
+/// without jobwarden's own annotations. Null when the Job does not serialize (never, for a
+/// Job the API server served).
+pub fn job_template(job: &Job, scope: &Scope) -> serde_json::Value {
+    let meta = &job.metadata;
+    let mut annotations = meta.annotations.clone().unwrap_or_default();
+    for key in [
+        &scope.terminated_by,
+        &scope.termination_reason,
+        &scope.termination_outcome,
+        &scope.recovery_attempt,
+    ] {
+        annotations.remove(key);
+    }
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    let mut spec = job.spec.clone().unwrap_or_default();
+    if spec.manual_selector != Some(true) {
+        spec.selector = None;
+        if let Some(labels) = spec
+            .template
+            .metadata
+            .as_mut()
+            .and_then(|m| m.labels.as_mut())
+        {
+            for l in CONTROLLER_LABELS {
+                labels.remove(l);
+            }
+        }
+    }
+    let template = Job {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            labels: meta.labels.clone(),
+            annotations: Some(annotations).filter(|a| !a.is_empty()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    serde_json::to_value(&template).unwrap_or(serde_json::Value::Null)
 }
 
 #[cfg(test)]

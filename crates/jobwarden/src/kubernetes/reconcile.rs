@@ -29,11 +29,13 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::config::Config;
 use crate::daemon::ratelimit::RateLimiter;
+use crate::engine::recovery::Diagnosis;
 use crate::engine::{Decision, Policy, decide};
 use crate::hooks::{HookPayload, Hooks};
 use crate::metrics::Metrics;
 use crate::model::{
-    AuditAction, AuditEntry, JobRecord, Stage, Step, StepTaken, Timestamp, add, fmt_ts,
+    AuditAction, AuditEntry, JobRecord, Outcome as JobOutcome, Stage, Step, StepTaken, Timestamp,
+    add, fmt_ts,
 };
 use crate::store::Store;
 
@@ -197,6 +199,27 @@ impl Reconciler {
                 .unwrap_or(add(now, DELETION_CHECK));
             return Ok(Reconciled::Wake(Some(at)));
         }
+        if record.stage.is_active() {
+            if let Some(marker) = Marker::of(&record, RECOVERING) {
+                // A re-creation is under way for this run: finish it, decide nothing new.
+                if marker.done {
+                    return Ok(Reconciled::Wake(None));
+                }
+                return self
+                    .continue_recovery(Some(job), &mut record, &marker, now)
+                    .await;
+            }
+            if Marker::of(&record, MARKED_FAILED).is_some() && obs.outcome.is_none() {
+                // Ended by our patch already; the Job controller is on it (or dry-run).
+                let (decision, wake) = decide(&record, &obs.diagnosis, &self.policy, now);
+                if matches!(
+                    decision,
+                    Decision::MarkFailed { .. } | Decision::Recover { .. }
+                ) {
+                    return Ok(Reconciled::Wake(wake));
+                }
+            }
+        }
         // Each pass takes at most one step; a later step is due at least a grace period
         // after it, so more passes only matter after downtime. Bounded either way.
         for _ in 0..8 {
@@ -296,15 +319,378 @@ impl Reconciler {
                     }
                     return Ok(Reconciled::Wake(None));
                 }
-                Decision::Recover { .. } | Decision::MarkFailed { .. } => {
-                    // Dead-job recovery for Kubernetes Jobs is not in this build: the decision
-                    // is logged, nothing is done, and the job is looked at again later.
-                    tracing::warn!(job = %record.id, ?decision, "recovery for Kubernetes Jobs is not implemented; no action taken");
-                    return Ok(Reconciled::Wake(Some(add(now, FAILED_ACTION_RETRY))));
+                Decision::MarkFailed { reason } => {
+                    if obs.suspended {
+                        // Suspended on purpose: nothing runs, nothing is stuck; a resume is a
+                        // Job event and decides again.
+                        return Ok(Reconciled::Wake(None));
+                    }
+                    return self.mark_failed(job, &mut record, &reason, now).await;
+                }
+                Decision::Recover { attempt, reason } => {
+                    if obs.suspended {
+                        return Ok(Reconciled::Wake(None));
+                    }
+                    return self
+                        .start_recovery(Some(job), &mut record, attempt, &reason, now)
+                        .await;
                 }
             }
         }
         Ok(Reconciled::Wake(Some(now)))
+    }
+}
+
+/// `JobRecord.spec` key of a re-creation under way for the run ([`Marker`]).
+const RECOVERING: &str = "recovering";
+/// `JobRecord.spec` key of a run jobwarden failed ([`Marker`]).
+const MARKED_FAILED: &str = "marked_failed";
+
+/// A decision taken for a run and kept in `JobRecord.spec` (only within the run:
+/// `observe::to_record`), so that it is carried out once however often the Job is seen, and
+/// finished after a crash.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Marker {
+    /// The recovery attempt (0 for mark_failed).
+    attempt: u32,
+    /// Why.
+    reason: String,
+    /// When it was decided.
+    at: String,
+    /// Carried out (the new Job was created; the Job was patched; in dry-run: audited).
+    done: bool,
+}
+
+impl Marker {
+    fn of(record: &JobRecord, key: &str) -> Option<Marker> {
+        serde_json::from_value(record.spec.get(key)?.clone()).ok()
+    }
+
+    fn set(&self, record: &mut JobRecord, key: &str) {
+        if let (Some(spec), Ok(v)) = (record.spec.as_object_mut(), serde_json::to_value(self)) {
+            spec.insert(key.to_owned(), v);
+        }
+    }
+}
+
+impl Reconciler {
+    /// Ends a Job that cannot be recovered (image pull, crash loop, pending past the startup
+    /// timeout, out of recovery attempts): the Job controller fails it (`Actions::mark_failed`),
+    /// the record keeps the reason, once per run.
+    async fn mark_failed(
+        &self,
+        job: &Job,
+        record: &mut JobRecord,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Reconciled, ReconcileError> {
+        let report = self
+            .actions
+            .mark_failed(job, reason, now)
+            .await
+            .map_err(|_| ignored_late())?;
+        self.append_audit(&report.audit).await?;
+        if let Some(retry_at) = self.retry_at(record, "mark_failed", &report, now) {
+            return Ok(Reconciled::Wake(Some(retry_at)));
+        }
+        Marker {
+            attempt: 0,
+            reason: reason.to_owned(),
+            at: fmt_ts(now),
+            done: true,
+        }
+        .set(record, MARKED_FAILED);
+        record.reason = Some(reason.to_owned());
+        if !record.dry_run {
+            record.stage = Stage::Terminating;
+        }
+        self.store.update_job(record).await?;
+        if !record.dry_run {
+            self.fire_hooks("terminating", record, Some(reason.to_owned()), now);
+        }
+        Ok(Reconciled::Wake(None))
+    }
+
+    /// Dead-job recovery, attempt `attempt`: counted and audited first (so a crash never makes
+    /// it a second attempt), then carried out by [`Reconciler::continue_recovery`].
+    async fn start_recovery(
+        &self,
+        job: Option<&Job>,
+        record: &mut JobRecord,
+        attempt: u32,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Reconciled, ReconcileError> {
+        if record
+            .spec
+            .get("job")
+            .is_none_or(serde_json::Value::is_null)
+        {
+            // A record from before specs were stored: nothing to re-create from.
+            let why = format!("{reason}; cannot re-create it: no stored Job spec");
+            return match job {
+                Some(job) => self.mark_failed(job, record, &why, now).await,
+                None => {
+                    self.settle_gone(record, JobOutcome::Failed, &why, now)
+                        .await
+                }
+            };
+        }
+        let marker = Marker {
+            attempt,
+            reason: reason.to_owned(),
+            at: fmt_ts(now),
+            done: false,
+        };
+        marker.set(record, RECOVERING);
+        record.recovery_attempts = attempt;
+        record.attempt = record.attempt.saturating_add(1);
+        record.reason = Some(format!("recovering (attempt {attempt}): {reason}"));
+        let row = audit(
+            record,
+            now,
+            AuditAction::Recover,
+            &format!("recovery attempt {attempt}: {reason}"),
+            None,
+        );
+        self.store
+            .update_job_with_audit(record, std::slice::from_ref(&row))
+            .await?;
+        self.metrics.audit_written(1);
+        self.continue_recovery(job, record, &marker, now).await
+    }
+
+    /// Deletes the dead run's Job (when still there) and creates the stored one anew; marks
+    /// the re-creation done once the new Job exists (it then arrives through the watch as a
+    /// new run of the same job id).
+    async fn continue_recovery(
+        &self,
+        job: Option<&Job>,
+        record: &mut JobRecord,
+        marker: &Marker,
+        now: Timestamp,
+    ) -> Result<Reconciled, ReconcileError> {
+        let template = record.spec.get("job").cloned().unwrap_or_default();
+        let (report, uid) = self
+            .actions
+            .recreate(job, &template, marker.attempt, &marker.reason, now)
+            .await
+            .map_err(|_| ignored_late())?;
+        self.append_audit(&report.audit).await?;
+        if let Some(retry_at) = self.retry_at(record, "recover", &report, now) {
+            return Ok(Reconciled::Wake(Some(retry_at)));
+        }
+        Marker {
+            done: true,
+            ..marker.clone()
+        }
+        .set(record, RECOVERING);
+        if let Some(uid) = uid {
+            tracing::info!(job = %record.id, attempt = marker.attempt, %uid, "re-created the Job");
+        }
+        self.store.update_job(record).await?;
+        Ok(Reconciled::Wake(None))
+    }
+
+    /// A Job that is gone from the cluster while its record is active: `last` is its last
+    /// state when jobwarden saw it deleted (a watch DELETED event), None when it was missing
+    /// from a listing (deleted while jobwarden was not watching, or its DELETED event was lost
+    /// to a re-list).
+    ///
+    /// - A re-creation of ours under way: the new Job is created.
+    /// - It had finished, or jobwarden had ended it: the record is settled with that outcome.
+    /// - Deleted while running, seen by us: dead-job recovery decides (Job gone → re-create
+    ///   from the stored spec, for Jobs that opted in with a heartbeat timeout, up to the
+    ///   attempts); otherwise it is settled as lost.
+    /// - Missing from a listing: settled as lost, never re-created (it may have completed and
+    ///   been deleted by its own `ttlSecondsAfterFinished` while nobody watched).
+    pub async fn reconcile_gone(
+        &self,
+        last: Option<&Job>,
+        mut record: JobRecord,
+        now: Timestamp,
+    ) -> Result<Reconciled, ReconcileError> {
+        if record.runtime != crate::model::RuntimeKind::Kubernetes || !record.stage.is_active() {
+            return Ok(Reconciled::Ignored);
+        }
+        let obs = match last {
+            Some(job) => match observe_job(job, &[], &self.scope) {
+                Ok(obs) if obs.uid == record.run_id => Some(obs),
+                // Another run's Job (stale event), or not ours: nothing to say about this run.
+                _ => return Ok(Reconciled::Ignored),
+            },
+            None => None,
+        };
+        if let Some(marker) = Marker::of(&record, RECOVERING) {
+            if marker.done {
+                return Ok(Reconciled::Wake(None));
+            }
+            return self
+                .continue_recovery(None, &mut record, &marker, now)
+                .await;
+        }
+        if let Some(o) = obs.as_ref().and_then(|o| o.outcome) {
+            let reason = obs
+                .as_ref()
+                .and_then(|o| o.reason.clone())
+                .unwrap_or_default();
+            if let Some(obs) = &obs {
+                record.finished_at = obs.finished_at;
+            }
+            return self
+                .settle_gone(
+                    &mut record,
+                    o,
+                    &format!("Job deleted after it finished: {reason}"),
+                    now,
+                )
+                .await;
+        }
+        if record.stage == Stage::Terminating
+            || obs.as_ref().is_some_and(|o| o.terminated_by_us)
+            || Marker::of(&record, MARKED_FAILED).is_some()
+        {
+            let outcome = if Marker::of(&record, MARKED_FAILED).is_some() {
+                JobOutcome::Failed
+            } else {
+                JobOutcome::Terminated
+            };
+            let reason = record
+                .reason
+                .clone()
+                .unwrap_or_else(|| "ended by jobwarden".into());
+            return self
+                .settle_gone(&mut record, outcome, &format!("Job deleted: {reason}"), now)
+                .await;
+        }
+        let Some(obs) = obs else {
+            return self
+                .settle_gone(
+                    &mut record,
+                    JobOutcome::Lost,
+                    "the Job was missing when jobwarden listed Jobs (deleted while jobwarden was not watching): not re-created, its outcome is unknown",
+                    now,
+                )
+                .await;
+        };
+        if obs.suspended || record.stage != Stage::Running {
+            return self
+                .settle_gone(
+                    &mut record,
+                    JobOutcome::Lost,
+                    "the Job was deleted before it ran",
+                    now,
+                )
+                .await;
+        }
+        match decide(&record, &Diagnosis::Gone, &self.policy, now) {
+            (Decision::Recover { attempt, reason }, _) => {
+                self.start_recovery(None, &mut record, attempt, &reason, now)
+                    .await
+            }
+            (Decision::MarkFailed { reason }, _) => {
+                self.settle_gone(&mut record, JobOutcome::Failed, &reason, now).await
+            }
+            // Within the recovery backoff: each attempt here needs the Job deleted again, so
+            // the attempts (bounded by `max_attempts`) cannot loop on their own; there is no
+            // Job left to wake for, so recover now.
+            (_, Some(_)) if record.heartbeat_timeout.is_some() => {
+                let attempt = record.recovery_attempts.saturating_add(1);
+                self.start_recovery(
+                    None,
+                    &mut record,
+                    attempt,
+                    "the Job was deleted while it should be running",
+                    now,
+                )
+                .await
+            }
+            _ => {
+                self.settle_gone(
+                    &mut record,
+                    JobOutcome::Lost,
+                    "the Job was deleted while it ran (not by jobwarden); no heartbeat timeout, so not re-created",
+                    now,
+                )
+                .await
+            }
+        }
+    }
+
+    /// A Job the watch saw deleted (`last`: its last state): [`Reconciler::reconcile_gone`]
+    /// for its job id's record, if the Job is ours.
+    pub async fn reconcile_deleted(
+        &self,
+        last: &Job,
+        now: Timestamp,
+    ) -> Result<Reconciled, ReconcileError> {
+        let Ok(id) = self.scope.admit(&last.metadata) else {
+            return Ok(Reconciled::Ignored);
+        };
+        match self.store.get_job(&id).await? {
+            Some(record) => self.reconcile_gone(Some(last), record, now).await,
+            None => Ok(Reconciled::Ignored),
+        }
+    }
+
+    /// The record of a Job that is gone: finished with `outcome`, and past cleanup (there is
+    /// nothing left in the cluster to delete); audited.
+    async fn settle_gone(
+        &self,
+        record: &mut JobRecord,
+        outcome: JobOutcome,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Reconciled, ReconcileError> {
+        let action = if outcome == JobOutcome::Failed {
+            AuditAction::MarkFailed
+        } else {
+            AuditAction::TtlCleanup
+        };
+        let row = audit(record, now, action, reason, None);
+        if record.dry_run {
+            // Dry-run records decisions, never state it did not bring about.
+            self.append_audit(std::slice::from_ref(&row)).await?;
+            return Ok(Reconciled::Wake(None));
+        }
+        record.outcome = Some(outcome);
+        record.finished_at = Some(record.finished_at.unwrap_or(now));
+        record.reason = Some(reason.to_owned());
+        record.stage = Stage::Cleanup;
+        self.store
+            .update_job_with_audit(record, std::slice::from_ref(&row))
+            .await?;
+        self.metrics.audit_written(1);
+        Ok(Reconciled::Wake(None))
+    }
+
+    /// Active Kubernetes records whose Job is not among `present` (the namespace/UID pairs of
+    /// a complete listing), in the namespaces this replica polices: each goes through
+    /// [`Reconciler::reconcile_gone`] without a last state. Returns how many were found.
+    pub async fn sweep_gone(
+        &self,
+        present: &std::collections::HashSet<(String, String)>,
+        now: Timestamp,
+    ) -> Result<usize, ReconcileError> {
+        let filter = crate::store::JobFilter {
+            active_only: true,
+            runtime: Some(crate::model::RuntimeKind::Kubernetes),
+            after: None,
+            limit: None,
+        };
+        let mut found = 0;
+        for record in self.store.list_jobs(&filter).await? {
+            let Some(ns) = record.namespace.clone() else {
+                continue;
+            };
+            if !self.scope.namespace_allowed(&ns) || present.contains(&(ns, record.run_id.clone()))
+            {
+                continue;
+            }
+            found += 1;
+            self.reconcile_gone(None, record, now).await?;
+        }
+        Ok(found)
     }
 }
 
