@@ -12,6 +12,8 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 
+pub mod fake;
+
 /// One request as the API server saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Seen {
