@@ -468,3 +468,390 @@ async fn a_job_that_fails_after_the_soft_kill_is_not_hard_killed() {
     assert!(fake.get("jobs", "flowforge", "build-42").is_some());
     c.finish().await;
 }
+
+/// A Job that succeeded at `finished` with a TTL of `ttl` seconds, and its Succeeded pod.
+fn finished_job(uid: &str, finished: Timestamp, ttl: u32) -> Value {
+    let mut j = running_job(
+        "build-42",
+        uid,
+        jobwarden::model::sub(finished, Duration::from_secs(60)),
+        json!({"flowforge.io/ttl-seconds-after-finished": ttl.to_string()}),
+    );
+    j["status"] = json!({
+        "startTime": k8s_time(jobwarden::model::sub(finished, Duration::from_secs(60))),
+        "completionTime": k8s_time(finished), "succeeded": 1, "ready": 0, "terminating": 0,
+        "uncountedTerminatedPods": {},
+        "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+             "lastProbeTime": k8s_time(finished), "lastTransitionTime": k8s_time(finished)},
+            {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+             "lastProbeTime": k8s_time(finished), "lastTransitionTime": k8s_time(finished)}
+        ]
+    });
+    j
+}
+
+fn succeeded_pod(name: &str, uid: &str, job_uid: &str) -> Value {
+    let mut p = bound_pod(name, uid, "build-42", job_uid);
+    p["status"]["phase"] = "Succeeded".into();
+    p["metadata"]["finalizers"] = json!([]);
+    p
+}
+
+/// A finished Job goes at finish + TTL (Foreground, its UID as precondition; the fake's
+/// garbage collector removes its pod, then the Job). A Job re-created under the name (new UID)
+/// while jobwarden's watch lags behind gets the old UID's precondition: 409, left alone.
+#[tokio::test]
+async fn a_finished_job_is_deleted_at_its_ttl_and_a_recreated_one_is_not() {
+    let start_time = Instant::now();
+    let fake = Fake::new(clock(start_time));
+    fake.insert(finished_job("uid-a", t0(), 1));
+    fake.insert(succeeded_pod("build-42-a", "pod-a", "uid-a"));
+    let now = clock(start_time);
+    let c = start(&fake, Config::default(), false, clock(start_time)).await;
+    c.until(10, "the Job is deleted at its TTL", |f| {
+        f.get("jobs", "flowforge", "build-42").is_none()
+    })
+    .await;
+    assert!(now() >= at(1.0), "not before finish + TTL");
+    assert!(
+        fake.get("pods", "flowforge", "build-42-a").is_none(),
+        "its pod went first"
+    );
+    let writes = fake.mutations();
+    assert_eq!(lines(&writes), [format!("DELETE {JOB_PATH}")]);
+    assert_eq!(writes[0].body["propagationPolicy"], "Foreground");
+    assert_eq!(writes[0].body["preconditions"]["uid"], "uid-a");
+
+    // A second run of the job finishes under the same name, TTL 2 s.
+    let finished_b = add(now(), Duration::from_millis(0));
+    fake.insert(finished_job("uid-b", finished_b, 2));
+    c.until(5, "the new run is seen", |_| true).await;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let rec = c
+                .store
+                .get_job(&jobwarden::model::JobId::parse("j-42").expect("id"))
+                .await
+                .expect("store");
+            if rec.is_some_and(|r| r.run_id == "uid-b") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the controller records run uid-b");
+    // It is deleted and re-created (uid-c, running) while jobwarden's watch lags.
+    fake.pause_watches(true);
+    fake.remove("jobs", "flowforge", "build-42");
+    let mut recreated = running_job("build-42", "uid-c", t0(), json!({}));
+    // Pods' grace as long as the policy's: no GracePeriodTooShort Event for it either.
+    recreated["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 300.into();
+    fake.insert(recreated);
+    c.until(10, "the TTL delete of uid-b is tried", |f| {
+        count(&f.mutations(), "DELETE", JOB_PATH) == 2
+    })
+    .await;
+    fake.pause_watches(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = fake.mutations();
+    assert_eq!(
+        lines(&writes),
+        [format!("DELETE {JOB_PATH}"), format!("DELETE {JOB_PATH}")],
+        "nothing for the re-created Job"
+    );
+    assert_eq!(writes[1].body["preconditions"]["uid"], "uid-b");
+    let job = fake
+        .get("jobs", "flowforge", "build-42")
+        .expect("the re-created Job is kept");
+    assert_eq!(job["metadata"]["uid"], "uid-c");
+    assert!(job["metadata"]["deletionTimestamp"].is_null());
+    let audit = c.audit().await;
+    let deletes: Vec<&AuditEntry> = audit
+        .iter()
+        .filter(|a| a.action == AuditAction::TtlCleanup && a.resource_type == "job")
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:#?}");
+    assert!(deletes[0].success);
+    assert!(!deletes[1].success);
+    assert!(
+        deletes[1].details.as_ref().expect("details")["conflict"].is_string(),
+        "{:?}",
+        deletes[1]
+    );
+    assert!(
+        deletes[1]
+            .error_message
+            .as_deref()
+            .is_some_and(|e| e.contains("409") && e.contains("uid-b")),
+        "{:?}",
+        deletes[1].error_message
+    );
+    c.finish().await;
+}
+
+/// Metadata of an object the orphan pass lists.
+fn object(kind: &str, ns: &str, name: &str, uid: &str, labels: Value, created: Timestamp) -> Value {
+    json!({"apiVersion": "v1", "kind": kind,
+           "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels,
+                        "creationTimestamp": k8s_time(created)}})
+}
+
+/// One orphan pass through the running controller: the labelled Pod, PVC, Secret and
+/// ConfigMap whose job has no Job go (Background, UID precondition, one audit row each); an
+/// unlabelled object, one in a protected namespace, one owned by a live Job, one carrying a
+/// live Job's id and one younger than its minimum age stay.
+#[tokio::test]
+async fn orphans_are_removed_and_non_orphans_survive() {
+    let start_time = Instant::now();
+    let fake = Fake::new(clock(start_time));
+    let old = at(-7200.0);
+    fake.insert(running_job("build-42", JOB_UID, at(-60.0), json!({})));
+    fake.insert(bound_pod("build-42-a", "pod-a", "build-42", JOB_UID));
+    // Orphans.
+    fake.insert(object(
+        "Pod",
+        "flowforge",
+        "build-7-a",
+        "u-p7",
+        json!({"job-id": "j-7"}),
+        old,
+    ));
+    fake.insert(object(
+        "PersistentVolumeClaim",
+        "flowforge",
+        "ws-8",
+        "u-pvc8",
+        json!({"job-id": "j-8"}),
+        old,
+    ));
+    fake.insert(object(
+        "Secret",
+        "flowforge",
+        "sec-9",
+        "u-s9",
+        json!({"job-id": "j-9"}),
+        old,
+    ));
+    fake.insert(object(
+        "ConfigMap",
+        "flowforge",
+        "cfg-9",
+        "u-c9",
+        json!({"job-id": "j-9"}),
+        old,
+    ));
+    // Not orphans.
+    fake.insert(object(
+        "ConfigMap",
+        "flowforge",
+        "kube-root-ca.crt",
+        "u-root",
+        json!({}),
+        old,
+    ));
+    fake.insert(object(
+        "Secret",
+        "kube-system",
+        "sys-1",
+        "u-sys",
+        json!({"job-id": "j-1"}),
+        old,
+    ));
+    let mut owned = object(
+        "PersistentVolumeClaim",
+        "flowforge",
+        "ws-42",
+        "u-pvc42",
+        json!({"job-id": "j-99"}),
+        old,
+    );
+    owned["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "build-42", "uid": JOB_UID}]);
+    fake.insert(owned);
+    fake.insert(object(
+        "ConfigMap",
+        "flowforge",
+        "cfg-42",
+        "u-c42",
+        json!({"job-id": "j-42"}),
+        old,
+    ));
+    fake.insert(object(
+        "Secret",
+        "flowforge",
+        "young",
+        "u-young",
+        json!({"job-id": "j-10"}),
+        at(-5.0),
+    ));
+    let mut config = Config::default();
+    config.orphans.clean = true;
+    let c = start(&fake, config, true, clock(start_time)).await;
+    c.until(10, "four DELETEs", |f| {
+        f.mutations()
+            .iter()
+            .filter(|m| m.method == "DELETE")
+            .count()
+            >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deletes: Vec<Seen> = fake
+        .mutations()
+        .into_iter()
+        .filter(|m| m.method == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 4, "{:?}", lines(&deletes));
+    for d in &deletes {
+        assert_eq!(d.body["propagationPolicy"], "Background");
+        assert!(
+            d.body["preconditions"]["uid"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("u-"))
+        );
+    }
+    assert_eq!(fake.names("pods"), ["flowforge/build-42-a"]);
+    assert_eq!(fake.names("persistentvolumeclaims"), ["flowforge/ws-42"]);
+    assert_eq!(
+        fake.names("secrets"),
+        ["flowforge/young", "kube-system/sys-1"]
+    );
+    assert_eq!(
+        fake.names("configmaps"),
+        ["flowforge/cfg-42", "flowforge/kube-root-ca.crt"]
+    );
+    assert_eq!(fake.names("jobs"), ["flowforge/build-42"]);
+    // Metadata-only, paginated, labelled lists.
+    let lists: Vec<Seen> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/api/v1/secrets"))
+        .collect();
+    assert!(!lists.is_empty());
+    assert!(
+        lists.iter().all(
+            |l| l.query.get("labelSelector").map(String::as_str) == Some("job-id")
+                && l.query.get("limit").map(String::as_str) == Some("500")
+        )
+    );
+    let audit = c.audit().await;
+    let rows: Vec<&AuditEntry> = audit
+        .iter()
+        .filter(|a| a.action == AuditAction::OrphanCleanup)
+        .collect();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r.success));
+    c.finish().await;
+}
+
+/// The soft kill's PATCH is answered 429 with Retry-After 1 once: the step is retried 1 s
+/// later and lands; one failed and one good audit row for the PATCH, one step row.
+#[tokio::test]
+async fn a_429_on_the_soft_kill_is_retried_after_its_retry_after() {
+    let start_time = Instant::now();
+    let fake = Fake::new(clock(start_time));
+    fake.insert(running_job(
+        "build-42",
+        JOB_UID,
+        at(-1800.0),
+        json!({"flowforge.io/timeout-seconds": "60", "flowforge.io/grace-period-seconds": "30"}),
+    ));
+    fake.fail("PATCH", JOB_PATH, 429, Some(1), 1);
+    let c = start(&fake, Config::default(), false, clock(start_time)).await;
+    c.until(10, "the second PATCH", |f| {
+        count(&f.mutations(), "PATCH", JOB_PATH) == 2
+    })
+    .await;
+    c.until(5, "the soft kill Event", |f| {
+        f.mutations()
+            .iter()
+            .any(|m| m.body["reason"] == "TimeoutSoftKill")
+    })
+    .await;
+    let patches: Vec<Timestamp> = fake
+        .timed_requests()
+        .into_iter()
+        .filter(|(_, s)| s.method == "PATCH")
+        .map(|(t, _)| t)
+        .collect();
+    // The retry is armed at the reconcile's `now` + 1 s; the first PATCH left just after it.
+    let gap = patches[1] - patches[0];
+    assert!(
+        gap >= chrono::TimeDelta::milliseconds(950) && gap < chrono::TimeDelta::seconds(2),
+        "retried after Retry-After (1 s), not before and not after the 5 s default: {patches:?}"
+    );
+    let job = fake.get("jobs", "flowforge", "build-42").expect("job");
+    assert_eq!(job["spec"]["activeDeadlineSeconds"], 1);
+    let audit = c.audit().await;
+    let rows: Vec<&AuditEntry> = audit
+        .iter()
+        .filter(|a| {
+            a.action == AuditAction::SoftKill
+                && a.details.as_ref().is_some_and(|d| d["call"].is_string())
+                && a.resource_type == "job"
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(
+        !rows[0].success
+            && rows[0]
+                .error_message
+                .as_deref()
+                .is_some_and(|e| e.contains("429"))
+    );
+    assert!(rows[1].success);
+    let taken: Vec<AuditAction> = steps(&audit).iter().map(|s| s.0).collect();
+    assert_eq!(taken, [AuditAction::Warn, AuditAction::SoftKill]);
+    c.finish().await;
+}
+
+/// Overdue and finished-past-TTL Jobs in a protected namespace or without the job-id label,
+/// with their pods, and leftovers that look like orphans there: nothing mutating is sent.
+#[tokio::test]
+async fn nothing_is_sent_for_protected_or_unlabelled_jobs() {
+    let start_time = Instant::now();
+    let fake = Fake::new(clock(start_time));
+    let overdue = json!({"flowforge.io/timeout-seconds": "60"});
+    let mut protected = running_job("sys", "uid-sys", at(-1800.0), overdue.clone());
+    protected["metadata"]["namespace"] = "kube-system".into();
+    fake.insert(protected);
+    let mut pod = bound_pod("sys-a", "pod-sys", "sys", "uid-sys");
+    pod["metadata"]["namespace"] = "kube-system".into();
+    fake.insert(pod);
+    let mut unlabelled = running_job("other", "uid-other", at(-1800.0), overdue);
+    unlabelled["metadata"]["labels"] = json!({"app": "x"});
+    fake.insert(unlabelled);
+    let mut done = finished_job("uid-done", at(-7200.0), 1);
+    done["metadata"]["name"] = "done".into();
+    done["metadata"]["labels"] = json!({"app": "x"});
+    fake.insert(done);
+    let mut leftover = object(
+        "Secret",
+        "kube-system",
+        "left",
+        "u-left",
+        json!({"job-id": "j-5"}),
+        at(-7200.0),
+    );
+    leftover["metadata"]["namespace"] = "kube-system".into();
+    fake.insert(leftover);
+    let mut config = Config::default();
+    config.orphans.clean = true;
+    let c = start(&fake, config, true, clock(start_time)).await;
+    c.until(10, "ready", |_| c.ready.load(Ordering::Relaxed))
+        .await;
+    // The orphan pass lists secrets once it ran.
+    c.until(10, "the orphan pass", |f| {
+        f.requests()
+            .iter()
+            .any(|r| r.path.starts_with("/api/v1/configmaps"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(lines(&fake.mutations()), Vec::<String>::new());
+    assert_eq!(fake.names("jobs").len(), 3);
+    assert_eq!(fake.names("secrets"), ["kube-system/left"]);
+    c.finish().await;
+}

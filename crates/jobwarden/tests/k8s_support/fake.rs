@@ -98,6 +98,8 @@ struct State {
     generation: u64,
     paused: bool,
     requests: Vec<Seen>,
+    /// When each request arrived, by the fake's clock.
+    times: Vec<Timestamp>,
     faults: Vec<Fault>,
 }
 
@@ -559,6 +561,16 @@ impl Fake {
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<Seen> {
         self.lock().requests.clone()
+    }
+
+    /// Every request so far with when it arrived (by the fake's clock), in order.
+    pub fn timed_requests(&self) -> Vec<(Timestamp, Seen)> {
+        let s = self.lock();
+        s.times
+            .iter()
+            .copied()
+            .zip(s.requests.iter().cloned())
+            .collect()
     }
 
     /// Every request that is not a GET (list, get or watch), in order.
@@ -1228,12 +1240,17 @@ async fn handle(AxumState(fake): AxumState<Fake>, req: Request) -> Response {
             Err(e) => return error(400, "BadRequest", &format!("the body is not JSON: {e}")),
         }
     };
-    fake.lock().requests.push(Seen {
-        method: method.clone(),
-        path: path_and_query,
-        query: query.clone(),
-        body: body.clone(),
-    });
+    let now = (fake.clock)();
+    {
+        let mut state = fake.lock();
+        state.times.push(now);
+        state.requests.push(Seen {
+            method: method.clone(),
+            path: path_and_query,
+            query: query.clone(),
+            body: body.clone(),
+        });
+    }
     let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let fault_method = if method == "GET" && watch {
         "WATCH"
