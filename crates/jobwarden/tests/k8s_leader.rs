@@ -1,19 +1,15 @@
 //! Leader election at the HTTP layer (ApiServerVerifier style): the exact Lease requests the
 //! elector sends (method, path, body) for create, renew, follow, takeover, conflict, failing
 //! renewals and release, with times passed in; and, against the in-process fake API server
-//! of tests/k8s_controller.rs, that the controller sends no action while it does not lead and
+//! of tests/k8s_support/fake.rs, that two electors share one Lease there, and that the controller sends no action while it does not lead and
 //! stops mid-reconcile when leadership goes. Every request is checked against `API_CALLS`.
 
 mod k8s_support;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use jobwarden::config::Config;
 use jobwarden::kubernetes::actions::{API_CALLS, Actions, Grant, classify};
 use jobwarden::kubernetes::controller;
@@ -22,6 +18,7 @@ use jobwarden::kubernetes::observe::Scope;
 use jobwarden::kubernetes::reconcile::Reconciler;
 use jobwarden::model::{Timestamp, add};
 use jobwarden::store::Store;
+use k8s_support::fake::Fake;
 use k8s_support::*;
 use serde_json::{Value, json};
 
@@ -683,91 +680,69 @@ async fn the_loop_releases_the_lease_on_shutdown() {
     assert_eq!(renew.len(), "2026-11-28T10:00:00.250000Z".len(), "{renew}");
 }
 
-// ---- The controller's gate, against an in-process fake API server ----
+// ---- Two electors on one Lease, against the stateful fake API server ----
 
-#[derive(Default)]
-struct Fake {
-    jobs: Vec<Value>,
-    pods: Vec<Value>,
-    /// Event POSTs never answer while this is set (a slow API server).
-    hang_events: bool,
-    /// Every request that is not a list or watch: (method, path, body).
-    writes: Vec<(String, String, Value)>,
-    /// Every request's RBAC terms.
-    calls: Vec<(String, String, String)>,
+#[tokio::test]
+async fn two_electors_share_one_lease_on_the_stateful_fake() {
+    let fake = Fake::new(t0);
+    let mut a = Elector::new(fake.client(), settings(Duration::from_secs(15)));
+    let mut b = Elector::new(
+        fake.client(),
+        LeaseSettings {
+            identity: OTHER.into(),
+            ..settings(Duration::from_secs(15))
+        },
+    );
+    assert_eq!(
+        a.step(t0()).await.expect("a"),
+        Role::Leader { until: at(10.0) }
+    );
+    let lease = || {
+        fake.get("leases", "jobwarden", "jobwarden-leader")
+            .expect("lease")
+    };
+    assert_eq!(lease()["spec"]["holderIdentity"], ME);
+    assert!(matches!(
+        b.step(at(1.0)).await.expect("b"),
+        Role::Follower { holder, .. } if holder == ME
+    ));
+    assert!(a.release(at(2.0)).await.expect("release"));
+    assert_eq!(lease()["spec"]["holderIdentity"], "");
+    assert_eq!(
+        b.step(at(3.0)).await.expect("b takes the released Lease"),
+        Role::Leader { until: at(13.0) }
+    );
+    assert_eq!(lease()["spec"]["holderIdentity"], OTHER);
+    assert_eq!(lease()["spec"]["leaseTransitions"], 1);
+    assert!(matches!(
+        a.step(at(4.0)).await.expect("a"),
+        Role::Follower { holder, .. } if holder == OTHER
+    ));
+    // Someone else writes the Lease; b's renewal carries the old resourceVersion: 409.
+    fake.modify("leases", "jobwarden", "jobwarden-leader", |l| {
+        l["spec"]["holderIdentity"] = "jobwarden-third".into();
+        l["spec"]["renewTime"] = "2026-11-28T10:00:04.500000Z".into();
+    });
+    assert!(matches!(
+        b.step(at(5.0)).await.expect("b"),
+        Role::Follower { holder, .. } if holder == "jobwarden-third"
+    ));
+    assert!(!b.is_leading(at(5.0)));
+    let seen = fake.requests();
+    check_rbac(&seen);
+    let puts: Vec<&Seen> = seen.iter().filter(|s| s.method == "PUT").collect();
+    assert!(puts.len() >= 3, "{:?}", lines(&seen));
+    assert!(
+        puts.iter()
+            .all(|p| p.body["metadata"]["resourceVersion"].is_string()),
+        "every PUT carries the resourceVersion it read or wrote"
+    );
 }
 
-type Shared = Arc<Mutex<Fake>>;
-
-async fn handle(State(fake): State<Shared>, req: Request) -> Response {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
-    let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let watch = method == "GET" && get("watch").is_some();
-    let selector = get("labelSelector").unwrap_or_default();
-    let list = |kind: &str, items: &[Value]| {
-        let items: Vec<Value> = items
-            .iter()
-            .filter(|i| i["metadata"]["labels"].get(&selector).is_some())
-            .cloned()
-            .collect();
-        axum::Json(json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "100"}, "items": items}))
-            .into_response()
-    };
-    let hang = {
-        let mut f = fake.lock().expect("lock");
-        if let Some(c) = classify(&method, &pq) {
-            f.calls.push(c);
-        }
-        if watch {
-            false
-        } else {
-            match (method.as_str(), path.as_str()) {
-                ("GET", "/apis/batch/v1/jobs") => return list("JobList", &f.jobs),
-                ("GET", "/api/v1/pods") => return list("PodList", &f.pods),
-                _ => {
-                    f.writes.push((method.clone(), path.clone(), body.clone()));
-                    path.ends_with("/events") && f.hang_events
-                }
-            }
-        }
-    };
-    if watch {
-        // An open watch that never reports anything (the list already said everything).
-        let stream = futures::stream::pending::<Result<Bytes, std::convert::Infallible>>();
-        return (StatusCode::OK, Body::from_stream(stream)).into_response();
-    }
-    if hang {
-        futures::future::pending::<()>().await;
-    }
-    let reply = if path.ends_with("/events") {
-        body
-    } else {
-        job_json()
-    };
-    (StatusCode::OK, axum::Json(reply)).into_response()
-}
+// ---- The controller's gate, against the stateful fake API server (tests/k8s_support) ----
 
 struct Running {
-    fake: Shared,
+    fake: Fake,
     ready: Arc<AtomicBool>,
     leading: tokio::sync::watch::Sender<bool>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -779,16 +754,15 @@ struct Running {
 async fn controller_with(leading: bool, hang_events: bool) -> Running {
     let mut overdue = job_json();
     overdue["metadata"]["annotations"] = json!({"flowforge.io/timeout-seconds": "60"});
-    let fake: Shared = Arc::new(Mutex::new(Fake {
-        jobs: vec![overdue],
-        pods: vec![pod_json("build-42-a", "pod-a", "Running")],
-        hang_events,
-        ..Fake::default()
-    }));
-    let router = axum::Router::new()
-        .fallback(handle)
-        .with_state(fake.clone());
-    let client = kube::Client::new(router, "default");
+    let now: Timestamp = "2026-11-28T10:30:00Z".parse().expect("ts");
+    let fake = Fake::new(move || now);
+    fake.insert(overdue);
+    fake.insert(pod_json("build-42-a", "pod-a", "Running"));
+    if hang_events {
+        // A slow API server: Event POSTs are never answered.
+        fake.hang("POST", "/apis/events.k8s.io/v1/namespaces/flowforge/events");
+    }
+    let client = fake.client();
     let config = Config::default();
     let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
     let store = Store::open("sqlite::memory:").await.expect("store");
@@ -800,7 +774,6 @@ async fn controller_with(leading: bool, hang_events: bool) -> Running {
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (leading_tx, leading_rx) = tokio::sync::watch::channel(leading);
-    let now: Timestamp = "2026-11-28T10:30:00Z".parse().expect("ts");
     let task = tokio::spawn(controller::run(
         client,
         "job-id".into(),
@@ -820,8 +793,25 @@ async fn controller_with(leading: bool, hang_events: bool) -> Running {
 }
 
 impl Running {
+    /// Every request that is not a read: (method, path without the query, body).
     fn writes(&self) -> Vec<(String, String, Value)> {
-        self.fake.lock().expect("lock").writes.clone()
+        self.fake
+            .mutations()
+            .into_iter()
+            .map(|s| {
+                let path = s.path.split('?').next().unwrap_or_default().to_owned();
+                (s.method, path, s.body)
+            })
+            .collect()
+    }
+
+    /// Every request's RBAC terms.
+    fn calls(&self) -> Vec<(String, String, String)> {
+        self.fake
+            .requests()
+            .iter()
+            .filter_map(|s| classify(&s.method, &s.path))
+            .collect()
     }
 
     async fn until_writes(&self, n: usize, what: &str) -> Vec<(String, String, Value)> {
@@ -849,12 +839,21 @@ impl Running {
     }
 
     async fn finish(self) -> Vec<(String, String, String)> {
+        let calls = {
+            let fake = self.fake.clone();
+            move || {
+                fake.requests()
+                    .iter()
+                    .filter_map(|s| classify(&s.method, &s.path))
+                    .collect::<Vec<_>>()
+            }
+        };
         self.stop.send(true).expect("stop");
         tokio::time::timeout(Duration::from_secs(5), self.task)
             .await
             .expect("the loop stops on shutdown")
             .expect("task");
-        let calls = self.fake.lock().expect("lock").calls.clone();
+        let calls = calls();
         for (g, r, v) in &calls {
             assert!(
                 API_CALLS
@@ -878,7 +877,7 @@ async fn a_replica_that_does_not_lead_watches_but_sends_nothing_until_it_leads()
     // The Job is 29 min overdue: a leader would act at once.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(c.writes(), [], "no action request while following");
-    let before: Vec<_> = c.fake.lock().expect("lock").calls.clone();
+    let before = c.calls();
     assert!(
         before.iter().all(|(_, _, v)| v == "list" || v == "watch"),
         "only the reflectors' list and watch: {before:?}"
@@ -919,7 +918,7 @@ async fn losing_leadership_mid_reconcile_stops_before_the_next_call() {
     );
 
     // Leadership back (the API server answers again): the Job is reconciled from the store.
-    c.fake.lock().expect("lock").hang_events = false;
+    c.fake.clear_faults();
     c.leading.send(true).expect("leading");
     let writes = c.until_writes(4, "the leader acts again").await;
     let lines: Vec<String> = writes.iter().map(line).collect();
