@@ -1219,10 +1219,9 @@ impl Enforcer {
     /// wait for the workspace TTL, which may be longer or shorter.
     fn retention_tasks(&self, job: &JobRecord, now: Timestamp) -> Vec<NewTask> {
         let id = &job.id;
-        let ttl = retention::ttl_for(job, &self.shared.config.retention);
         let finished = job.finished_at.unwrap_or(now);
         let log_at = add(finished, self.shared.config.retention.artifacts.logs.0);
-        let mut tasks = self.artifact_tasks(job, ttl, now);
+        let mut tasks = super::worker::artifact_tasks(job, &self.shared.config, now);
         tasks.push(NewTask {
             dedup_key: format!("log:{id}"),
             job_id: Some(id.to_string()),
@@ -1273,38 +1272,6 @@ impl Enforcer {
             }
             Err(e) => self.store_error("queueing log and artifact retention", &e),
         }
-    }
-
-    /// One queue task per artifact kind (`jobs/<org>/<id>/`, `partial/<id>/`, `logs/<id>/`),
-    /// due at finish + that kind's retention (`artifacts` defaults to the job's TTL).
-    fn artifact_tasks(&self, job: &JobRecord, ttl: Duration, now: Timestamp) -> Vec<NewTask> {
-        let r = &self.shared.config.retention.artifacts;
-        let retention = crate::artifacts::retention::ArtifactRetention {
-            artifacts: r.artifacts.unwrap_or(crate::duration::Dur(ttl)),
-            partial: r.partial,
-            logs: r.logs,
-        };
-        let planned = match crate::artifacts::retention::tasks_for_job(job, &retention) {
-            Ok(p) => p,
-            Err(e) => {
-                // An org that cannot be a key segment: its artifacts cannot be ours either.
-                tracing::warn!(job = %job.id, "no artifact retention: {e}");
-                return Vec::new();
-            }
-        };
-        planned
-            .into_iter()
-            .map(|t| NewTask {
-                dedup_key: format!("artifacts:{}:{}:{}", t.kind.root(), job.id, job.run_id),
-                job_id: Some(job.id.to_string()),
-                kind: "artifact_prefix".into(),
-                resource_name: t.prefix.clone(),
-                payload: serde_json::to_value(&t).unwrap_or(serde_json::Value::Null),
-                priority: 0,
-                scheduled_at: t.due_at.max(now),
-                max_attempts: self.shared.config.queue.max_attempts,
-            })
-            .collect()
     }
 
     async fn recover(&mut self, id: &JobId, attempt: u32, reason: String, now: Timestamp) -> bool {

@@ -418,14 +418,12 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         }));
     }
     tasks.push(tokio::spawn(enforcer.run(shutdown_rx.clone())));
-    for i in 0..shared.config.queue.workers {
-        tasks.push(tokio::spawn(worker::run(
-            shared.clone(),
-            runtime.clone(),
-            format!("{}-w{i}", std::process::id()),
-            shutdown_rx.clone(),
-        )));
-    }
+    tasks.extend(worker::spawn(
+        &shared,
+        &runtime,
+        &std::process::id().to_string(),
+        &shutdown_rx,
+    ));
     tasks.push(tokio::spawn(orphans::run_periodic(
         shared.clone(),
         runtime.clone(),
@@ -465,7 +463,7 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
 }
 
 /// Retries for object-storage calls: a few quick ones; the durable queue retries the rest.
-fn artifact_retry() -> object_store::RetryConfig {
+pub fn artifact_retry() -> object_store::RetryConfig {
     object_store::RetryConfig {
         max_retries: 3,
         retry_timeout: std::time::Duration::from_secs(20),

@@ -15,11 +15,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock;
+use crate::config::Config;
 use crate::daemon::Shared;
-use crate::engine::retention::cleanup_applies;
-use crate::model::{AuditAction, AuditEntry, JobId, Stage, Timestamp};
+use crate::engine::retention::{cleanup_applies, ttl_for};
+use crate::model::{AuditAction, AuditEntry, JobId, JobRecord, Stage, Timestamp};
 use crate::runtime::local::{LocalRuntime, remove_file, remove_tree};
-use crate::store::{Backoff, FailOutcome, Jitter, Task};
+use crate::store::{Backoff, FailOutcome, Jitter, NewTask, Task};
 
 /// How many tasks a worker claims at once.
 const BATCH: u32 = 16;
@@ -33,6 +34,64 @@ struct Done {
 
 /// How often a worker refreshes the queue-depth gauges.
 const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// The `artifact_prefix` tasks of a finished run, one per artifact kind (`jobs/<org>/<id>/`,
+/// `partial/<id>/`, `logs/<id>/`), each due at the run's finish plus that kind's retention
+/// (`[retention.artifacts]`; `artifacts` defaults to the job's TTL for its outcome), with the
+/// dedupe key `artifacts:<root>:<job id>:<run id>`. Both runtimes queue these, so a second
+/// queueing of the same run merges with the pending tasks. None for a run that has not
+/// finished, or whose organisation cannot be a key segment (its artifacts cannot be ours
+/// either; logged).
+pub fn artifact_tasks(job: &JobRecord, config: &Config, now: Timestamp) -> Vec<NewTask> {
+    let r = &config.retention.artifacts;
+    let retention = crate::artifacts::retention::ArtifactRetention {
+        artifacts: r
+            .artifacts
+            .unwrap_or(crate::duration::Dur(ttl_for(job, &config.retention))),
+        partial: r.partial,
+        logs: r.logs,
+    };
+    let planned = match crate::artifacts::retention::tasks_for_job(job, &retention) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(job = %job.id, "no artifact retention: {e}");
+            return Vec::new();
+        }
+    };
+    planned
+        .into_iter()
+        .map(|t| NewTask {
+            dedup_key: format!("artifacts:{}:{}:{}", t.kind.root(), job.id, job.run_id),
+            job_id: Some(job.id.to_string()),
+            kind: "artifact_prefix".into(),
+            resource_name: t.prefix.clone(),
+            payload: serde_json::to_value(&t).unwrap_or(serde_json::Value::Null),
+            priority: 0,
+            scheduled_at: t.due_at.max(now),
+            max_attempts: config.queue.max_attempts,
+        })
+        .collect()
+}
+
+/// Starts `[queue] workers` workers named `<name>-w<i>` (the name must differ between
+/// processes sharing a store: a lease is held by name).
+pub fn spawn(
+    shared: &Arc<Shared>,
+    runtime: &LocalRuntime,
+    name: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..shared.config.queue.workers)
+        .map(|i| {
+            tokio::spawn(run(
+                shared.clone(),
+                runtime.clone(),
+                format!("{name}-w{i}"),
+                shutdown.clone(),
+            ))
+        })
+        .collect()
+}
 
 /// Runs one worker until shutdown.
 pub async fn run(
