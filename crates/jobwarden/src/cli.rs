@@ -364,6 +364,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             config: args.config.clone(),
             store: args.store.clone(),
             data_dir: absolute(&args.data_dir),
+            artifacts: args.artifacts.clone(),
             listen: args.listen,
             dry_run: args.dry_run,
         };

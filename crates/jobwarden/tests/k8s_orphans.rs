@@ -2,14 +2,17 @@
 //! safety rule that it does NOT select; and the pass at the HTTP layer (ApiServerVerifier
 //! style): exact LISTs (label selector, pagination) and DELETEs (UID precondition,
 //! Background), fail closed on a failed listing, 404 / 409, dry-run, the per-pass bound, the
-//! audit rows. Every request is checked against `API_CALLS` (and so the RBAC role).
+//! per-minute limit on destructive calls, the audit rows. Every request is checked against
+//! `API_CALLS` (and so the RBAC role).
 
 mod k8s_support;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jobwarden::config::Config;
+use jobwarden::daemon::ratelimit::RateLimiter;
 use jobwarden::kubernetes::actions::{API_CALLS, classify};
 use jobwarden::kubernetes::config::{KubernetesConfig, OrphanMinAge};
 use jobwarden::kubernetes::observe::Scope;
@@ -710,6 +713,120 @@ async fn a_pass_deletes_at_most_max_batch_oldest_first() {
     );
     assert_eq!((r.deleted, r.deferred), (2, 1));
     assert_eq!(r.selection.orphans.len(), 3);
+}
+
+/// With a limit of 2 destructive calls a minute, a pass over 3 orphans deletes the 2 oldest,
+/// sends no further DELETE and leaves the third for later; a pass at the same instant deletes
+/// nothing; 30 s on (one token back) the next pass deletes the third. Time is passed in.
+#[tokio::test]
+async fn a_pass_out_of_tokens_deletes_exactly_the_limit_and_leaves_the_rest() {
+    let mut responses = cluster_lists();
+    responses.push(deleted("pods", "build-7-a", "pod-7"));
+    responses.push(deleted("persistentvolumeclaims", "ws-8", "pvc-8"));
+    responses.extend(cluster_lists());
+    // 30 s on: the pod and the PVC are gone; the ConfigMap's turn.
+    responses.extend([
+        page(
+            vec![meta_json(
+                "flowforge",
+                "build-42-a",
+                "pod-42",
+                Some("j-42"),
+                OLD,
+            )],
+            None,
+        ),
+        page(vec![], None),
+        page(
+            vec![meta_json(
+                "flowforge",
+                "creds-42",
+                "s-42",
+                Some("j-42"),
+                OLD,
+            )],
+            None,
+        ),
+        page(
+            vec![
+                meta_json("flowforge", "cfg-9", "cm-9", Some("j-9"), OLD),
+                meta_json("flowforge", "cfg-10", "cm-10", Some("j-10"), YOUNG),
+            ],
+            None,
+        ),
+        deleted("configmaps", "cfg-9", "cm-9"),
+    ]);
+    let (client, server) = scripted(responses);
+    let store = Store::open("sqlite::memory:").await.expect("store");
+    let limiter = Arc::new(RateLimiter::per_minute(2));
+    let p = OrphanPass::new(client, scope(), settings(100, true), false)
+        .with_store(store.clone())
+        .with_limiter(limiter);
+    let live_jobs = || live(&[("flowforge", "j-42", JOB_UID)]);
+    let t0 = Instant::now();
+
+    let first = p.run_at(live_jobs, now(), t0).await;
+    assert_eq!((first.deleted, first.deferred), (2, 1));
+    assert_eq!(first.audit.len(), 2);
+    assert!(
+        first
+            .stopped
+            .as_deref()
+            .is_some_and(|s| s.contains("per-minute limit") && s.contains("1 orphans left")),
+        "{first:?}"
+    );
+    let again = p.run_at(live_jobs, now(), t0).await;
+    assert_eq!((again.deleted, again.deferred), (0, 3));
+    assert!(again.audit.is_empty());
+    let later = p
+        .run_at(live_jobs, now(), t0 + Duration::from_secs(30))
+        .await;
+    assert_eq!((later.deleted, later.deferred, later.stopped), (1, 0, None));
+    drop(p);
+    let seen = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server ends")
+        .expect("server task");
+    let deletes: Vec<_> = seen
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(Seen::line)
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            "DELETE /api/v1/namespaces/flowforge/pods/build-7-a",
+            "DELETE /api/v1/namespaces/flowforge/persistentvolumeclaims/ws-8",
+            "DELETE /api/v1/namespaces/flowforge/configmaps/cfg-9",
+        ]
+    );
+    let rows = store
+        .query_audit(&AuditQuery::default())
+        .await
+        .expect("audit");
+    assert_eq!(rows.len(), 3, "one row per DELETE sent: {rows:?}");
+}
+
+/// Dry-run sends no DELETE, so it takes no token: the budget is whole afterwards.
+#[tokio::test]
+async fn a_dry_run_pass_takes_no_token() {
+    let (client, server) = scripted(cluster_lists());
+    let limiter = Arc::new(RateLimiter::per_minute(1));
+    let p =
+        OrphanPass::new(client, scope(), settings(100, true), true).with_limiter(limiter.clone());
+    let t0 = Instant::now();
+    let r = p
+        .run_at(|| live(&[("flowforge", "j-42", JOB_UID)]), now(), t0)
+        .await;
+    assert_eq!((r.deleted, r.deferred, r.stopped), (3, 0, None));
+    assert!(limiter.try_take_at(t0).is_ok(), "dry-run used the budget");
+    drop(p);
+    let seen = server.await.expect("server");
+    assert!(
+        seen.iter().all(|s| s.method != "DELETE"),
+        "{:?}",
+        lines(&seen)
+    );
 }
 
 #[tokio::test]

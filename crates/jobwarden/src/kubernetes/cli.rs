@@ -110,6 +110,9 @@ pub struct RunOptions {
     pub store: Option<String>,
     /// `--data-dir`.
     pub data_dir: PathBuf,
+    /// `--artifacts` (else `[artifacts] url`, else `file://<data-dir>/artifacts`): where the
+    /// cleanup workers delete TTL-deleted Jobs' artifacts and logs.
+    pub artifacts: Option<String>,
     /// `--listen` (else `[server] listen`): `/healthz`, `/readyz`, `/metrics` only.
     pub listen: Option<std::net::SocketAddr>,
     /// `--dry-run`.
@@ -192,6 +195,13 @@ pub async fn run(
         .clone()
         .or_else(|| config.store.url.clone())
         .unwrap_or_else(|| format!("sqlite://{}", opts.data_dir.join("jobwarden.db").display()));
+    let artifacts_url =
+        super::cleanup::artifacts_url(opts.artifacts.as_deref(), &config, &opts.data_dir);
+    let artifacts = if opts.dry_run {
+        None
+    } else {
+        Some(super::cleanup::open_artifacts(&artifacts_url, &config).map_err(|e| (2, e))?)
+    };
     // The cluster first: without one, nothing is opened or created (no empty store file).
     let client = kube::Client::try_default().await.map_err(|e| {
         (
@@ -218,13 +228,20 @@ pub async fn run(
     let scope = super::observe::Scope::new(&config.kubernetes, &config.annotations.prefix);
     let actions = super::actions::Actions::new(client.clone(), scope, opts.dry_run, &instance);
     let label = config.kubernetes.job_id_label.clone();
+    // One budget of destructive calls for TTL deletes and orphan deletes together.
+    let limiter = Arc::new(crate::daemon::ratelimit::RateLimiter::per_minute(
+        config.kubernetes.destructive_calls_per_minute,
+    ));
     let orphans = super::orphans::OrphanPass::from_config(
         client.clone(),
         &config,
         store.clone(),
         opts.dry_run,
-    );
-    let reconciler = super::reconcile::Reconciler::new(config, store, actions);
+    )
+    .with_limiter(limiter.clone());
+    let cleanup_config = config.clone();
+    let reconciler =
+        super::reconcile::Reconciler::new(config, store.clone(), actions).with_limiter(limiter);
     let hooks_idle = reconciler.hooks_idle();
     let ready = Arc::new(AtomicBool::new(false));
     // Every replica watches; only the leader acts (dry-run acts without a Lease).
@@ -235,6 +252,39 @@ pub async fn run(
         .await
         .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Every replica works the cleanup queue (task leases keep a task to one worker); dry-run
+    // queues nothing and works nothing (see `cleanup`).
+    let workers = match artifacts {
+        Some(artifacts) => {
+            let probe = artifacts.clone();
+            tokio::spawn(async move {
+                let check = tokio::time::timeout(
+                    std::time::Duration::from_secs(15),
+                    probe.check_reachable(),
+                );
+                match check.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(
+                        "artifacts: {e}; TTL cleanup of artifacts and logs fails and is retried until it answers"
+                    ),
+                    Err(_) => tracing::warn!(
+                        "artifacts: {} did not answer within 15s; TTL cleanup of artifacts and logs is retried until it does",
+                        probe.location()
+                    ),
+                }
+            });
+            super::cleanup::start(
+                &cleanup_config,
+                store,
+                artifacts,
+                &opts.data_dir,
+                &store_url,
+                &identity,
+                &stop_rx,
+            )
+        }
+        None => Vec::new(),
+    };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -255,8 +305,17 @@ pub async fn run(
             crate::duration::format_duration(lease.lease_duration)
         )
     };
+    let cleanup = if opts.dry_run {
+        "no cleanup workers in dry-run".to_owned()
+    } else {
+        format!(
+            "{} cleanup workers on {}",
+            workers.len(),
+            crate::store::redact_url(&artifacts_url)
+        )
+    };
     eprintln!(
-        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; health on http://{listen} (config: {source})",
+        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; {cleanup}; health on http://{listen} (config: {source})",
         if opts.dry_run { ", dry-run" } else { "" }
     );
     // Shutdown order: the controller stops acting first, then the elector releases the Lease.
@@ -284,6 +343,9 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = controller.await;
+    for worker in workers {
+        let _ = worker.await;
+    }
     // Let running hooks finish and audit (each has its own timeout), within bounds.
     if tokio::time::timeout(HOOKS_AT_SHUTDOWN, hooks_idle)
         .await

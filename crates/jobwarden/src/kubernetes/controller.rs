@@ -27,9 +27,6 @@
 //!   every complete (re-)listing and on becoming leader, [`Reconciler::sweep_gone`] settles
 //!   the active records whose Job is missing from it (a DELETED event lost to a re-list, or
 //!   deleted while no replica watched).
-//!
-//! Not here yet: the per-minute limit on destructive calls, the TTL-triggered cleanup of
-//! PVCs, Secrets, ConfigMaps, artifacts and logs.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

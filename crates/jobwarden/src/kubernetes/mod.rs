@@ -8,6 +8,8 @@
 //!   the RBAC test checks `deploy/` against.
 //! - [`manifest`]: renders a FlowForge Job whose fields agree with the policy.
 //! - [`reconcile`]: one Job through observe → store → engine → actions → store/audit.
+//! - [`cleanup`]: the cleanup workers that delete a TTL-deleted Job's artifacts and logs in
+//!   object storage (the local runtime's durable queue).
 //! - [`orphans`]: labelled Pods, PVCs, Secrets and ConfigMaps whose Job is gone (pure
 //!   selection, and the leader's periodic pass that deletes them).
 //! - [`leader`]: leader election on one coordination.k8s.io/v1 Lease; only the leader acts.
@@ -19,6 +21,7 @@
 //! [`to_chrono`] / [`to_jiff`] convert, never reading the clock.
 
 pub mod actions;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod controller;

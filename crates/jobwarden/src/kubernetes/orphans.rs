@@ -21,13 +21,19 @@
 //!   next one retries). Every DELETE, and every DELETE dry-run would have sent, is one audit
 //!   row (`orphan_cleanup`). With `[orphans] clean = false` orphans are only reported; with
 //!   `--dry-run` the pass lists and audits and sends no DELETE.
+//! - Each DELETE first takes a token from the limiter given by [`OrphanPass::with_limiter`]
+//!   (`jobwarden run` shares `[kubernetes] destructive_calls_per_minute` between the TTL
+//!   deletes and this pass). A pass that runs out of tokens stops there, sends no further
+//!   DELETE and leaves the rest, oldest first, for the next pass (`deferred`, `stopped`).
+//!   Dry-run takes no token: it sends no DELETE.
 //!
 //! RBAC: list and delete on pods, persistentvolumeclaims, secrets and configmaps
 //! ([`super::actions::API_CALLS`], `deploy/rbac.yaml`).
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::Job;
@@ -38,6 +44,7 @@ use kube::{Client, Resource};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::daemon::ratelimit::RateLimiter;
 use crate::model::{AuditAction, AuditEntry, JobId, Timestamp, since};
 use crate::store::Store;
 
@@ -349,7 +356,8 @@ pub struct PassReport {
     pub selection: Selection,
     /// DELETEs that achieved their purpose (200, 404, or dry-run).
     pub deleted: usize,
-    /// Orphans beyond `max_batch`, left for the next pass.
+    /// Orphans left for the next pass: beyond `max_batch`, or beyond the per-minute limit on
+    /// destructive calls (then `stopped` says so).
     pub deferred: usize,
     /// One row per DELETE sent (or that dry-run would have sent), as written to the store.
     pub audit: Vec<AuditEntry>,
@@ -365,6 +373,7 @@ pub struct OrphanPass {
     settings: PassSettings,
     dry_run: bool,
     store: Option<Store>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl OrphanPass {
@@ -376,7 +385,15 @@ impl OrphanPass {
             settings,
             dry_run,
             store: None,
+            limiter: None,
         }
+    }
+
+    /// Takes a token from `limiter` before each DELETE (see the module docs). Without one,
+    /// a pass is bounded by `max_batch` alone.
+    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// Writes each audit row to `store` right after its call (a pass stops when that fails).
@@ -405,6 +422,16 @@ impl OrphanPass {
     /// One pass. `live` is called after the listings, so a Job created while they ran is
     /// in the snapshot.
     pub async fn run(&self, live: impl FnOnce() -> LiveJobs, now: Timestamp) -> PassReport {
+        self.run_at(live, now, Instant::now()).await
+    }
+
+    /// [`Self::run`], taking the limiter's tokens at monotonic time `mono`.
+    pub async fn run_at(
+        &self,
+        live: impl FnOnce() -> LiveJobs,
+        now: Timestamp,
+        mono: Instant,
+    ) -> PassReport {
         let listed = vec![
             self.list::<Pod>(Kind::Pod).await,
             self.list::<PersistentVolumeClaim>(Kind::PersistentVolumeClaim)
@@ -427,7 +454,22 @@ impl OrphanPass {
         }
         let batch = self.settings.max_batch.min(report.selection.orphans.len());
         report.deferred = report.selection.orphans.len() - batch;
-        for orphan in &report.selection.orphans[..batch] {
+        for (i, orphan) in report.selection.orphans[..batch].iter().enumerate() {
+            if !self.dry_run
+                && let Some(limiter) = &self.limiter
+                && let Err(wait) = limiter.try_take_at(mono)
+            {
+                report.deferred += batch - i;
+                report.stopped = Some(format!(
+                    "the per-minute limit on destructive calls is used up (next token in {}); \
+                     {} orphans left for the next pass",
+                    crate::duration::format_duration(Duration::from_secs(
+                        wait.as_secs_f64().ceil() as u64
+                    )),
+                    report.deferred
+                ));
+                break;
+            }
             let result = self.delete(orphan).await;
             let row = self.row(orphan, &result, now);
             if let Some(store) = &self.store

@@ -11,6 +11,21 @@
 //!
 //! TTL deletes take a token from `[kubernetes] destructive_calls_per_minute`; the ladder's
 //! steps do not (as in the local runtime), so a runaway Job is never late because of cleanup.
+//! `jobwarden run` shares that limiter with the orphan pass ([`Reconciler::with_limiter`]), so
+//! TTL and orphan deletes together stay within it.
+//!
+//! Once a TTL delete succeeded (the Job deleted or already being deleted), the run's
+//! object-storage cleanup is queued as the local runtime queues it: one `artifact_prefix` task
+//! per kind (`jobs/<org>/<id>/`, `partial/<id>/`, `logs/<id>/`), due at the finish plus that
+//! kind's `[retention.artifacts]` (artifacts: the TTL for the outcome), deduplicated by
+//! `artifacts:<root>:<job id>:<run id>` ([`crate::daemon::worker::artifact_tasks`];
+//! [`super::cleanup`] runs the workers). The tasks are queued before the move to `cleanup` is
+//! written, so a crash in between repeats the delete (NotFound counts as done) and the
+//! queueing, which the dedupe keys merge: never a `cleanup` Job with nothing queued. (A crash
+//! between the DELETE and the queueing queues nothing if the Job is gone by the restart: no
+//! reconcile follows.) A failed delete, or one that
+//! found a re-created Job (409: a new run's objects), queues nothing; dry-run queues nothing.
+//! The Job's labelled PVCs, Secrets and ConfigMaps go by the orphan pass once the Job is gone.
 //!
 //! `[[hooks]]` fire as in the local runtime, for the same events with the same payload: a
 //! step's event (plus `terminating` for a soft kill of a running Job) once the step is
@@ -78,7 +93,7 @@ pub struct Reconciler {
     scope: Scope,
     config: Config,
     policy: Policy,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
     /// Consecutive `Failed` outcomes per (job id, run id, action), for the retry backoff.
     failures: std::sync::Mutex<std::collections::HashMap<(String, String, &'static str), u32>>,
     hooks: Arc<Hooks>,
@@ -92,7 +107,9 @@ impl Reconciler {
     pub fn new(config: Config, store: Store, actions: Actions) -> Self {
         let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
         let policy = Policy::from_config(&config);
-        let limiter = RateLimiter::per_minute(config.kubernetes.destructive_calls_per_minute);
+        let limiter = Arc::new(RateLimiter::per_minute(
+            config.kubernetes.destructive_calls_per_minute,
+        ));
         Reconciler {
             failures: std::sync::Mutex::default(),
             hooks: Arc::new(Hooks::new(config.hooks.clone())),
@@ -105,6 +122,14 @@ impl Reconciler {
             config,
             policy,
         }
+    }
+
+    /// Takes the TTL deletes' tokens from `limiter` instead of a limiter of its own (`jobwarden
+    /// run` shares one with the orphan pass: `[kubernetes] destructive_calls_per_minute` bounds
+    /// both together).
+    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// The metrics this reconciler counts into (for `/metrics`).
@@ -309,6 +334,12 @@ impl Reconciler {
                     self.append_audit(&report.audit).await?;
                     if let Some(retry_at) = self.retry_at(&record, "ttl_delete", &report, now) {
                         return Ok(Reconciled::Wake(Some(retry_at)));
+                    }
+                    if report.outcome == Outcome::Done && !record.dry_run {
+                        // Before the stage (see the module docs); pending duplicates merge.
+                        let tasks =
+                            crate::daemon::worker::artifact_tasks(&record, &self.config, now);
+                        self.store.enqueue_many(&tasks, now).await?;
                     }
                     let moved = record.stage != Stage::Cleanup;
                     record.stage = Stage::Cleanup;

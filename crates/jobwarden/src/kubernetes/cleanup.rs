@@ -1,0 +1,91 @@
+//! The object-storage cleanup of TTL-deleted Jobs: the local runtime's durable queue and
+//! cleanup workers, run by `jobwarden run --runtime kubernetes`.
+//!
+//! Once a Job's TTL delete succeeded, [`super::reconcile`] queues its run's `artifact_prefix`
+//! tasks (`jobs/<org>/<id>/`, `partial/<id>/`, `logs/<id>/`, the local runtime's kind and
+//! dedupe keys: [`crate::daemon::worker::artifact_tasks`]), each due at the finish plus that
+//! kind's `[retention.artifacts]`. [`start`] runs `[queue] workers` of the local daemon's
+//! workers on them, on every replica (not only the leader): a claimed task is leased to its
+//! worker, so replicas sharing a PostgreSQL store share the queue without running a task
+//! twice. A worker deletes a prefix only while the task still applies to the job as stored
+//! (same run, still finished), takes a token from `[safety] max_deletions_per_minute` first,
+//! and completes the task together with its audit row (`ttl_cleanup`, `object_prefix`).
+//!
+//! The Job's labelled PVCs, Secrets and ConfigMaps are not queued: the orphan pass
+//! ([`super::orphans`]) removes them once their Job is gone and they are older than their
+//! kind's minimum age.
+//!
+//! Dry-run queues nothing and starts no worker. (The local daemon's dry-run runs its workers
+//! in dry-run mode, which complete whatever tasks they find as "would delete". A Kubernetes
+//! dry-run replica may share its store with a live deployment, whose tasks it would so take
+//! away from the live workers.)
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::watch;
+
+use crate::artifacts::{Artifacts, ArtifactsConfig};
+use crate::config::Config;
+use crate::daemon::{Shared, WriteFaults, ratelimit::RateLimiter, worker};
+use crate::engine::Policy;
+use crate::hooks::Hooks;
+use crate::metrics::Metrics;
+use crate::runtime::local::LocalRuntime;
+use crate::store::Store;
+
+/// The artifacts URL: `--artifacts`, else `[artifacts] url`, else `file://<data-dir>/artifacts`
+/// (as for the local runtime).
+pub fn artifacts_url(flag: Option<&str>, config: &Config, data_dir: &Path) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| config.artifacts.url.clone())
+        .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()))
+}
+
+/// Opens the artifact store at `url` with the `[artifacts]` settings (no call is made: an
+/// unreachable store shows in the workers' retries, never stops the controller).
+pub fn open_artifacts(url: &str, config: &Config) -> Result<Artifacts, String> {
+    let artifacts_config = ArtifactsConfig {
+        url: Some(url.to_owned()),
+        ..config.artifacts.clone()
+    };
+    Artifacts::open(&artifacts_config, crate::daemon::artifact_retry())
+        .map_err(|e| format!("artifacts: {e}"))
+}
+
+/// Starts the cleanup workers, named `<name>-w<i>` (`name` must differ between replicas: a
+/// task's lease is held by name), until `shutdown` turns true. `data_dir` and `store_url`
+/// only serve the workers' diagnosis of local write faults; Kubernetes mode queues no task
+/// that touches local files.
+pub fn start(
+    config: &Config,
+    store: Store,
+    artifacts: Artifacts,
+    data_dir: &Path,
+    store_url: &str,
+    name: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let shared = Arc::new(Shared {
+        policy: Policy::from_config(config),
+        hooks: Hooks::new(config.hooks.clone()),
+        deletions: RateLimiter::per_minute(config.safety.max_deletions_per_minute),
+        config: config.clone(),
+        store,
+        metrics: Metrics::default(),
+        dry_run: false,
+        data_dir: data_dir.to_owned(),
+        store_ok: AtomicBool::new(true),
+        loaded: AtomicBool::new(true),
+        token: None,
+        queue_kick: tokio::sync::Notify::new(),
+        artifacts,
+        faults: WriteFaults::new(data_dir.to_owned(), store_url),
+    });
+    // The workers' local paths (workspaces, logs) are unused here; no process is started, so
+    // nothing is ever sent on the exit channel.
+    let (exits, _) = tokio::sync::mpsc::unbounded_channel();
+    let runtime = LocalRuntime::new(data_dir, exits, None, None);
+    worker::spawn(&shared, &runtime, name, shutdown)
+}
