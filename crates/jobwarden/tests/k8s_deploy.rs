@@ -400,7 +400,7 @@ fn manifest_job_prints_a_job_capped_by_the_config() {
 }
 
 /// Without a cluster, `run --runtime kubernetes` fails with a clear message and creates
-/// nothing: no store file is left behind in the data dir.
+/// nothing: no store file or artifacts directory is left behind in the data dir.
 #[test]
 fn without_a_cluster_run_fails_clearly_and_creates_no_store() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -423,5 +423,9 @@ fn without_a_cluster_run_fails_clearly_and_creates_no_store() {
     assert!(
         !data.join("jobwarden.db").exists(),
         "a store was created although there is no cluster"
+    );
+    assert!(
+        !data.join("artifacts").exists(),
+        "the file:// artifact store was created although there is no cluster"
     );
 }

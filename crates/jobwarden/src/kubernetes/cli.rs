@@ -197,11 +197,8 @@ pub async fn run(
         .unwrap_or_else(|| format!("sqlite://{}", opts.data_dir.join("jobwarden.db").display()));
     let artifacts_url =
         super::cleanup::artifacts_url(opts.artifacts.as_deref(), &config, &opts.data_dir);
-    let artifacts = if opts.dry_run {
-        None
-    } else {
-        Some(super::cleanup::open_artifacts(&artifacts_url, &config).map_err(|e| (2, e))?)
-    };
+    crate::artifacts::config::parse_url(&artifacts_url)
+        .map_err(|e| (2, format!("--artifacts / artifacts.url: {e}")))?;
     // The cluster first: without one, nothing is opened or created (no empty store file).
     let client = kube::Client::try_default().await.map_err(|e| {
         (
@@ -209,6 +206,12 @@ pub async fn run(
             format!("no Kubernetes API server: {e} (in a pod: the service account; elsewhere: KUBECONFIG or ~/.kube/config)"),
         )
     })?;
+    // (A file:// artifact store is a directory, created on opening: after the cluster too.)
+    let artifacts = if opts.dry_run {
+        None
+    } else {
+        Some(super::cleanup::open_artifacts(&artifacts_url, &config).map_err(|e| (2, e))?)
+    };
     let store = crate::store::Store::open(&store_url)
         .await
         .map_err(|e| (1, e.to_string()))?;
