@@ -4,6 +4,7 @@
 //! engine when something is due; [`store`] persists jobs, the cleanup queue and the audit log;
 //! the runtimes and the daemon carry decisions out. [`clock`] is the only reader of the clock.
 
+pub mod api_read;
 pub mod api_types;
 pub mod artifacts;
 pub mod cli;

@@ -1,6 +1,7 @@
 //! The HTTP API (`../shared/DESIGN.md` §3).
 //!
-//! Reads go to the store; writes go to the enforcer as commands. Bodies are parsed by hand
+//! Reads go to the store (the handlers of [`crate::api_read`], shared with the Kubernetes
+//! runtime); writes go to the enforcer as commands. Bodies are parsed by hand
 //! so that every error is a 400 with `{"error": "..."}` naming the field; the daemon keeps
 //! serving whatever arrives. With a token configured, every route but `/healthz`,
 //! `/readyz`, `/metrics` and heartbeats requires `Authorization: Bearer <token>`.
@@ -9,25 +10,25 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api_types::{ErrorBody, JobView, NextStepView, PlanEntry, SubmitRequest};
+use crate::api_read::{
+    ReadState, audit, error, get_job, list_jobs, method_not_allowed, no_such_route, parse_id, plan,
+    require_token, view,
+};
+use crate::api_types::SubmitRequest;
 use crate::clock;
 use crate::daemon::Shared;
 use crate::daemon::enforcer::{Command, CommandError};
-use crate::engine::decide::{Decision, decide};
-use crate::engine::ladder;
-use crate::engine::recovery::Diagnosis;
-use crate::model::{AuditAction, JobId, JobRecord, sub};
+use crate::engine::decide::Policy;
 use crate::runtime::local::LocalRuntime;
-use crate::store::{AuditQuery, JobFilter};
+use crate::store::Store;
 
 /// State of the HTTP handlers.
 #[derive(Clone)]
@@ -40,37 +41,41 @@ pub struct ApiState {
     pub runtime: LocalRuntime,
 }
 
+impl ReadState for ApiState {
+    fn store(&self) -> &Store {
+        &self.shared.store
+    }
+    fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+    fn token(&self) -> Option<&str> {
+        self.shared.token.as_deref()
+    }
+}
+
 /// The router.
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
-        .route("/v1/jobs", get(list_jobs).post(submit))
-        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs", get(list_jobs::<ApiState>).post(submit))
+        .route("/v1/jobs/{id}", get(get_job::<ApiState>))
         .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/audit", get(audit))
-        .route("/v1/plan", get(plan))
+        .route("/v1/audit", get(audit::<ApiState>))
+        .route("/v1/plan", get(plan::<ApiState>))
         .route("/v1/orphans", get(orphans))
         .route("/v1/orphans/clean", post(orphans_clean))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_token::<ApiState>,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/jobs/{id}/heartbeat", post(heartbeat))
         .merge(protected)
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
-        // The wrong method on a known route (e.g. POST /v1/jobs/{id}) answers in the same JSON
-        // shape as every other error, not with an empty body.
-        .method_not_allowed_fallback(|| async {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this route".into(),
-            )
-        })
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(ErrorBody { error: message })).into_response()
 }
 
 fn from_command(st: &ApiState, e: CommandError) -> Response {
@@ -83,43 +88,6 @@ fn from_command(st: &ApiState, e: CommandError) -> Response {
         _ => e.message,
     };
     error(status, message)
-}
-
-async fn require_token(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    req: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = &st.shared.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token (set JOBWARDEN_TOKEN for the CLI)".into(),
-            );
-        }
-    }
-    next.run(req).await
-}
-
-#[allow(
-    clippy::result_large_err,
-    reason = "the error is the handler's early 400/404 response, built once per bad request"
-)]
-fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, Response> {
-    // A path that does not even decode (bad percent-escape, not UTF-8) is a 400 in the same
-    // JSON shape as every other error, not axum's plain-text rejection.
-    let Path(id) = path.map_err(|r| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the job id in the URL: {}", r.body_text()),
-        )
-    })?;
-    JobId::parse(&id).map_err(|e| error(StatusCode::NOT_FOUND, e.to_string()))
 }
 
 /// Parses a JSON body, naming the offending field in the error.
@@ -191,42 +159,13 @@ async fn submit(State(st): State<ApiState>, body: Result<Bytes, BytesRejection>)
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
     }
     match rx.await {
-        Ok(Ok(job)) => (StatusCode::CREATED, axum::Json(view(&st, &job))).into_response(),
+        Ok(Ok(job)) => (
+            StatusCode::CREATED,
+            axum::Json(view(&st.shared.policy, &job)),
+        )
+            .into_response(),
         Ok(Err(e)) => from_command(&st, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
-    }
-}
-
-fn view(st: &ApiState, job: &JobRecord) -> JobView {
-    let mut v = JobView::from(job);
-    v.next_step = ladder::next_step(job, &st.shared.policy.warn_before).map(|s| NextStepView {
-        step: s.step,
-        due_at: s.due_at,
-    });
-    v
-}
-
-async fn list_jobs(State(st): State<ApiState>) -> Response {
-    match st.shared.store.list_jobs(&JobFilter::default()).await {
-        Ok(jobs) => {
-            axum::Json(jobs.iter().map(|j| view(&st, j)).collect::<Vec<_>>()).into_response()
-        }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
-    }
-}
-
-async fn get_job(
-    State(st): State<ApiState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Response {
-    let id = match parse_id(path) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    match st.shared.store.get_job(&id).await {
-        Ok(Some(job)) => axum::Json(view(&st, &job)).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job with id {id}")),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
     }
 }
 
@@ -240,7 +179,7 @@ async fn cancel(State(st): State<ApiState>, path: Result<Path<String>, PathRejec
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
     }
     match rx.await {
-        Ok(Ok(job)) => axum::Json(view(&st, &job)).into_response(),
+        Ok(Ok(job)) => axum::Json(view(&st.shared.policy, &job)).into_response(),
         Ok(Err(e)) => from_command(&st, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
     }
@@ -263,110 +202,6 @@ async fn heartbeat(
         Ok(Err(e)) => from_command(&st, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditParams {
-    job: Option<String>,
-    action: Option<String>,
-    since: Option<String>,
-    limit: Option<u32>,
-}
-
-async fn audit(
-    State(st): State<ApiState>,
-    query: Result<Query<AuditParams>, QueryRejection>,
-) -> Response {
-    let Query(p) = match query {
-        Ok(q) => q,
-        Err(r) => return error(r.status(), format!("query: {}", r.body_text())),
-    };
-    let action = match p
-        .action
-        .as_deref()
-        .map(str::parse::<AuditAction>)
-        .transpose()
-    {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("parameter `action`: {e}")),
-    };
-    let since = match p.since.as_deref().map(parse_since).transpose() {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("parameter `since`: {e}")),
-    };
-    let q = AuditQuery {
-        job_id: p.job,
-        action,
-        since,
-        until: None,
-        limit: p.limit,
-    };
-    match st.shared.store.query_audit(&q).await {
-        Ok(rows) => axum::Json(rows).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
-    }
-}
-
-/// `since` is a duration back from now (`1h`) or an RFC 3339 time.
-fn parse_since(s: &str) -> Result<crate::model::Timestamp, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    crate::duration::parse_duration(s)
-        .map(|d| sub(clock::now(), d))
-        .map_err(|e| format!("{e}; or an RFC 3339 time"))
-}
-
-async fn plan(State(st): State<ApiState>) -> Response {
-    let jobs = match st.shared.store.list_jobs(&JobFilter::default()).await {
-        Ok(j) => j,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
-    };
-    let now = clock::now();
-    let mut out = Vec::new();
-    for job in &jobs {
-        let (decision, wake) = decide(job, &Diagnosis::Healthy, &st.shared.policy, now);
-        let (action, due_at, due_now, detail) = match decision {
-            Decision::Nothing => match ladder::next_step(job, &st.shared.policy.warn_before) {
-                Some(s) => (s.step.as_str().to_owned(), Some(s.due_at), false, None),
-                None => match wake {
-                    Some(w) if !job.stage.is_active() => {
-                        ("ttl_cleanup".to_owned(), Some(w), false, None)
-                    }
-                    Some(w) => (
-                        "check".to_owned(),
-                        Some(w),
-                        false,
-                        Some("heartbeat / startup check".to_owned()),
-                    ),
-                    None => continue,
-                },
-            },
-            Decision::Step { step, due_at } => (step.as_str().to_owned(), Some(due_at), true, None),
-            Decision::Cleanup { due_at, .. } => {
-                ("ttl_cleanup".to_owned(), Some(due_at), true, None)
-            }
-            Decision::Recover { attempt, reason } => (
-                "recover".to_owned(),
-                None,
-                true,
-                Some(format!("attempt {attempt}: {reason}")),
-            ),
-            Decision::MarkFailed { reason } => ("mark_failed".to_owned(), None, true, Some(reason)),
-        };
-        out.push(PlanEntry {
-            job_id: job.id.to_string(),
-            name: job.name.clone(),
-            stage: job.stage,
-            action,
-            due_at,
-            due_now,
-            detail,
-        });
-    }
-    out.sort_by(|a, b| b.due_now.cmp(&a.due_now).then(a.due_at.cmp(&b.due_at)));
-    axum::Json(out).into_response()
 }
 
 async fn orphans(State(st): State<ApiState>) -> Response {
