@@ -409,20 +409,7 @@ pub fn daemon_options(
             )
         })?,
     };
-    let token = match &config.server.token_file {
-        Some(path) => Some(
-            read_token(path).map_err(|e| fail(2, format!("{source}: server.token_file: {e}")))?,
-        ),
-        None => None,
-    };
-    if !listen.ip().is_loopback() && token.is_none() {
-        return Err(fail(
-            2,
-            format!(
-                "refusing to listen on {listen} without authentication: set [server] token_file in the config (or listen on 127.0.0.1)"
-            ),
-        ));
-    }
+    let token = api_token(&config, listen, source).map_err(|(code, m)| fail(code, m))?;
     let data_dir = absolute(&args.data_dir);
     let store_url = args
         .store
@@ -455,6 +442,30 @@ fn absolute(p: &Path) -> PathBuf {
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_owned())
     }
+}
+
+/// The API's bearer token: read from `[server] token_file` (config file `source`). Without
+/// one, only a loopback `listen` is allowed. Errors are (exit code, message).
+pub fn api_token(
+    config: &Config,
+    listen: SocketAddr,
+    source: &str,
+) -> Result<Option<String>, (u8, String)> {
+    let token = match &config.server.token_file {
+        Some(path) => {
+            Some(read_token(path).map_err(|e| (2, format!("{source}: server.token_file: {e}")))?)
+        }
+        None => None,
+    };
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err((
+            2,
+            format!(
+                "refusing to listen on {listen} without authentication: set [server] token_file in the config (or listen on 127.0.0.1)"
+            ),
+        ));
+    }
+    Ok(token)
 }
 
 fn read_token(path: &Path) -> Result<String, String> {

@@ -113,7 +113,8 @@ pub struct RunOptions {
     /// `--artifacts` (else `[artifacts] url`, else `file://<data-dir>/artifacts`): where the
     /// cleanup workers delete TTL-deleted Jobs' artifacts and logs.
     pub artifacts: Option<String>,
-    /// `--listen` (else `[server] listen`): `/healthz`, `/readyz`, `/metrics` only.
+    /// `--listen` (else `[server] listen`): `/healthz`, `/readyz`, `/metrics` and the job API
+    /// ([`super::api`]).
     pub listen: Option<std::net::SocketAddr>,
     /// `--dry-run`.
     pub dry_run: bool,
@@ -122,28 +123,40 @@ pub struct RunOptions {
 /// How long shutdown waits for running hooks (a pod gets 30 s by default in all).
 const HOOKS_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The health server of `run --runtime kubernetes`: `/healthz`; `/readyz` (200 once `ready`);
+/// The health server of `run --runtime kubernetes`: `/healthz`; `/readyz` (200 once `ready`,
+/// saying whether this replica leads, per `leading`: a standby is ready too, it watches);
 /// `/metrics` (Prometheus text: the counters of `metrics`, with `jobwarden_leader` read from
-/// `leading` at each scrape).
+/// `leading` at each scrape). `run` merges the job API ([`super::api::router`]) into it.
 pub fn health_router(
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     leading: tokio::sync::watch::Receiver<bool>,
 ) -> axum::Router {
     use std::sync::atomic::Ordering;
+    let leading_at_readyz = leading.clone();
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/readyz",
             axum::routing::get(move || {
                 let ready = ready.load(Ordering::Relaxed);
+                let role = if *leading_at_readyz.borrow() {
+                    "leading"
+                } else {
+                    "standby (another replica leads)"
+                };
                 async move {
                     if ready {
-                        (axum::http::StatusCode::OK, "ready: Jobs and Pods listed\n")
+                        (
+                            axum::http::StatusCode::OK,
+                            format!("ready: Jobs and Pods listed; {role}\n"),
+                        )
                     } else {
                         (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: waiting for the first listing of Jobs and Pods\n",
+                            format!(
+                                "not ready: waiting for the first listing of Jobs and Pods; {role}\n"
+                            ),
                         )
                     }
                 }
@@ -190,6 +203,8 @@ pub async fn run(
             .parse()
             .map_err(|e| (2, format!("{source}: server.listen: {e}")))?,
     };
+    // The job API's token: as in the local daemon, required off loopback.
+    let token = crate::cli::api_token(&config, listen, &source)?;
     let store_url = opts
         .store
         .clone()
@@ -243,6 +258,11 @@ pub async fn run(
     )
     .with_limiter(limiter.clone());
     let cleanup_config = config.clone();
+    let api = super::api::ApiState::new(
+        store.clone(),
+        crate::engine::decide::Policy::from_config(&config),
+        token,
+    );
     let reconciler =
         super::reconcile::Reconciler::new(config, store.clone(), actions).with_limiter(limiter);
     let hooks_idle = reconciler.hooks_idle();
@@ -250,7 +270,8 @@ pub async fn run(
     // Every replica watches; only the leader acts (dry-run acts without a Lease).
     let (leading_tx, leading_rx) = tokio::sync::watch::channel(opts.dry_run);
 
-    let app = health_router(ready.clone(), reconciler.metrics(), leading_rx.clone());
+    let app = health_router(ready.clone(), reconciler.metrics(), leading_rx.clone())
+        .merge(super::api::router(api));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
@@ -318,7 +339,7 @@ pub async fn run(
         )
     };
     eprintln!(
-        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; {cleanup}; health on http://{listen} (config: {source})",
+        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; {cleanup}; API and health on http://{listen} (config: {source})",
         if opts.dry_run { ", dry-run" } else { "" }
     );
     // Shutdown order: the controller stops acting first, then the elector releases the Lease.

@@ -15,6 +15,8 @@
 //! - [`leader`]: leader election on one coordination.k8s.io/v1 Lease; only the leader acts.
 //! - [`controller`]: the watch loop (Job and Pod reflectors, the deadline scheduler), acting
 //!   only while [`leader`] says this replica leads.
+//! - [`api`]: the job API in this mode (the shared read routes, heartbeats; 501 for the
+//!   routes that only make sense for local processes).
 //! - [`cli`]: `jobwarden manifest job` and `jobwarden run --runtime kubernetes`.
 //!
 //! Times from the API server are `jiff` timestamps (k8s-openapi); the engine uses `chrono`.
@@ -22,6 +24,7 @@
 
 pub mod actions;
 pub mod cleanup;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;
