@@ -280,6 +280,7 @@ fn the_example_job_is_what_manifest_job_renders_and_jobwarden_polices_it() {
             namespace: Some("flowforge".into()),
             image: "ghcr.io/flowforge/runner:1".into(),
             command: vec!["make".into(), "test".into()],
+            heartbeat: None,
         },
         &config,
     )

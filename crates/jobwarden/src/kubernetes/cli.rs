@@ -60,6 +60,13 @@ pub struct JobArgs {
     /// The TOML config whose policy applies [default: built-in defaults].
     #[arg(long, env = "JOBWARDEN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Judge the job dead after this long without a heartbeat; jobwarden-init then sends
+    /// heartbeats to --heartbeat-server [default: no heartbeat check].
+    #[arg(long)]
+    pub heartbeat_timeout: Option<Dur>,
+    /// jobwarden's API as the Job's pods reach it (the Service in deploy/).
+    #[arg(long, requires = "heartbeat_timeout", default_value = super::manifest::DEFAULT_HEARTBEAT_SERVER)]
+    pub heartbeat_server: String,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     pub output: Format,
@@ -90,6 +97,12 @@ pub fn manifest(cmd: ManifestCmd, now: Timestamp) -> Result<String, (u8, String)
         namespace: a.namespace,
         image: a.image,
         command: a.command,
+        heartbeat: a
+            .heartbeat_timeout
+            .map(|t| super::manifest::HeartbeatRequest {
+                timeout: t.0,
+                server: a.heartbeat_server,
+            }),
     };
     let rendered = render_job(&req, &config).map_err(|e| (2, e.to_string()))?;
     match a.output {

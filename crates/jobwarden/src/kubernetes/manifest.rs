@@ -12,6 +12,9 @@
 //!   controller only steps in if jobwarden did not clean up in time.
 //! - `backoffLimit: 0`: a deleted or timed-out pod is not retried.
 //! - jobwarden-init is the container's entrypoint, CMD after `--`.
+//! - With a heartbeat timeout: the heartbeat-timeout annotation, and jobwarden-init told to
+//!   POST heartbeats to the jobwarden Service (`FLOWFORGE_HEARTBEAT_URL`) often enough
+//!   (`FLOWFORGE_HEARTBEAT_EVERY`, a third of the timeout, at most 30 s).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -49,7 +52,25 @@ pub struct JobRequest {
     pub image: String,
     /// The job's command.
     pub command: Vec<String>,
+    /// Heartbeats (None: no heartbeat check, none sent).
+    pub heartbeat: Option<HeartbeatRequest>,
 }
+
+/// A heartbeat check for a rendered Job.
+#[derive(Debug, Clone)]
+pub struct HeartbeatRequest {
+    /// The job is judged dead after this long without a heartbeat.
+    pub timeout: Duration,
+    /// jobwarden's API as the Job's pods reach it (the Service in `deploy/`, e.g.
+    /// [`DEFAULT_HEARTBEAT_SERVER`]); heartbeats go to `<server>/v1/jobs/<id>/heartbeat`.
+    pub server: String,
+}
+
+/// The jobwarden Service of `deploy/service.yaml`, as pods in other namespaces reach it.
+pub const DEFAULT_HEARTBEAT_SERVER: &str = "http://jobwarden.jobwarden.svc:7800";
+
+/// jobwarden-init's default heartbeat interval: the most a heartbeat timeout gets.
+const MAX_HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
 /// Why a Job cannot be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +89,12 @@ pub enum ManifestError {
     /// Empty image.
     #[error("--image must not be empty")]
     NoImage,
+    /// The heartbeat server is not an http:// or https:// URL.
+    #[error("--heartbeat-server {0:?}: must be an http:// or https:// URL")]
+    HeartbeatServer(String),
+    /// A heartbeat timeout under a second (jobwarden-init beats at most once a second).
+    #[error("--heartbeat-timeout must be at least 1s")]
+    HeartbeatTimeout,
 }
 
 /// The rendered Job and the policy it follows.
@@ -108,7 +135,30 @@ pub fn render_job(req: &JobRequest, config: &Config) -> Result<Rendered, Manifes
         active_deadline: None,
         grace: req.grace,
         ttl: req.ttl,
-        heartbeat_timeout: None,
+        heartbeat_timeout: req.heartbeat.as_ref().map(|h| h.timeout),
+    };
+    let heartbeat = match &req.heartbeat {
+        None => None,
+        Some(h) if h.timeout < Duration::from_secs(1) => {
+            return Err(ManifestError::HeartbeatTimeout);
+        }
+        Some(h) => {
+            let server = h.server.trim_end_matches('/');
+            let valid = ["http://", "https://"].iter().any(|scheme| {
+                server
+                    .strip_prefix(scheme)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+            });
+            if !valid {
+                return Err(ManifestError::HeartbeatServer(h.server.clone()));
+            }
+            let every = (h.timeout / 3).clamp(Duration::from_secs(1), MAX_HEARTBEAT_EVERY);
+            Some((
+                h.timeout,
+                format!("{server}/v1/jobs/{}/heartbeat", req.job_id),
+                every,
+            ))
+        }
     };
     let resolved = resolve(&settings, &config.policy);
     let keys = AnnotationKeys::new(&config.annotations.prefix);
@@ -130,11 +180,35 @@ pub fn render_job(req: &JobRequest, config: &Config) -> Result<Rendered, Manifes
     if let Some(ttl) = req.ttl {
         annotations.insert(keys.ttl.clone(), ttl.as_secs().to_string());
     }
+    if let Some((timeout, _, _)) = &heartbeat {
+        annotations.insert(
+            keys.heartbeat_timeout.clone(),
+            timeout.as_secs().to_string(),
+        );
+    }
     let env = |name: &str, value: String| EnvVar {
         name: name.to_owned(),
         value: Some(value),
         value_from: None,
     };
+    let mut env_vars = vec![
+        env("FLOWFORGE_JOB_ID", req.job_id.to_string()),
+        env(
+            "FLOWFORGE_TIMEOUT",
+            format!("{}s", resolved.timeout.as_secs()),
+        ),
+        env(
+            "FLOWFORGE_GRACE_PERIOD",
+            format!("{}s", resolved.grace.as_secs()),
+        ),
+    ];
+    if let Some((_, url, every)) = heartbeat {
+        env_vars.push(env("FLOWFORGE_HEARTBEAT_URL", url));
+        env_vars.push(env(
+            "FLOWFORGE_HEARTBEAT_EVERY",
+            format!("{}s", every.as_secs()),
+        ));
+    }
     let mut command = vec![k.init_path.clone(), "--".to_owned()];
     command.extend(req.command.iter().cloned());
     let job = Job {
@@ -163,17 +237,7 @@ pub fn render_job(req: &JobRequest, config: &Config) -> Result<Rendered, Manifes
                         name: "job".to_owned(),
                         image: Some(req.image.clone()),
                         command: Some(command),
-                        env: Some(vec![
-                            env("FLOWFORGE_JOB_ID", req.job_id.to_string()),
-                            env(
-                                "FLOWFORGE_TIMEOUT",
-                                format!("{}s", resolved.timeout.as_secs()),
-                            ),
-                            env(
-                                "FLOWFORGE_GRACE_PERIOD",
-                                format!("{}s", resolved.grace.as_secs()),
-                            ),
-                        ]),
+                        env: Some(env_vars),
                         ..Container::default()
                     }],
                     ..PodSpec::default()
@@ -216,6 +280,7 @@ mod tests {
             namespace: Some("flowforge".into()),
             image: "ghcr.io/flowforge/runner:1".into(),
             command: vec!["make".into(), "test".into()],
+            heartbeat: None,
         }
     }
 
@@ -277,6 +342,100 @@ mod tests {
         assert_eq!(r.resolved.grace, Duration::from_secs(3600));
         let pod = r.job.spec.and_then(|s| s.template.spec).expect("pod spec");
         assert!(pod.termination_grace_period_seconds >= Some(3600));
+    }
+
+    #[test]
+    fn a_heartbeat_timeout_sets_the_annotation_and_points_init_at_the_service() {
+        let c = Config::default();
+        let plain = to_json_value(&render_job(&req(), &c).expect("renders").job).expect("json");
+        let env = &plain["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            !env.to_string().contains("HEARTBEAT"),
+            "no heartbeats without a timeout: {env}"
+        );
+        assert!(
+            plain["metadata"]["annotations"]["flowforge.io/heartbeat-timeout-seconds"].is_null()
+        );
+
+        let mut rq = req();
+        rq.heartbeat = Some(HeartbeatRequest {
+            timeout: Duration::from_secs(120),
+            server: format!("{DEFAULT_HEARTBEAT_SERVER}/"),
+        });
+        let r = render_job(&rq, &c).expect("renders");
+        let v = to_json_value(&r.job).expect("json");
+        assert_eq!(
+            v["metadata"]["annotations"]["flowforge.io/heartbeat-timeout-seconds"],
+            "120"
+        );
+        let env = &v["spec"]["template"]["spec"]["containers"][0]["env"];
+        let var = |name: &str| {
+            env.as_array()
+                .and_then(|a| a.iter().find(|e| e["name"] == name))
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            var("FLOWFORGE_HEARTBEAT_URL"),
+            Some(serde_json::json!(
+                "http://jobwarden.jobwarden.svc:7800/v1/jobs/j-1/heartbeat"
+            ))
+        );
+        assert_eq!(
+            var("FLOWFORGE_HEARTBEAT_EVERY"),
+            Some(serde_json::json!("30s"))
+        );
+        // jobwarden sees the timeout on the Job it watches.
+        let mut served = r.job.clone();
+        served.metadata.uid = Some("u".into());
+        let scope = Scope::new(&c.kubernetes, "flowforge.io/");
+        let o = observe_job(&served, &[], &scope).expect("ours");
+        assert_eq!(
+            resolve(&o.settings, &c.policy).heartbeat_timeout,
+            Some(Duration::from_secs(120))
+        );
+
+        // A short timeout gets beats a third of it apart.
+        rq.heartbeat = Some(HeartbeatRequest {
+            timeout: Duration::from_secs(12),
+            server: "https://jw.example:8443".into(),
+        });
+        let v = to_json_value(&render_job(&rq, &c).expect("renders").job).expect("json");
+        let env = &v["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(env.to_string().contains(r#""value":"4s""#), "{env}");
+        assert!(
+            env.to_string()
+                .contains("https://jw.example:8443/v1/jobs/j-1/heartbeat"),
+            "{env}"
+        );
+    }
+
+    #[test]
+    fn bad_heartbeat_settings_are_refused() {
+        for (timeout, server, want) in [
+            (
+                5,
+                "jobwarden:7800",
+                ManifestError::HeartbeatServer("jobwarden:7800".into()),
+            ),
+            (
+                5,
+                "http://",
+                ManifestError::HeartbeatServer("http://".into()),
+            ),
+            (
+                5,
+                "ftp://jw",
+                ManifestError::HeartbeatServer("ftp://jw".into()),
+            ),
+            (0, DEFAULT_HEARTBEAT_SERVER, ManifestError::HeartbeatTimeout),
+        ] {
+            let mut rq = req();
+            rq.heartbeat = Some(HeartbeatRequest {
+                timeout: Duration::from_secs(timeout),
+                server: server.into(),
+            });
+            assert_eq!(render_job(&rq, &Config::default()).err(), Some(want));
+        }
     }
 
     #[test]
