@@ -4,7 +4,9 @@
 //! heartbeats move `last_heartbeat` in the store (404 for an unknown job, 400 for a path that
 //! does not decode); the token guards everything but heartbeats and health; submit, cancel and
 //! the orphan routes answer 501 and write nothing; `/readyz` says whether this replica leads.
+//! The reads and heartbeats run against PostgreSQL too (`DATABASE_URL`; see `tests/common`).
 
+mod common;
 mod k8s_support;
 
 use std::sync::Arc;
@@ -61,6 +63,7 @@ struct Server {
     leading: tokio::sync::watch::Sender<bool>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
+    _pg: Option<common::PgDb>,
     serving: tokio::task::JoinHandle<()>,
 }
 
@@ -71,13 +74,17 @@ impl Drop for Server {
 }
 
 async fn server(token: Option<&str>) -> Server {
+    server_on(token, None).await
+}
+
+/// [`server`] on SQLite (a file in a temp dir), or on the PostgreSQL database `pg`.
+async fn server_on(token: Option<&str>, pg: Option<common::PgDb>) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("jobwarden.db").display()
-    ))
-    .await
-    .expect("store");
+    let url = match &pg {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("jobwarden.db").display()),
+    };
+    let store = Store::open(&url).await.expect("store");
     let (client, _server) = scripted(vec![]);
     let config = Config::default();
     let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
@@ -114,6 +121,7 @@ async fn server(token: Option<&str>) -> Server {
         leading,
         http: reqwest::Client::new(),
         _dir: dir,
+        _pg: pg,
         serving,
     }
 }
@@ -173,7 +181,17 @@ fn error_of(status: u16, text: &str) -> String {
 
 #[tokio::test]
 async fn reads_return_the_stored_kubernetes_jobs() {
-    let s = server(None).await;
+    reads_return_the_stored_kubernetes_jobs_on(server(None).await).await;
+}
+
+#[tokio::test]
+async fn reads_return_the_stored_kubernetes_jobs_postgres() {
+    if let Some(db) = common::PgDb::create() {
+        reads_return_the_stored_kubernetes_jobs_on(server_on(None, Some(db)).await).await;
+    }
+}
+
+async fn reads_return_the_stored_kubernetes_jobs_on(s: Server) {
     let stored = s
         .store
         .list_jobs(&JobFilter::default())
@@ -267,7 +285,17 @@ async fn reads_return_the_stored_kubernetes_jobs() {
 
 #[tokio::test]
 async fn a_heartbeat_moves_last_heartbeat_in_the_store() {
-    let s = server(None).await;
+    a_heartbeat_moves_last_heartbeat_in_the_store_on(server(None).await).await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_moves_last_heartbeat_in_the_store_postgres() {
+    if let Some(db) = common::PgDb::create() {
+        a_heartbeat_moves_last_heartbeat_in_the_store_on(server_on(None, Some(db)).await).await;
+    }
+}
+
+async fn a_heartbeat_moves_last_heartbeat_in_the_store_on(s: Server) {
     let id = JobId::parse("j-42").expect("id");
     let before = s.store.get_job(&id).await.expect("get").expect("stored");
     assert_eq!(before.last_heartbeat, None);

@@ -430,3 +430,104 @@ fn without_a_cluster_run_fails_clearly_and_creates_no_store() {
         "the file:// artifact store was created although there is no cluster"
     );
 }
+
+/// `manifest job --heartbeat-timeout` points jobwarden-init at the Service in `deploy/`: its
+/// name, namespace and port.
+#[test]
+fn manifest_job_heartbeats_go_to_the_deploy_service() {
+    let services: Vec<Service> = of_kind("Service");
+    let [service] = services.as_slice() else {
+        panic!("one Service in deploy/, not {}", services.len());
+    };
+    let port = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("http")))
+        .expect("an http port")
+        .port;
+    let want = format!(
+        "http://{}.{}.svc:{port}/v1/jobs/j-8/heartbeat",
+        service.metadata.name.as_deref().expect("name"),
+        service.metadata.namespace.as_deref().expect("namespace"),
+    );
+    let out = jobwarden(&[
+        "manifest",
+        "job",
+        "--timeout",
+        "1h",
+        "--org",
+        "acme",
+        "--image",
+        "img:1",
+        "--job-id",
+        "j-8",
+        "--heartbeat-timeout",
+        "5m",
+        "-o",
+        "json",
+        "--",
+        "true",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        job["metadata"]["annotations"]["flowforge.io/heartbeat-timeout-seconds"],
+        "300"
+    );
+    let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+    let url = env
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == "FLOWFORGE_HEARTBEAT_URL"))
+        .map(|v| v["value"].clone());
+    assert_eq!(url, Some(Value::String(want)), "{env}");
+
+    // --heartbeat-server needs --heartbeat-timeout (no heartbeats without a check).
+    let out = jobwarden(&[
+        "manifest",
+        "job",
+        "--timeout",
+        "1h",
+        "--org",
+        "acme",
+        "--image",
+        "img:1",
+        "--heartbeat-server",
+        "http://jw:7800",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--heartbeat-timeout"));
+}
+
+/// The job API is served in Kubernetes mode too, so off loopback `run` needs the token, as the
+/// local daemon does; it refuses before touching the cluster or the store.
+#[test]
+fn off_loopback_run_refuses_to_start_without_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobwarden"))
+        .args(["run", "--runtime", "kubernetes", "--listen", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("JOBWARDEN_CONFIG")
+        .env_remove("JOBWARDEN_STORE")
+        .output()
+        .expect("run jobwarden");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        "{stderr}"
+    );
+    assert!(!data.join("jobwarden.db").exists());
+}
