@@ -23,8 +23,8 @@
 //! [`to_chrono`] / [`to_jiff`] convert, never reading the clock.
 
 pub mod actions;
-pub mod cleanup;
 pub mod api;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod controller;

@@ -598,7 +598,12 @@ mod tests {
         assert_eq!(o.pod_grace, Duration::from_secs(120));
         assert_eq!((o.outcome, o.finished_at), (None, None));
         assert!(!o.replacement_policy_failed && !o.terminated_by_us && !o.suspended);
-        // With no pods listed yet a started Job has none.
+        // The Job controller counts an active pod that is not among those listed (a
+        // template without the job-id label): not "no pods", never re-created for it.
+        assert_eq!(o.diagnosis, Diagnosis::Healthy);
+        // The Job controller counts none either: no pods.
+        let none = with(RUNNING, |v| v["status"]["active"] = 0.into());
+        let o = observe_job(&none, &[], &scope()).expect("ours");
         assert_eq!(o.diagnosis, Diagnosis::NoPods);
     }
 
@@ -755,7 +760,8 @@ mod tests {
                 .unwrap_or_default(),
             "other-uid",
         );
-        let o = observe_job(&job(RUNNING), &[foreign], &s).expect("ours");
+        let none_active = with(RUNNING, |v| v["status"]["active"] = 0.into());
+        let o = observe_job(&none_active, &[foreign], &s).expect("ours");
         assert_eq!(
             o.diagnosis,
             Diagnosis::NoPods,
