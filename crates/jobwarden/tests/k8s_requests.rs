@@ -8,49 +8,15 @@ mod k8s_support;
 
 use std::time::Duration;
 
-use jobwarden::kubernetes::actions::{API_CALLS, Actions, Outcome, Report, classify};
-use jobwarden::kubernetes::config::KubernetesConfig;
-use jobwarden::kubernetes::observe::{Ignored, Scope};
+use jobwarden::kubernetes::actions::{Outcome, Report};
+use jobwarden::kubernetes::observe::Ignored;
 use jobwarden::model::{AuditAction, Timestamp};
+use k8s_support::wiring::against;
 use k8s_support::*;
 use serde_json::{Value, json};
 
 fn now() -> Timestamp {
     "2026-11-28T11:00:01.250000Z".parse().expect("ts")
-}
-
-fn scope() -> Scope {
-    Scope::new(&KubernetesConfig::default(), "flowforge.io/")
-}
-
-fn actions(client: kube::Client, dry_run: bool) -> Actions {
-    Actions::new(client, scope(), dry_run, "jobwarden-7d9f-abcde")
-}
-
-/// Runs `f` against a scripted server; returns its result and what the server saw, after
-/// checking every request against `API_CALLS`.
-async fn against<F, Fut, T>(responses: Vec<(u16, Value)>, dry_run: bool, f: F) -> (T, Vec<Seen>)
-where
-    F: FnOnce(Actions) -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let (client, server) = scripted(responses);
-    let out = f(actions(client, dry_run)).await;
-    let seen = tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("server ends when the client is dropped")
-        .expect("server task");
-    for s in &seen {
-        let (g, r, v) = classify(&s.method, &s.path).expect("a resource URL");
-        assert!(
-            API_CALLS
-                .iter()
-                .any(|c| c.group == g && c.resource == r && c.verb == v),
-            "{} needs ({g:?}, {r}, {v}), which API_CALLS (and so the RBAC role) lacks",
-            s.line()
-        );
-    }
-    (out, seen)
 }
 
 fn ok(r: Result<Report, Ignored>) -> Report {

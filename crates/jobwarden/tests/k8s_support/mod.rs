@@ -13,6 +13,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 
 pub mod fake;
+pub mod wiring;
 
 /// One request as the API server saw it.
 #[derive(Debug, Clone, PartialEq)]
