@@ -1171,3 +1171,101 @@ async fn dry_run_sends_nothing_and_audits_each_decision_once() {
     assert!(c.ready.load(Ordering::Relaxed));
     c.finish().await;
 }
+/// PRODUCT BUG (reported): the dead run's Job, seen again after the next run was recorded (a
+/// stale copy, `Reconciler::reconcile` called with it), is taken for the job's run again
+/// (`to_record` makes any other UID a new run) and, being silent, gets recovery attempt 2: a
+/// DELETE with its old UID (409) and the attempt counted. It must make no attempt.
+#[tokio::test]
+async fn a_stale_copy_of_the_dead_runs_job_after_the_next_run_makes_no_attempt() {
+    let d = direct(recovery_config(3, Duration::from_secs(10)), false).await;
+    let old = job_with_id(
+        "build-42",
+        JOB_UID,
+        "j-42",
+        at(-120.0),
+        json!({"flowforge.io/timeout-seconds": "3600", HB: "30"}),
+    );
+    d.fake.insert(old.clone());
+    d.reconcile(&old, at(0.0)).await;
+    started(&d.fake, "build-42", at(2.0));
+    let new = d.fake.get("jobs", "flowforge", "build-42").expect("job");
+    d.reconcile(&new, at(3.0)).await;
+    assert_eq!(d.writes().len(), 3);
+    d.reconcile(&old, at(40.0)).await;
+    assert_eq!(
+        d.writes().len(),
+        3,
+        "the stale Job made an attempt: {:?}",
+        d.writes()
+    );
+    let rec = record(&d.store, "j-42").await.expect("record");
+    assert_eq!(rec.recovery_attempts, 1, "{rec:#?}");
+}
+
+/// PRODUCT BUG (reported): `Actions::recreate` deletes the dead run's Job before it checks
+/// that the stored template can be created (job-id label, allowed namespace); a refused
+/// template then leaves the Job deleted and nothing created. The template must be refused
+/// before anything is sent.
+#[tokio::test]
+async fn recreate_refuses_a_foreign_template_before_deleting_the_current_job() {
+    let mut unlabelled = job_json();
+    unlabelled["metadata"]["labels"] = json!({"app": "other"});
+    let mut protected = job_json();
+    protected["metadata"]["namespace"] = "kube-system".into();
+    for (v, want) in [
+        (unlabelled, Ignored::NoLabel),
+        (protected, Ignored::Namespace("kube-system".into())),
+    ] {
+        let template = template_of(&v);
+        let (out, seen) = against(
+            vec![(200, success_status("jobs", "build-42", JOB_UID))],
+            false,
+            |a| {
+                let (cur, t) = (job(job_json()), template.clone());
+                async move { a.recreate(Some(&cur), &t, 1, "r", now()).await.err() }
+            },
+        )
+        .await;
+        assert!(
+            seen.is_empty(),
+            "the current Job was deleted although its template cannot be created: {:?}",
+            seen.iter().map(Seen::line).collect::<Vec<_>>()
+        );
+        assert_eq!(out, Some(want));
+    }
+}
+
+/// PRODUCT BUG (reported): a running Job with no pods that the Job controller counts none
+/// active ("no pods", README) and a heartbeat that is not yet overdue is never re-created
+/// within the heartbeat timeout when `[recovery] backoff_initial` > 0: the engine takes
+/// `now` as the time it died, so the first attempt's backoff starts again at every look.
+#[tokio::test]
+async fn a_job_with_no_pods_is_recreated_after_the_backoff_not_only_after_its_heartbeat_timeout() {
+    let d = direct(recovery_config(3, Duration::from_secs(1)), false).await;
+    let mut v = job_with_id(
+        "build-42",
+        JOB_UID,
+        "j-42",
+        at(-10.0),
+        json!({"flowforge.io/timeout-seconds": "3600", HB: "60"}),
+    );
+    v["status"]["active"] = 0.into();
+    v["status"]["ready"] = 0.into();
+    d.fake.insert(v.clone());
+    let first = d.reconcile(&v, at(0.0)).await;
+    assert_eq!(
+        first,
+        Reconciled::Wake(Some(at(1.0))),
+        "attempt 1 due after 1 s"
+    );
+    let second = d.reconcile(&v, at(1.0)).await;
+    assert_eq!(
+        d.writes(),
+        [
+            format!("DELETE {JOB_PATH}"),
+            format!("POST {NS_JOBS}"),
+            format!("POST {EVENTS}"),
+        ],
+        "at the due time the reconcile answered {second:?} and sent nothing"
+    );
+}
