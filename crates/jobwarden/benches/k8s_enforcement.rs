@@ -86,8 +86,10 @@ fn ms(s: f64) -> String {
 /// The seed's loop over the same due times: it acts at the first poll at or after each.
 fn poll_baseline(dues: &[f64], seed: u64) -> Vec<f64> {
     // A fixed linear-congruential phase: reproducible without a dependency.
-    let phase = (seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 11)
-        as f64
+    let phase = (seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        >> 11) as f64
         / (1u64 << 53) as f64
         * POLL;
     let mut v: Vec<f64> = dues
@@ -120,7 +122,10 @@ async fn run(n: usize) -> Figures {
         let timeout = 3600 + LEAD + (i as u64 % WINDOW);
         let j = job(i, start, timeout);
         due.insert(
-            j["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            j["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             add(start, Duration::from_secs(timeout)),
         );
         fake.insert(j);
@@ -212,7 +217,9 @@ fn main() {
         }) {
             Some(Ok(v)) if !v.is_empty() && v.iter().all(|n| *n > 0) => jobs = v,
             _ => {
-                eprintln!("--jobs: expected a comma-separated list of positive counts, e.g. 100,1000");
+                eprintln!(
+                    "--jobs: expected a comma-separated list of positive counts, e.g. 100,1000"
+                );
                 std::process::exit(2);
             }
         }

@@ -1171,10 +1171,9 @@ async fn dry_run_sends_nothing_and_audits_each_decision_once() {
     assert!(c.ready.load(Ordering::Relaxed));
     c.finish().await;
 }
-/// PRODUCT BUG (reported): the dead run's Job, seen again after the next run was recorded (a
-/// stale copy, `Reconciler::reconcile` called with it), is taken for the job's run again
-/// (`to_record` makes any other UID a new run) and, being silent, gets recovery attempt 2: a
-/// DELETE with its old UID (409) and the attempt counted. It must make no attempt.
+/// The dead run's Job, seen again after the next run was recorded (a stale copy,
+/// `Reconciler::reconcile` called with it), is not a new run: no attempt. (Found a bug: it
+/// was taken for a new run and got attempt 2; superseded UIDs are now kept in the record.)
 #[tokio::test]
 async fn a_stale_copy_of_the_dead_runs_job_after_the_next_run_makes_no_attempt() {
     let d = direct(recovery_config(3, Duration::from_secs(10)), false).await;
@@ -1202,10 +1201,9 @@ async fn a_stale_copy_of_the_dead_runs_job_after_the_next_run_makes_no_attempt()
     assert_eq!(rec.recovery_attempts, 1, "{rec:#?}");
 }
 
-/// PRODUCT BUG (reported): `Actions::recreate` deletes the dead run's Job before it checks
-/// that the stored template can be created (job-id label, allowed namespace); a refused
-/// template then leaves the Job deleted and nothing created. The template must be refused
-/// before anything is sent.
+/// A stored template that cannot be created (no job-id label, protected namespace) is
+/// refused before anything is sent. (Found a bug: the Job was deleted first, then nothing
+/// created.)
 #[tokio::test]
 async fn recreate_refuses_a_foreign_template_before_deleting_the_current_job() {
     let mut unlabelled = job_json();
@@ -1235,10 +1233,10 @@ async fn recreate_refuses_a_foreign_template_before_deleting_the_current_job() {
     }
 }
 
-/// PRODUCT BUG (reported): a running Job with no pods that the Job controller counts none
-/// active ("no pods", README) and a heartbeat that is not yet overdue is never re-created
-/// within the heartbeat timeout when `[recovery] backoff_initial` > 0: the engine takes
-/// `now` as the time it died, so the first attempt's backoff starts again at every look.
+/// A running Job with no pods (none active for the Job controller either) is re-created once
+/// that has lasted the backoff from when it was first seen, without waiting for its heartbeat
+/// timeout. (Found a bug: the engine took each look as the time it died, so the backoff
+/// started again at every look.)
 #[tokio::test]
 async fn a_job_with_no_pods_is_recreated_after_the_backoff_not_only_after_its_heartbeat_timeout() {
     let d = direct(recovery_config(3, Duration::from_secs(1)), false).await;

@@ -202,7 +202,9 @@ pub fn dead_job_verdict(
             check_at: Some(dead_since),
         };
     }
-    let dead_since = dead_since.min(now);
+    // Gone (no process, no pods): dead since its last sign of life, so the backoff counts from
+    // there, not from each look (which would put the attempt off forever).
+    let dead_since = if gone { last } else { dead_since };
     if job.recovery_attempts >= cfg.max_attempts {
         return Verdict::MarkFailed {
             reason: format!(
@@ -395,9 +397,12 @@ mod tests {
     fn gone_job_is_recovered_without_waiting_for_the_heartbeat() {
         let j = hb_job(Some(0));
         let v = dead_job_verdict(&j, &Diagnosis::Gone, &cfg(), LIMITS, t(5));
-        // Dead "now" (t5); backoff 10 s.
-        assert_eq!(v, Verdict::WaitForBackoff { at: t(15) });
-        let v = dead_job_verdict(&j, &Diagnosis::Gone, &cfg(), LIMITS, t(50));
+        // Dead since its last heartbeat (t0), not since each look; backoff 10 s.
+        assert_eq!(v, Verdict::WaitForBackoff { at: t(10) });
+        // Looking again does not put the attempt off.
+        let v = dead_job_verdict(&j, &Diagnosis::Gone, &cfg(), LIMITS, t(9));
+        assert_eq!(v, Verdict::WaitForBackoff { at: t(10) });
+        let v = dead_job_verdict(&j, &Diagnosis::Gone, &cfg(), LIMITS, t(10));
         assert!(matches!(v, Verdict::Recover { attempt: 1, .. }), "{v:?}");
     }
 

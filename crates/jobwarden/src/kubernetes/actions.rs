@@ -640,8 +640,10 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<(Report, Option<String>), Ignored> {
+        // The stored Job must be creatable, and ours, before anything is deleted.
         let mut new_job: Job =
             serde_json::from_value(template.clone()).map_err(|_| Ignored::NoIdentity)?;
+        self.prepare_job(&mut new_job, attempt)?;
         if let Some(job) = current {
             let t = self.target(job)?;
             let mut report = Report::new(t.id.clone());
@@ -670,6 +672,26 @@ impl Actions {
         self.create_job(&mut new_job, attempt, reason, now).await
     }
 
+    /// The stored Job as it is to be created: without server-set fields, with
+    /// `recovery-attempt`; refused unless it is ours (label, namespace) and named.
+    fn prepare_job(&self, job: &mut Job, attempt: u32) -> Result<(), Ignored> {
+        job.metadata.uid = None;
+        job.metadata.resource_version = None;
+        job.metadata.creation_timestamp = None;
+        job.metadata.deletion_timestamp = None;
+        job.status = None;
+        job.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(self.scope.recovery_attempt.clone(), attempt.to_string());
+        self.scope.admit(&job.metadata)?;
+        if job.metadata.name.is_none() || job.metadata.namespace.is_none() {
+            return Err(Ignored::NoIdentity);
+        }
+        Ok(())
+    }
+
+    /// POSTs a Job [`Actions::prepare_job`] accepted.
     async fn create_job(
         &self,
         job: &mut Job,
@@ -677,13 +699,6 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<(Report, Option<String>), Ignored> {
-        job.metadata.uid = None;
-        job.metadata.resource_version = None;
-        job.status = None;
-        job.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(self.scope.recovery_attempt.clone(), attempt.to_string());
         let id = self.scope.admit(&job.metadata)?;
         let (Some(name), Some(namespace)) =
             (job.metadata.name.clone(), job.metadata.namespace.clone())

@@ -423,16 +423,22 @@ pub fn to_record(
         pid_start_ticks: None,
         exit_code: None,
         signal: None,
-        spec: run_spec(obs, same_run),
+        spec: run_spec(obs, previous, same_run),
         dry_run: previous.is_some_and(|p| p.dry_run),
     }
 }
 
 /// `JobRecord.spec` of a Kubernetes job: where the current run lives (`namespace`, `name`,
-/// `uid`), the Job to re-create it from (`job`: kept from the run's first sighting, so our own
-/// patches never enter it) and, while a re-creation is under way, `recovering` (kept within
-/// the run; see `reconcile.rs`).
-fn run_spec(obs: &ObservedJob, same_run: Option<&JobRecord>) -> serde_json::Value {
+/// `uid`); the Job to re-create it from (`job`: kept from the run's first sighting, so our own
+/// patches never enter it); the reconciler's markers for the run (`recovering`,
+/// `marked_failed`, `no_pods_since`: kept within the run; see `reconcile.rs`); and the UIDs
+/// of runs dead-job recovery replaced (`superseded`: kept across runs, so a late copy of an
+/// old Job is never taken for a new run).
+fn run_spec(
+    obs: &ObservedJob,
+    previous: Option<&JobRecord>,
+    same_run: Option<&JobRecord>,
+) -> serde_json::Value {
     let mut spec = serde_json::json!({
         "namespace": obs.namespace,
         "name": obs.name,
@@ -440,11 +446,14 @@ fn run_spec(obs: &ObservedJob, same_run: Option<&JobRecord>) -> serde_json::Valu
         "job": obs.template,
     });
     if let Some(p) = same_run {
-        for key in ["job", "recovering", "marked_failed"] {
+        for key in ["job", "recovering", "marked_failed", "no_pods_since"] {
             if let Some(v) = p.spec.get(key) {
                 spec[key] = v.clone();
             }
         }
+    }
+    if let Some(v) = previous.and_then(|p| p.spec.get("superseded")) {
+        spec["superseded"] = v.clone();
     }
     spec
 }

@@ -172,7 +172,16 @@ impl Reconciler {
             return Ok(Reconciled::Ignored);
         };
         let previous = self.store.get_job(&obs.id).await?;
+        if let Some(p) = &previous
+            && p.run_id != obs.uid
+            && superseded(p).any(|uid| uid == obs.uid)
+        {
+            // A late copy of a Job that dead-job recovery replaced: not a new run. Look at
+            // whatever holds the name a moment later.
+            return Ok(Reconciled::Wake(Some(add(now, Duration::from_secs(1)))));
+        }
         let mut record = to_record(&obs, previous.as_ref(), &self.config.policy, now);
+        let (diagnosis, no_pods_wake) = self.debounce_no_pods(&mut record, &obs.diagnosis, now);
         record.dry_run = self.actions.dry_run();
         let new_run = previous.as_ref().is_none_or(|p| p.run_id != record.run_id);
         let warnings: Vec<AuditEntry> = if new_run {
@@ -236,7 +245,7 @@ impl Reconciler {
             }
             if Marker::of(&record, MARKED_FAILED).is_some() && obs.outcome.is_none() {
                 // Ended by our patch already; the Job controller is on it (or dry-run).
-                let (decision, wake) = decide(&record, &obs.diagnosis, &self.policy, now);
+                let (decision, wake) = decide(&record, &diagnosis, &self.policy, now);
                 if matches!(
                     decision,
                     Decision::MarkFailed { .. } | Decision::Recover { .. }
@@ -248,9 +257,9 @@ impl Reconciler {
         // Each pass takes at most one step; a later step is due at least a grace period
         // after it, so more passes only matter after downtime. Bounded either way.
         for _ in 0..8 {
-            let (decision, wake) = decide(&record, &obs.diagnosis, &self.policy, now);
+            let (decision, wake) = decide(&record, &diagnosis, &self.policy, now);
             match decision {
-                Decision::Nothing => return Ok(Reconciled::Wake(wake)),
+                Decision::Nothing => return Ok(Reconciled::Wake(earliest(wake, no_pods_wake))),
                 Decision::Step { step, due_at } => {
                     let taken = StepTaken {
                         step,
@@ -372,6 +381,66 @@ impl Reconciler {
     }
 }
 
+/// `JobRecord.spec` key: since when the run's Job has had no pods ([`Reconciler::debounce_no_pods`]).
+const NO_PODS_SINCE: &str = "no_pods_since";
+
+/// The UIDs of runs dead-job recovery replaced (`JobRecord.spec.superseded`).
+fn superseded(record: &JobRecord) -> impl Iterator<Item = &str> {
+    record
+        .spec
+        .get("superseded")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Reconciler {
+    /// "No pods" counts only once it has lasted the recovery backoff of the next attempt,
+    /// measured from when this run was first seen without pods (kept in the record): the Job
+    /// controller may be between a pod and its replacement. Until then the engine is told
+    /// the Job is healthy, and the reconcile wakes when it would count.
+    fn debounce_no_pods(
+        &self,
+        record: &mut JobRecord,
+        diagnosis: &Diagnosis,
+        now: Timestamp,
+    ) -> (Diagnosis, Option<Timestamp>) {
+        let Some(spec) = record.spec.as_object_mut() else {
+            return (diagnosis.clone(), None);
+        };
+        if *diagnosis != Diagnosis::NoPods {
+            spec.remove(NO_PODS_SINCE);
+            return (diagnosis.clone(), None);
+        }
+        let since = spec
+            .get(NO_PODS_SINCE)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| s.parse::<Timestamp>().ok())
+            .unwrap_or(now);
+        spec.insert(NO_PODS_SINCE.to_owned(), fmt_ts(since).into());
+        let counts_at = add(
+            since,
+            crate::engine::recovery::recovery_backoff(
+                &self.policy.recovery,
+                record.recovery_attempts,
+            ),
+        );
+        if now < counts_at {
+            (Diagnosis::Healthy, Some(counts_at))
+        } else {
+            (Diagnosis::NoPods, None)
+        }
+    }
+}
+
 /// `JobRecord.spec` key of a re-creation under way for the run ([`Marker`]).
 const RECOVERING: &str = "recovering";
 /// `JobRecord.spec` key of a run jobwarden failed ([`Marker`]).
@@ -474,6 +543,15 @@ impl Reconciler {
             done: false,
         };
         marker.set(record, RECOVERING);
+        let old_uid = record.run_id.clone();
+        if let Some(spec) = record.spec.as_object_mut() {
+            let list = spec
+                .entry("superseded")
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+            if let Some(list) = list.as_array_mut() {
+                list.push(old_uid.into());
+            }
+        }
         record.recovery_attempts = attempt;
         record.attempt = record.attempt.saturating_add(1);
         record.reason = Some(format!("recovering (attempt {attempt}): {reason}"));
