@@ -876,6 +876,24 @@ async fn a_record_whose_job_is_missing_from_the_first_listing_is_settled_not_rec
         rec.reason.as_deref().is_some_and(|r| r.contains("missing")),
         "{rec:#?}"
     );
+    // Its objects in storage are queued for deletion as after a TTL delete, and only its own.
+    let tasks = c
+        .store
+        .list_tasks(&jobwarden::store::TaskFilter::default())
+        .await
+        .expect("tasks");
+    let mut prefixes: Vec<&str> = tasks.iter().map(|t| t.resource_name.as_str()).collect();
+    prefixes.sort_unstable();
+    assert_eq!(
+        prefixes,
+        ["jobs/acme/j-42", "logs/j-42", "partial/j-42"],
+        "{tasks:#?}"
+    );
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.kind == "artifact_prefix" && t.job_id.as_deref() == Some("j-42"))
+    );
     c.finish().await;
 }
 

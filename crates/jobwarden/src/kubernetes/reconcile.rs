@@ -1,7 +1,16 @@
 //! One Job's reconcile: observe it, merge with the store, decide with the engine, carry the
 //! due step out through [`Actions`], write the step and the audit rows, and say when to look
-//! again. The watch loop (not in this build yet) calls it for every changed Job and every
+//! again. The watch loop (`controller.rs`) calls it for every changed Job and every
 //! scheduler wake-up; it is safe to call any number of times.
+//!
+//! Dead-job recovery and stuck Jobs (the engine's `Recover` / `MarkFailed`): mark_failed ends
+//! the Job through the Job controller and records the reason once per run (a `marked_failed`
+//! marker in `JobRecord.spec`); a recovery attempt is counted and audited first, with a
+//! `recovering` marker, then carried out (delete the dead run's Job, create the stored one),
+//! and finished after a crash from the marker, so one attempt never becomes two. "No pods"
+//! counts only once it lasted the backoff ([`Reconciler::debounce_no_pods`]). A Job that is
+//! gone ([`Reconciler::reconcile_gone`]) is re-created, or its record settled (outcome, stage
+//! `cleanup`, its storage cleanup queued).
 //!
 //! Order of writes: a warning is recorded before the Event is posted (at most one per run,
 //! even across a crash). The kill steps act first and are recorded only once the API calls
@@ -22,8 +31,9 @@
 //! [`super::cleanup`] runs the workers). The tasks are queued before the move to `cleanup` is
 //! written, so a crash in between repeats the delete (NotFound counts as done) and the
 //! queueing, which the dedupe keys merge: never a `cleanup` Job with nothing queued. (A crash
-//! between the DELETE and the queueing queues nothing if the Job is gone by the restart: no
-//! reconcile follows.) A failed delete, or one that
+//! between the DELETE and the queueing queues nothing if the Job is gone by the restart: its
+//! record is finished, not active, so the sweep for gone Jobs does not look at it.) A failed
+//! delete, or one that
 //! found a re-created Job (409: a new run's objects), queues nothing; dry-run queues nothing.
 //! The Job's labelled PVCs, Secrets and ConfigMaps go by the orphan pass once the Job is gone.
 //!
@@ -765,7 +775,11 @@ impl Reconciler {
         record.outcome = Some(outcome);
         record.finished_at = Some(record.finished_at.unwrap_or(now));
         record.reason = Some(reason.to_owned());
+        // Nothing left in the cluster; its objects in storage go as after a TTL delete (the
+        // tasks first: a crash before the stage write queues them again, merged by key).
         record.stage = Stage::Cleanup;
+        let tasks = crate::daemon::worker::artifact_tasks(record, &self.config, now);
+        self.store.enqueue_many(&tasks, now).await?;
         self.store
             .update_job_with_audit(record, std::slice::from_ref(&row))
             .await?;
