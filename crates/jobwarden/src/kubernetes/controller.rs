@@ -28,7 +28,7 @@
 //!   the active records whose Job is missing from it (a DELETED event lost to a re-list, or
 //!   deleted while no replica watched).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -47,6 +47,9 @@ use crate::scheduler::Scheduler;
 use super::observe::controlled_by;
 use super::orphans::{LiveJobs, OrphanPass};
 use super::reconcile::{Reconciled, Reconciler};
+
+/// Jobs reconciled at once (each batch's Jobs are distinct).
+pub const RECONCILE_CONCURRENCY: usize = 16;
 
 /// Retry a reconcile that failed (store error) after this long.
 pub const RECONCILE_RETRY: Duration = Duration::from_secs(5);
@@ -252,35 +255,62 @@ pub async fn run_with_orphans(
                 scheduler.arm(sweep_key(), add(now, RECONCILE_RETRY));
             }
         }
+        // The batch: each Job with its own pods (indexed once per batch by owner UID).
+        let pod_state = pods.state();
+        let mut by_owner: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for p in &pod_state {
+            for r in p.metadata.owner_references.iter().flatten() {
+                if r.controller == Some(true) && r.kind == "Job" {
+                    by_owner.entry(r.uid.as_str()).or_default().push(p);
+                }
+            }
+        }
+        let mut batch = Vec::new();
         for key in std::mem::take(&mut dirty) {
             let Some(job) = jobs.get(&ObjectRef::new(&key.1).within(&key.0)) else {
                 scheduler.cancel(&key);
                 continue;
             };
-            let uid = job.metadata.uid.clone().unwrap_or_default();
-            let own: Vec<Pod> = pods
-                .state()
-                .iter()
+            let uid = job.metadata.uid.as_deref().unwrap_or_default();
+            let own: Vec<Pod> = by_owner
+                .get(uid)
+                .into_iter()
+                .flatten()
                 .filter(|p| {
-                    p.metadata.namespace.as_deref() == Some(key.0.as_str())
-                        && controlled_by(p, &uid)
+                    p.metadata.namespace.as_deref() == Some(key.0.as_str()) && controlled_by(p, uid)
                 })
-                .map(|p| (**p).clone())
+                .map(|p| (*p).clone())
                 .collect();
-            let now = clock();
-            let reconciled = tokio::select! {
-                // Leadership first: a reconcile is never polled while not leading.
-                biased;
-                _ = leading.wait_for(|l| !*l) => {
-                    // Lost leadership mid-reconcile: not one more call from this replica.
-                    tracing::debug!(namespace = %key.0, job = %key.1, "not leading: reconcile abandoned");
-                    is_leader = false;
-                    scheduler = Scheduler::new();
-                    dirty.clear();
-                    break;
-                }
-                r = reconciler.reconcile(&job, &own, now) => r,
-            };
+            batch.push((key, job, own));
+        }
+        drop(by_owner);
+        // Different Jobs are reconciled concurrently (their API calls and store reads
+        // overlap; each Job is in the batch once), so a burst of due steps is not served one
+        // round trip at a time.
+        let reconciler = &reconciler;
+        let clock = &clock;
+        let work = futures::stream::iter(batch)
+            .map(|(key, job, own)| async move {
+                let now = clock();
+                let r = reconciler.reconcile(&job, &own, now).await;
+                (key, now, r)
+            })
+            .buffer_unordered(RECONCILE_CONCURRENCY)
+            .collect::<Vec<_>>();
+        let results = tokio::select! {
+            // Leadership first: a reconcile is never polled while not leading.
+            biased;
+            _ = leading.wait_for(|l| !*l) => {
+                // Lost leadership mid-batch: not one more call from this replica.
+                tracing::debug!("not leading: reconciles abandoned");
+                is_leader = false;
+                scheduler = Scheduler::new();
+                dirty.clear();
+                continue;
+            }
+            r = work => r,
+        };
+        for (key, now, reconciled) in results {
             match reconciled {
                 Ok(Reconciled::Ignored) => {
                     scheduler.cancel(&key);
