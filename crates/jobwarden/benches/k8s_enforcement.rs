@@ -16,7 +16,6 @@
 //! ours from the same run.
 
 #[path = "../tests/k8s_support/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod k8s_support;
 
 use std::collections::HashMap;
