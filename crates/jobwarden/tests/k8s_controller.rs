@@ -680,15 +680,27 @@ async fn a_429_on_the_soft_kill_is_retried_after_its_retry_after() {
     );
     let job = fake.get("jobs", "flowforge", "build-42").expect("job");
     assert_eq!(job["spec"]["activeDeadlineSeconds"], 1);
-    let audit = c.audit().await;
-    let rows: Vec<&AuditEntry> = audit
-        .iter()
-        .filter(|a| {
-            a.action == AuditAction::SoftKill
-                && a.details.as_ref().is_some_and(|d| d["call"].is_string())
-                && a.resource_type == "job"
-        })
-        .collect();
+    let patch_rows = |audit: &[AuditEntry]| -> Vec<AuditEntry> {
+        audit
+            .iter()
+            .filter(|a| {
+                a.action == AuditAction::SoftKill
+                    && a.details.as_ref().is_some_and(|d| d["call"].is_string())
+                    && a.resource_type == "job"
+            })
+            .cloned()
+            .collect()
+    };
+    // The rows are written once the step's calls returned, just after the fake saw them.
+    let mut audit = c.audit().await;
+    for _ in 0..250 {
+        if patch_rows(&audit).len() >= 2 && steps(&audit).len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        audit = c.audit().await;
+    }
+    let rows = patch_rows(&audit);
     assert_eq!(rows.len(), 2, "{rows:#?}");
     assert!(
         !rows[0].success

@@ -201,7 +201,11 @@ async fn a_job_goes_through_the_ladder_and_is_deleted_at_its_ttl() {
         &store,
         &killed,
         &[],
-        vec![(200, killed.clone()), (200, list)],
+        [
+            vec![(200, killed.clone()), (200, list)],
+            no_labelled_objects().to_vec(),
+        ]
+        .concat(),
         at_ttl,
     )
     .await;
@@ -312,11 +316,15 @@ async fn ttl_deletes_are_limited_per_minute_but_the_ladder_is_not() {
     let mut config = Config::default();
     config.kubernetes.destructive_calls_per_minute = 1;
     let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": []});
-    // Delete a, list its pods; then c's GracePeriodTooShort, overdue warning, soft-kill
+    // Delete a, list its pods and its labelled objects; then c's GracePeriodTooShort, overdue warning, soft-kill
     // patch and its Event.
+    let [pvcs, secrets, configmaps] = no_labelled_objects();
     let (client, server) = scripted(vec![
         (200, job_json()),
         (200, list),
+        pvcs,
+        secrets,
+        configmaps,
         event(),
         event(),
         (200, job_json()),
@@ -506,12 +514,15 @@ async fn steps_fire_their_hooks_once_and_the_outcomes_are_audited() {
     let store = Store::open("sqlite::memory:").await.expect("store");
     let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": []});
     let (client, server) = scripted(vec![
-        event(),           // GracePeriodTooShort
-        event(),           // TimeoutWarning
-        (200, job_json()), // soft kill PATCH
-        event(),           // its Event
-        (200, job_json()), // TTL DELETE of the finished Job j-c
-        (200, list),       // its pods
+        event(),               // GracePeriodTooShort
+        event(),               // TimeoutWarning
+        (200, job_json()),     // soft kill PATCH
+        event(),               // its Event
+        (200, job_json()),     // TTL DELETE of the finished Job j-c
+        (200, list),           // its pods
+        empty_metadata_list(), // its PVCs, Secrets, ConfigMaps
+        empty_metadata_list(),
+        empty_metadata_list(),
     ]);
     let config = hooks_config(dir.path(), "2");
     let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
@@ -663,7 +674,7 @@ async fn steps_fire_their_hooks_once_and_the_outcomes_are_audited() {
         .await
         .expect("server ends")
         .expect("server task");
-    assert_eq!(seen.len(), 6, "{:?}", lines(&seen));
+    assert_eq!(seen.len(), 9, "{:?}", lines(&seen));
 }
 
 /// Dry-run does as the local runtime's dry-run: the step events fire (the steps are decided

@@ -601,3 +601,109 @@ async fn soft_kill_never_raises_an_existing_smaller_deadline() {
     .await;
     assert_eq!(seen[0].body["spec"]["activeDeadlineSeconds"], 0);
 }
+
+/// Metadata of a labelled object as a metadata-only list serves it.
+fn labelled(kind: &str, name: &str, uid: &str, job_id: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PartialObjectMetadata",
+           "metadata": {"name": name, "namespace": "flowforge", "uid": uid,
+                        "resourceVersion": "77", "creationTimestamp": "2026-11-28T10:00:00Z",
+                        "labels": {"job-id": job_id}, "annotations": {"kind": kind}}})
+}
+
+fn metadata_list(items: Vec<Value>) -> (u16, Value) {
+    (
+        200,
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+               "metadata": {"resourceVersion": "5000"}, "items": items}),
+    )
+}
+
+/// After the TTL delete: the job's labelled PVCs, Secrets and ConfigMaps are listed by its id
+/// in its namespace and deleted with their UID. NOT deleted: one another Job owns (a
+/// re-created Job's), one already being deleted, one whose label names another job (the
+/// server's selector is not trusted alone).
+#[tokio::test]
+async fn the_ttl_cleanup_deletes_the_jobs_labelled_objects_and_nothing_else() {
+    let j = job(finished_job());
+    let mut other_jobs = labelled("pvc", "data-new", "pvc-new", "j-42");
+    other_jobs["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job",
+        "name": "build-42", "uid": "another-job-uid", "controller": true}]);
+    let mut deleting = labelled("pvc", "data-going", "pvc-going", "j-42");
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-28T10:59:00Z".into();
+    let mut own_secret = labelled("secret", "creds", "sec-1", "j-42");
+    own_secret["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job",
+        "name": "build-42", "uid": JOB_UID, "controller": true}]);
+    let (r, seen) = against(
+        vec![
+            metadata_list(vec![
+                labelled("pvc", "data", "pvc-1", "j-42"),
+                other_jobs,
+                deleting,
+                labelled("pvc", "data-43", "pvc-43", "j-43"),
+            ]),
+            (
+                200,
+                success_status("persistentvolumeclaims", "data", "pvc-1"),
+            ),
+            metadata_list(vec![own_secret]),
+            (200, success_status("secrets", "creds", "sec-1")),
+            metadata_list(vec![]),
+        ],
+        false,
+        |a| async move { ok(a.delete_labelled(&j, "ttl 1h after success", now()).await) },
+    )
+    .await;
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /api/v1/namespaces/flowforge/persistentvolumeclaims?labelSelector=job-id=j-42",
+            "DELETE /api/v1/namespaces/flowforge/persistentvolumeclaims/data",
+            "GET /api/v1/namespaces/flowforge/secrets?labelSelector=job-id=j-42",
+            "DELETE /api/v1/namespaces/flowforge/secrets/creds",
+            "GET /api/v1/namespaces/flowforge/configmaps?labelSelector=job-id=j-42",
+        ]
+    );
+    assert_eq!(seen[1].body, json!({"preconditions": {"uid": "pvc-1"}}));
+    assert_eq!(seen[3].body, json!({"preconditions": {"uid": "sec-1"}}));
+    assert_eq!(r.outcome, Outcome::Done);
+    assert_eq!(r.audit.len(), 2);
+    assert!(
+        r.audit
+            .iter()
+            .all(|a| a.action == AuditAction::TtlCleanup && a.success)
+    );
+}
+
+/// A failed listing stops the cleanup with nothing deleted (retried with the TTL delete);
+/// dry-run sends nothing at all.
+#[tokio::test]
+async fn the_ttl_cleanup_of_labelled_objects_fails_closed_and_dry_run_sends_nothing() {
+    let j = job(finished_job());
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "persistentvolumeclaims is forbidden", "reason": "Forbidden", "code": 403});
+    let (r, seen) = against(vec![(403, forbidden)], false, |a| async move {
+        ok(a.delete_labelled(&j, "ttl", now()).await)
+    })
+    .await;
+    assert_eq!(
+        seen.len(),
+        1,
+        "{:?}",
+        seen.iter().map(Seen::line).collect::<Vec<_>>()
+    );
+    assert!(
+        matches!(r.outcome, Outcome::Failed { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert!(r.audit.len() == 1 && !r.audit[0].success);
+
+    let j = job(finished_job());
+    let (r, seen) = against(vec![], true, |a| async move {
+        ok(a.delete_labelled(&j, "ttl", now()).await)
+    })
+    .await;
+    assert!(seen.is_empty());
+    assert_eq!(r.outcome, Outcome::Done);
+}

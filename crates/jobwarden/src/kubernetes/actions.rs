@@ -9,6 +9,7 @@
 //! | force_delete | Event; DELETE the Job, Background, `preconditions.uid`; force-remove pods stuck terminating (§4) |
 //! | mark_failed | merge PATCH the Job as for soft_kill, plus `termination-outcome: failed`; Warning Event `MarkedFailed` |
 //! | recreate | DELETE the dead run's Job (Background, `preconditions.uid`) when still there; POST the stored Job with `recovery-attempt`; Event `Recreated` on the new Job |
+//! | delete_labelled | after a TTL delete: LIST the job's PVCs, Secrets, ConfigMaps by the job-id label in its namespace; DELETE each (`preconditions.uid`) unless being deleted or another Job's |
 //! | ttl_delete | DELETE the Job, Foreground, `preconditions.uid` (409: re-created, left alone); force-remove its pods stuck terminating, found by `batch.kubernetes.io/job-name` (§4) |
 //!
 //! Soft kill sets `activeDeadlineSeconds` to 1, not to the elapsed time: the Job controller
@@ -32,7 +33,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
@@ -928,6 +929,130 @@ impl Actions {
             }
         }
         Ok(report)
+    }
+
+    /// After a successful TTL delete: the job's own PersistentVolumeClaims, Secrets and
+    /// ConfigMaps in the Job's namespace, found by the job-id label with the job's id, are
+    /// deleted with their UID as precondition. Left alone: objects already being deleted, and
+    /// objects a *different* Job controls or owns (a re-created Job's). A PVC still mounted by
+    /// a terminating pod goes once the pod is gone (`kubernetes.io/pvc-protection`). One audit
+    /// row per list and per DELETE. Dry-run sends nothing (not even the lists).
+    pub async fn delete_labelled(
+        &self,
+        job: &Job,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Report, Ignored> {
+        let t = self.target(job)?;
+        let mut report = Report::new(t.id.clone());
+        if self.dry_run {
+            return Ok(report);
+        }
+        let selector = format!("{}={}", self.scope.job_id_label, t.id);
+        if !self
+            .delete_labelled_kind::<PersistentVolumeClaim>(
+                &t,
+                "persistentvolumeclaim",
+                &selector,
+                reason,
+                now,
+                &mut report,
+            )
+            .await
+            || !self
+                .delete_labelled_kind::<Secret>(&t, "secret", &selector, reason, now, &mut report)
+                .await
+        {
+            return Ok(report);
+        }
+        self.delete_labelled_kind::<ConfigMap>(
+            &t,
+            "configmap",
+            &selector,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
+        Ok(report)
+    }
+
+    /// One kind of [`Actions::delete_labelled`]; false when the action must stop.
+    async fn delete_labelled_kind<K>(
+        &self,
+        t: &Target<'_>,
+        resource_type: &str,
+        selector: &str,
+        reason: &str,
+        now: Timestamp,
+        report: &mut Report,
+    ) -> bool
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), t.namespace);
+        let listed = match api
+            .list_metadata(&ListParams::default().labels(selector))
+            .await
+        {
+            Ok(l) => l.items,
+            Err(e) => {
+                let r = CallResult::from_error(&e);
+                report.audit.push(self.row(
+                    t,
+                    now,
+                    resource_type,
+                    &format!("{selector} (list)"),
+                    AuditAction::TtlCleanup,
+                    reason,
+                    &r,
+                    json!({"call": format!("LIST {}", K::plural(&())), "labelSelector": selector}),
+                ));
+                return report.absorb(&r);
+            }
+        };
+        for item in listed {
+            let meta = &item.metadata;
+            let another_jobs =
+                meta.owner_references.iter().flatten().any(|r| {
+                    r.kind == "Job" && r.api_version.starts_with("batch/") && r.uid != t.uid
+                });
+            if meta.deletion_timestamp.is_some()
+                || another_jobs
+                || self.scope.admit(meta).ok().as_ref() != Some(&t.id)
+            {
+                continue;
+            }
+            let (Some(name), Some(uid)) = (meta.name.as_deref(), meta.uid.as_deref()) else {
+                continue;
+            };
+            let params = DeleteParams::default().preconditions(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            });
+            let result = match CallResult::from(api.delete(name, &params).await) {
+                // Another object took the name since the list: not this job's any more.
+                CallResult::Conflict(_) => CallResult::NotFound,
+                other => other,
+            };
+            report.audit.push(self.row(
+                t,
+                now,
+                resource_type,
+                name,
+                AuditAction::TtlCleanup,
+                reason,
+                &result,
+                json!({"call": format!("DELETE v1 {}", K::plural(&())), "deleteOptions": serde_json::to_value(&params).unwrap_or_default()}),
+            ));
+            if !report.absorb(&result) {
+                return false;
+            }
+        }
+        true
     }
 
     #[allow(clippy::too_many_arguments)]

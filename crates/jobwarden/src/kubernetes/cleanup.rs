@@ -11,9 +11,9 @@
 //! (same run, still finished), takes a token from `[safety] max_deletions_per_minute` first,
 //! and completes the task together with its audit row (`ttl_cleanup`, `object_prefix`).
 //!
-//! The Job's labelled PVCs, Secrets and ConfigMaps are not queued: the orphan pass
-//! ([`super::orphans`]) removes them once their Job is gone and they are older than their
-//! kind's minimum age.
+//! The Job's labelled PVCs, Secrets and ConfigMaps are not queued: the reconcile deletes them
+//! right after the TTL delete (`Actions::delete_labelled`); any left behind otherwise are
+//! orphans for [`super::orphans`].
 //!
 //! Dry-run queues nothing and starts no worker. (The local daemon's dry-run runs its workers
 //! in dry-run mode, which complete whatever tasks they find as "would delete". A Kubernetes

@@ -35,7 +35,9 @@
 //! record is finished, not active, so the sweep for gone Jobs does not look at it.) A failed
 //! delete, or one that
 //! found a re-created Job (409: a new run's objects), queues nothing; dry-run queues nothing.
-//! The Job's labelled PVCs, Secrets and ConfigMaps go by the orphan pass once the Job is gone.
+//! The Job's labelled PVCs, Secrets and ConfigMaps are deleted in the same reconcile, right
+//! after the TTL delete ([`Actions::delete_labelled`]), before the stage moves; a failure
+//! retries the TTL cleanup as a whole.
 //!
 //! `[[hooks]]` fire as in the local runtime, for the same events with the same payload: a
 //! step's event (plus `terminating` for a soft kill of a running Job) once the step is
@@ -355,6 +357,18 @@ impl Reconciler {
                         return Ok(Reconciled::Wake(Some(retry_at)));
                     }
                     if report.outcome == Outcome::Done && !record.dry_run {
+                        // The job's labelled PVCs, Secrets and ConfigMaps, before the stage
+                        // moves (a failure retries the whole TTL cleanup, idempotently).
+                        let labelled = self
+                            .actions
+                            .delete_labelled(job, &reason, now)
+                            .await
+                            .map_err(|_| ignored_late())?;
+                        self.append_audit(&labelled.audit).await?;
+                        if let Some(retry_at) = self.retry_at(&record, "ttl_delete", &labelled, now)
+                        {
+                            return Ok(Reconciled::Wake(Some(retry_at)));
+                        }
                         // Before the stage (see the module docs); pending duplicates merge.
                         let tasks =
                             crate::daemon::worker::artifact_tasks(&record, &self.config, now);

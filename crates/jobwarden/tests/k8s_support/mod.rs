@@ -160,3 +160,22 @@ pub fn job(v: Value) -> k8s_openapi::api::batch::v1::Job {
 pub fn pod(v: Value) -> k8s_openapi::api::core::v1::Pod {
     serde_json::from_value(v).expect("pod")
 }
+
+/// An empty metadata-only list (kube's `list_metadata`), as the API server answers one.
+pub fn empty_metadata_list() -> (u16, Value) {
+    (
+        200,
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+               "metadata": {"resourceVersion": "9"}, "items": []}),
+    )
+}
+
+/// The answers to a successful TTL delete's lists of the job's labelled PVCs, Secrets and
+/// ConfigMaps when it has none.
+pub fn no_labelled_objects() -> [(u16, Value); 3] {
+    [
+        empty_metadata_list(),
+        empty_metadata_list(),
+        empty_metadata_list(),
+    ]
+}
