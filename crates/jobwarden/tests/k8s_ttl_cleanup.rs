@@ -155,7 +155,11 @@ async fn a_ttl_delete_queues_the_runs_artifact_and_log_cleanup_by_outcome_once()
         &store,
         config.clone(),
         &ok,
-        vec![(200, ok.clone()), empty_pod_list()],
+        [
+            vec![(200, ok.clone()), empty_pod_list()],
+            no_labelled_objects().to_vec(),
+        ]
+        .concat(),
         false,
         now,
     )
@@ -197,7 +201,11 @@ async fn a_ttl_delete_queues_the_runs_artifact_and_log_cleanup_by_outcome_once()
         &store,
         config.clone(),
         &failed,
-        vec![(200, failed.clone()), empty_pod_list()],
+        [
+            vec![(200, failed.clone()), empty_pod_list()],
+            no_labelled_objects().to_vec(),
+        ]
+        .concat(),
         false,
         later,
     )
@@ -232,10 +240,14 @@ async fn a_ttl_delete_queues_the_runs_artifact_and_log_cleanup_by_outcome_once()
         &store,
         config.clone(),
         &ok,
-        vec![
-            (404, status(404, "NotFound", "jobs.batch \"a\" not found")),
-            empty_pod_list(),
-        ],
+        [
+            vec![
+                (404, status(404, "NotFound", "jobs.batch \"a\" not found")),
+                empty_pod_list(),
+            ],
+            no_labelled_objects().to_vec(),
+        ]
+        .concat(),
         false,
         now,
     )
@@ -363,11 +375,19 @@ async fn ttl_deletes_and_orphan_deletes_share_one_per_minute_budget() {
     b["metadata"]["name"] = "b".into();
     let mut c = finished_json("c", "j-c", "u-c", "Complete", "2026-11-28T10:10:00Z");
     c["metadata"]["name"] = "c".into();
+    let [pa, sa, ca] = no_labelled_objects();
+    let [pb, sb, cb] = no_labelled_objects();
     let (client, server) = scripted(vec![
         (200, a.clone()),
         empty_pod_list(),
+        pa,
+        sa,
+        ca,
         (200, b.clone()),
         empty_pod_list(),
+        pb,
+        sb,
+        cb,
         meta_page(vec![
             orphan_meta("o-1", "p-1", "j-1"),
             orphan_meta("o-2", "p-2", "j-2"),
@@ -543,7 +563,13 @@ async fn the_workers_delete_the_deleted_jobs_objects_in_s3_and_nothing_else() {
     done["status"]["active"] = 0.into();
     done["status"]["conditions"] = json!([{"type": "Complete", "status": "True",
         "lastProbeTime": finished, "lastTransitionTime": finished}]);
-    let (client, server) = scripted(vec![(200, done.clone()), empty_pod_list()]);
+    let (client, server) = scripted(
+        [
+            vec![(200, done.clone()), empty_pod_list()],
+            no_labelled_objects().to_vec(),
+        ]
+        .concat(),
+    );
     let r = reconciler(config.clone(), &store, client, false);
     assert_eq!(
         r.reconcile(&job(done), &[], now).await.expect("ttl"),
