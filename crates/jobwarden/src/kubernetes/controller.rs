@@ -148,11 +148,7 @@ pub async fn run_with_orphans(
                 if now_leader && !is_leader {
                     // Whatever happened while another replica led (or none did): the store
                     // and the engine say what is due now.
-                    for job in jobs.state() {
-                        if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
-                            dirty.insert((ns, name));
-                        }
-                    }
+                    mark_all(&jobs, &mut dirty);
                     sweep = true;
                     tracing::debug!(jobs = dirty.len(), "leading: reconciling every Job in the cache");
                 } else if !now_leader && is_leader {
@@ -164,22 +160,14 @@ pub async fn run_with_orphans(
                 is_leader = now_leader;
             }
             ev = job_events.next() => match ev {
-                Some(Ok(watcher::Event::Apply(job))) => {
-                    if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
-                        dirty.insert((ns, name));
-                    }
-                }
+                Some(Ok(watcher::Event::Apply(job))) => dirty.extend(key_of(&job)),
                 Some(Ok(watcher::Event::Delete(job))) => gone.push(job),
                 // A (re-)listing: the reflector's cache takes its objects only at InitDone, so
                 // each one is looked at then (a Job reconciled from InitApply would not be in
                 // the cache yet, and would be dropped until it next changed).
                 Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                 Some(Ok(watcher::Event::InitDone)) => {
-                    for job in jobs.state() {
-                        if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
-                            dirty.insert((ns, name));
-                        }
-                    }
+                    mark_all(&jobs, &mut dirty);
                     sweep = true;
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "watching Jobs failed; re-listing after a backoff"),
@@ -190,11 +178,7 @@ pub async fn run_with_orphans(
                 // then looked at with them.
                 Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                 Some(Ok(watcher::Event::InitDone)) => {
-                    for job in jobs.state() {
-                        if let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone()) {
-                            dirty.insert((ns, name));
-                        }
-                    }
+                    mark_all(&jobs, &mut dirty);
                 }
                 Some(Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod))) => {
                     let owner = pod.metadata.owner_references.iter().flatten()
@@ -324,6 +308,16 @@ pub async fn run_with_orphans(
         }
     }
     ready.store(false, Ordering::Relaxed);
+}
+
+/// A Job's `(namespace, name)`.
+fn key_of(job: &Job) -> Option<Key> {
+    Some((job.metadata.namespace.clone()?, job.metadata.name.clone()?))
+}
+
+/// Marks every Job in the cache to be reconciled.
+fn mark_all(jobs: &reflector::Store<Job>, dirty: &mut BTreeSet<Key>) {
+    dirty.extend(jobs.state().iter().filter_map(|j| key_of(j)));
 }
 
 /// The scheduler key that stands for "sweep again" (no Job has an empty namespace).

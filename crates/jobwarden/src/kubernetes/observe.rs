@@ -428,6 +428,17 @@ pub fn to_record(
     }
 }
 
+/// `JobRecord.spec` key of the Job to re-create a run from ([`job_template`]).
+pub const JOB_TEMPLATE: &str = "job";
+/// `JobRecord.spec` key of a re-creation under way for the run (`reconcile.rs`).
+pub const RECOVERING: &str = "recovering";
+/// `JobRecord.spec` key of a run jobwarden failed (`reconcile.rs`).
+pub const MARKED_FAILED: &str = "marked_failed";
+/// `JobRecord.spec` key: since when the run's Job has had no pods (`reconcile.rs`).
+pub const NO_PODS_SINCE: &str = "no_pods_since";
+/// `JobRecord.spec` key of the UIDs of runs dead-job recovery replaced.
+pub const SUPERSEDED: &str = "superseded";
+
 /// `JobRecord.spec` of a Kubernetes job: where the current run lives (`namespace`, `name`,
 /// `uid`); the Job to re-create it from (`job`: kept from the run's first sighting, so our own
 /// patches never enter it); the reconciler's markers for the run (`recovering`,
@@ -443,17 +454,17 @@ fn run_spec(
         "namespace": obs.namespace,
         "name": obs.name,
         "uid": obs.uid,
-        "job": obs.template,
+        JOB_TEMPLATE: obs.template,
     });
     if let Some(p) = same_run {
-        for key in ["job", "recovering", "marked_failed", "no_pods_since"] {
+        for key in [JOB_TEMPLATE, RECOVERING, MARKED_FAILED, NO_PODS_SINCE] {
             if let Some(v) = p.spec.get(key) {
                 spec[key] = v.clone();
             }
         }
     }
-    if let Some(v) = previous.and_then(|p| p.spec.get("superseded")) {
-        spec["superseded"] = v.clone();
+    if let Some(v) = previous.and_then(|p| p.spec.get(SUPERSEDED)) {
+        spec[SUPERSEDED] = v.clone();
     }
     spec
 }

@@ -56,6 +56,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::config::Config;
 use crate::daemon::ratelimit::RateLimiter;
+use crate::engine::decide::earliest;
 use crate::engine::recovery::Diagnosis;
 use crate::engine::{Decision, Policy, decide};
 use crate::hooks::{HookPayload, Hooks};
@@ -67,7 +68,10 @@ use crate::model::{
 use crate::store::Store;
 
 use super::actions::{Actions, Outcome, Report};
-use super::observe::{Scope, observe_job, to_record};
+use super::observe::{
+    JOB_TEMPLATE, MARKED_FAILED, NO_PODS_SINCE, RECOVERING, SUPERSEDED, Scope, observe_job,
+    to_record,
+};
 
 /// How long to wait before retrying an action that failed for good (RBAC, validation): the
 /// operator may fix it, and the audit log says what failed meanwhile. Doubled after each
@@ -245,27 +249,19 @@ impl Reconciler {
                 .unwrap_or(add(now, DELETION_CHECK));
             return Ok(Reconciled::Wake(Some(at)));
         }
-        if record.stage.is_active() {
-            if let Some(marker) = Marker::of(&record, RECOVERING) {
-                // A re-creation is under way for this run: finish it, decide nothing new.
-                if marker.done {
-                    return Ok(Reconciled::Wake(None));
-                }
-                return self
-                    .continue_recovery(Some(job), &mut record, &marker, now)
-                    .await;
+        if record.stage.is_active()
+            && let Some(marker) = Marker::of(&record, RECOVERING)
+        {
+            // A re-creation is under way for this run: finish it, decide nothing new.
+            if marker.done {
+                return Ok(Reconciled::Wake(None));
             }
-            if Marker::of(&record, MARKED_FAILED).is_some() && obs.outcome.is_none() {
-                // Ended by our patch already; the Job controller is on it (or dry-run).
-                let (decision, wake) = decide(&record, &diagnosis, &self.policy, now);
-                if matches!(
-                    decision,
-                    Decision::MarkFailed { .. } | Decision::Recover { .. }
-                ) {
-                    return Ok(Reconciled::Wake(wake));
-                }
-            }
+            return self
+                .continue_recovery(Some(job), &mut record, &marker, now)
+                .await;
         }
+        // Ended by our mark_failed patch already: the Job controller is on it (or dry-run).
+        let failed_already = Marker::of(&record, MARKED_FAILED).is_some();
         // Each pass takes at most one step; a later step is due at least a grace period
         // after it, so more passes only matter after downtime. Bounded either way.
         for _ in 0..8 {
@@ -384,6 +380,9 @@ impl Reconciler {
                     return Ok(Reconciled::Wake(None));
                 }
                 Decision::MarkFailed { reason } => {
+                    if failed_already {
+                        return Ok(Reconciled::Wake(wake));
+                    }
                     if obs.suspended {
                         // Suspended on purpose: nothing runs, nothing is stuck; a resume is a
                         // Job event and decides again.
@@ -392,6 +391,9 @@ impl Reconciler {
                     return self.mark_failed(job, &mut record, &reason, now).await;
                 }
                 Decision::Recover { attempt, reason } => {
+                    if failed_already {
+                        return Ok(Reconciled::Wake(wake));
+                    }
                     if obs.suspended {
                         return Ok(Reconciled::Wake(None));
                     }
@@ -405,25 +407,15 @@ impl Reconciler {
     }
 }
 
-/// `JobRecord.spec` key: since when the run's Job has had no pods ([`Reconciler::debounce_no_pods`]).
-const NO_PODS_SINCE: &str = "no_pods_since";
-
 /// The UIDs of runs dead-job recovery replaced (`JobRecord.spec.superseded`).
 fn superseded(record: &JobRecord) -> impl Iterator<Item = &str> {
     record
         .spec
-        .get("superseded")
+        .get(SUPERSEDED)
         .and_then(serde_json::Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(serde_json::Value::as_str)
-}
-
-fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 impl Reconciler {
@@ -464,11 +456,6 @@ impl Reconciler {
         }
     }
 }
-
-/// `JobRecord.spec` key of a re-creation under way for the run ([`Marker`]).
-const RECOVERING: &str = "recovering";
-/// `JobRecord.spec` key of a run jobwarden failed ([`Marker`]).
-const MARKED_FAILED: &str = "marked_failed";
 
 /// A decision taken for a run and kept in `JobRecord.spec` (only within the run:
 /// `observe::to_record`), so that it is carried out once however often the Job is seen, and
@@ -547,7 +534,7 @@ impl Reconciler {
     ) -> Result<Reconciled, ReconcileError> {
         if record
             .spec
-            .get("job")
+            .get(JOB_TEMPLATE)
             .is_none_or(serde_json::Value::is_null)
         {
             // A record from before specs were stored: nothing to re-create from.
@@ -570,7 +557,7 @@ impl Reconciler {
         let old_uid = record.run_id.clone();
         if let Some(spec) = record.spec.as_object_mut() {
             let list = spec
-                .entry("superseded")
+                .entry(SUPERSEDED)
                 .or_insert_with(|| serde_json::Value::Array(Vec::new()));
             if let Some(list) = list.as_array_mut() {
                 list.push(old_uid.into());
@@ -603,7 +590,7 @@ impl Reconciler {
         marker: &Marker,
         now: Timestamp,
     ) -> Result<Reconciled, ReconcileError> {
-        let template = record.spec.get("job").cloned().unwrap_or_default();
+        let template = record.spec.get(JOB_TEMPLATE).cloned().unwrap_or_default();
         let (report, uid) = self
             .actions
             .recreate(job, &template, marker.attempt, &marker.reason, now)
@@ -679,11 +666,12 @@ impl Reconciler {
                 )
                 .await;
         }
+        let marked_failed = Marker::of(&record, MARKED_FAILED).is_some();
         if record.stage == Stage::Terminating
             || obs.as_ref().is_some_and(|o| o.terminated_by_us)
-            || Marker::of(&record, MARKED_FAILED).is_some()
+            || marked_failed
         {
-            let outcome = if Marker::of(&record, MARKED_FAILED).is_some() {
+            let outcome = if marked_failed {
                 JobOutcome::Failed
             } else {
                 JobOutcome::Terminated
