@@ -275,6 +275,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Nothing done, nothing to say.
+    pub fn empty(job_id: JobId) -> Self {
+        Report::new(job_id)
+    }
+
     fn new(job_id: JobId) -> Self {
         Report {
             job_id,
@@ -409,7 +414,7 @@ impl Actions {
         note: &str,
         now: Timestamp,
     ) -> AuditEntry {
-        let ev = event_for(
+        let mut ev = event_for(
             t.namespace,
             t.name,
             t.uid,
@@ -423,7 +428,14 @@ impl Actions {
             CallResult::DryRun
         } else {
             let api: Api<Event> = Api::namespaced(self.client.clone(), t.namespace);
-            CallResult::from(api.create(&PostParams::default(), &ev).await)
+            let mut result = CallResult::from(api.create(&PostParams::default(), &ev).await);
+            if matches!(result, CallResult::Conflict(_)) {
+                // AlreadyExists: the name was taken (names are unique per namespace, and a
+                // second Event under one name is refused, not merged). Once more, renamed.
+                ev.metadata.name = Some(event_name(t.name, now));
+                result = CallResult::from(api.create(&PostParams::default(), &ev).await);
+            }
+            result
         };
         self.row(
             t,
@@ -1226,8 +1238,20 @@ fn action_name(a: AuditAction) -> &'static str {
     }
 }
 
+/// A unique Event name for the Job: `<job>.<time in µs, hex><64 random bits, hex>`, as
+/// client-go's recorder names them. Two Events in one pass share their time, and a name
+/// derived from the object and the time alone collides (the API server refuses the second
+/// with 409 AlreadyExists and it is lost). At most 63 + 1 + 14 + 16 characters: a valid name.
+pub fn event_name(job_name: &str, now: Timestamp) -> String {
+    format!(
+        "{job_name}.{:x}{:016x}",
+        now.timestamp_micros(),
+        rand::random::<u64>()
+    )
+}
+
 /// An events.k8s.io/v1 Event on a Job: every field the API server requires (KUBERNETES.md
-/// §5), `eventTime` with microseconds, `note` cut to 1024 bytes.
+/// §5), a unique name ([`event_name`]), `eventTime` with microseconds, `note` cut to 1024 bytes.
 #[allow(clippy::too_many_arguments)]
 pub fn event_for(
     namespace: &str,
@@ -1249,11 +1273,11 @@ pub fn event_for(
         note.truncate(cut);
         note.push_str("...");
     }
-    // Truncated to whole microseconds so the name and eventTime agree.
+    // Truncated to whole microseconds, as eventTime must be.
     let at = chrono::DateTime::from_timestamp_micros(micros).unwrap_or(now);
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{job_name}.{micros:x}")),
+            name: Some(event_name(job_name, now)),
             namespace: Some(namespace.to_owned()),
             ..ObjectMeta::default()
         },
@@ -1342,5 +1366,25 @@ mod tests {
                 .as_str()
                 .is_some_and(|n| n.starts_with("build-42."))
         );
+    }
+
+    #[test]
+    fn two_events_at_the_same_instant_get_different_valid_names() {
+        let now: Timestamp = "2027-01-15T08:00:00.123456789Z".parse().expect("ts");
+        let long = "j".repeat(63);
+        let a = event_name(&long, now);
+        let b = event_name(&long, now);
+        assert_ne!(
+            a, b,
+            "the second Event would be refused with 409 AlreadyExists"
+        );
+        for n in [&a, &b] {
+            assert!(n.len() <= 253, "{n}");
+            assert!(
+                n.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.'),
+                "{n}"
+            );
+        }
     }
 }
