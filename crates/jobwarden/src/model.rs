@@ -162,7 +162,9 @@ string_enum! {
         PreStart => "pre_start",
         /// Its process or pods run.
         Running => "running",
-        /// Exited; outcome being recorded.
+        /// Its outcome is decided but it has not ended: a Kubernetes Job at `FailureTarget` /
+        /// `SuccessCriteriaMet` (not ended by jobwarden) whose pods are still terminating.
+        /// Active: the ladder goes on until no pod is left.
         Completing => "completing",
         /// Finished successfully; waiting for its TTL.
         Completed => "completed",
@@ -180,7 +182,10 @@ string_enum! {
 impl Stage {
     /// The job's process/pods may still run.
     pub fn is_active(self) -> bool {
-        matches!(self, Stage::PreStart | Stage::Running | Stage::Terminating)
+        matches!(
+            self,
+            Stage::PreStart | Stage::Running | Stage::Terminating | Stage::Completing
+        )
     }
 }
 

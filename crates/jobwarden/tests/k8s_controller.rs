@@ -25,33 +25,6 @@ use k8s_support::wiring::*;
 use k8s_support::*;
 use serde_json::{Value, json};
 
-/// The step rows (one per step taken, `details.due_at` set) in order.
-fn steps(audit: &[AuditEntry]) -> Vec<(AuditAction, Timestamp, Timestamp)> {
-    audit
-        .iter()
-        .filter(|a| {
-            a.resource_type == "job" && a.details.as_ref().is_some_and(|d| d["due_at"].is_string())
-        })
-        .filter(|a| {
-            matches!(
-                a.action,
-                AuditAction::Warn
-                    | AuditAction::SoftKill
-                    | AuditAction::HardKill
-                    | AuditAction::ForceDelete
-            )
-        })
-        .map(|a| {
-            let due: Timestamp = a.details.as_ref().expect("details")["due_at"]
-                .as_str()
-                .expect("due_at")
-                .parse()
-                .expect("due_at parses");
-            (a.action, due, a.timestamp)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn the_loop_lists_becomes_ready_and_soft_kills_a_job_past_its_deadline() {
     let start_time = Instant::now();

@@ -119,14 +119,10 @@ async fn a_job_goes_through_the_ladder_and_is_deleted_at_its_ttl() {
     .await;
     assert_eq!(seen.len(), 1);
     assert_eq!(r, Reconciled::Wake(Some(t("11:00:04"))));
-    assert!(
-        !store
-            .get_job(&id)
-            .await
-            .expect("get")
-            .expect("row")
-            .has_step(Step::SoftKill)
-    );
+    // Recorded before it was sent, and marked as not carried out yet.
+    let rec = store.get_job(&id).await.expect("get").expect("row");
+    assert!(rec.has_step(Step::SoftKill));
+    assert_eq!(rec.spec["acting"]["step"], "soft_kill", "{}", rec.spec);
     let (r, seen) = pass(
         &store,
         &running,
@@ -152,6 +148,21 @@ async fn a_job_goes_through_the_ladder_and_is_deleted_at_its_ttl() {
     let rec = store.get_job(&id).await.expect("get").expect("row");
     assert_eq!(rec.stage, Stage::Terminating);
     assert!(rec.has_step(Step::SoftKill));
+    assert!(
+        rec.spec.get("acting").is_none(),
+        "carried out: {}",
+        rec.spec
+    );
+    let soft = rec
+        .steps
+        .iter()
+        .find(|s| s.step == Step::SoftKill)
+        .expect("step");
+    assert_eq!(
+        (soft.due_at, soft.at),
+        (t("11:00:01"), t("11:00:04")),
+        "re-timed to when it was carried out"
+    );
 
     // The Job as it now looks: our annotation and deadline, FailureTarget, a pod still there.
     let mut killed = job_json();
@@ -179,10 +190,16 @@ async fn a_job_goes_through_the_ladder_and_is_deleted_at_its_ttl() {
     );
     assert_eq!(seen[1].body["gracePeriodSeconds"], 0);
 
-    // It ended (FailureTarget): terminated; TTL 24 h from then; nothing sent meanwhile.
+    // Its outcome is decided (FailureTarget) and no pod is left, by the pods we see and by
+    // the Job controller's counts: it ended, terminated; TTL 24 h from then; nothing sent
+    // meanwhile.
     killed["status"]["conditions"] = json!([{"type": "FailureTarget", "status": "True",
         "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline",
         "lastProbeTime": "2026-11-28T11:05:05Z", "lastTransitionTime": "2026-11-28T11:05:05Z"}]);
+    killed["status"]
+        .as_object_mut()
+        .expect("status")
+        .remove("active");
     let (r, seen) = pass(&store, &killed, &[], vec![], t("11:06:00")).await;
     assert!(seen.is_empty(), "{:?}", lines(&seen));
     assert_eq!(
@@ -384,7 +401,8 @@ async fn ttl_deletes_are_limited_per_minute_but_the_ladder_is_not() {
 
 /// A soft kill the API forbids (RBAC) is retried, but with a doubling wait (60 s, 120 s,
 /// 240 s, … up to an hour), so a permanent 403 does not write an audit row every minute; each
-/// attempt is audited as failed, and nothing is recorded as taken until it succeeds.
+/// attempt is audited as failed. The step is recorded once, before the first attempt, and
+/// stays marked as not carried out until it succeeds; the hard kill counts from then.
 #[tokio::test]
 async fn a_forbidden_soft_kill_is_retried_with_a_doubling_wait() {
     let store = Store::open("sqlite::memory:").await.expect("store");
@@ -427,7 +445,11 @@ async fn a_forbidden_soft_kill_is_retried_with_a_doubling_wait() {
         };
         wakes.push(at);
         let rec = store.get_job(&id).await.expect("get").expect("row");
-        assert!(!rec.has_step(Step::SoftKill), "recorded although forbidden");
+        assert!(rec.has_step(Step::SoftKill));
+        assert_eq!(
+            rec.spec["acting"]["step"], "soft_kill",
+            "carried out although forbidden"
+        );
         now = at;
     }
     assert_eq!(wakes, [t("11:01:01"), t("11:03:01"), t("11:07:01")]);
@@ -439,6 +461,16 @@ async fn a_forbidden_soft_kill_is_retried_with_a_doubling_wait() {
     );
     let rec = store.get_job(&id).await.expect("get").expect("row");
     assert!(rec.has_step(Step::SoftKill));
+    assert!(rec.spec.get("acting").is_none(), "{}", rec.spec);
+    let steps = actions_of(&store)
+        .await
+        .into_iter()
+        .filter(|(a, kind, ok)| *a == AuditAction::SoftKill && kind == "job" && *ok)
+        .count();
+    assert_eq!(
+        steps, 2,
+        "the step's row, once, and the PATCH that went through"
+    );
     drop(r);
     let seen = tokio::time::timeout(Duration::from_secs(5), server)
         .await

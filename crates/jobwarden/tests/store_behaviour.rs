@@ -420,9 +420,12 @@ async fn record_steps_answers_each_step_in_one_transaction(db: &Db) {
         run_id: run.into(),
         step: soft(3601),
         audit: entry(j.id.as_str(), AuditAction::SoftKill, t(3601)),
+        spec_after: after
+            .as_ref()
+            .map(|_| serde_json::json!({"acting": {"step": "soft_kill"}})),
         stage_after: after,
     };
-    // b's soft kill is already recorded: its stage_after must not be saved.
+    // b's soft kill is already recorded: its stage_after and spec_after must not be saved.
     assert!(
         s.record_step(
             &b.id,
@@ -455,12 +458,17 @@ async fn record_steps_answers_each_step_in_one_transaction(db: &Db) {
     assert_eq!(a_now.stage, Stage::Terminating);
     assert_eq!(a_now.reason.as_deref(), Some("timeout"));
     assert_eq!(a_now.steps, [soft(3601)]);
+    assert_eq!(
+        a_now.spec["acting"]["step"], "soft_kill",
+        "saved with the step"
+    );
     let b_now = s.get_job(&b.id).await.expect("get b").expect("b");
     assert_eq!(
         b_now.stage,
         Stage::Running,
         "stage_after of an old step is not saved"
     );
+    assert_eq!(b_now.spec, b.spec, "spec_after of an old step is not saved");
     assert_eq!(b_now.steps, [soft(3601)]);
     assert_eq!(audit_of(&s, "batch-a").await.len(), 1);
     assert_eq!(

@@ -954,6 +954,7 @@ impl Enforcer {
                 step: taken,
                 audit,
                 stage_after: terminating.then(|| (Stage::Terminating, why.to_owned())),
+                spec_after: None,
             },
             before: job.clone(),
             after,

@@ -83,7 +83,7 @@ pub fn decide(
 ) -> (Decision, Option<Timestamp>) {
     match job.stage {
         Stage::Cleanup | Stage::Cleaned => (Decision::Nothing, None),
-        Stage::Completed | Stage::Failed | Stage::Completing => {
+        Stage::Completed | Stage::Failed => {
             match retention::job_expiry(job, &policy.retention, now) {
                 Expiry::Never => (Decision::Nothing, None),
                 Expiry::At {
@@ -104,7 +104,7 @@ pub fn decide(
                 }
             }
         }
-        Stage::PreStart | Stage::Running | Stage::Terminating => {
+        Stage::PreStart | Stage::Running | Stage::Terminating | Stage::Completing => {
             let next = ladder::next_step(job, &policy.warn_before);
             if let Some(s) = next.filter(|s| s.due_at <= now) {
                 return (
@@ -223,6 +223,32 @@ mod tests {
         assert_eq!(
             decide(&j, &Diagnosis::Healthy, &p, t(20)),
             (Decision::Nothing, Some(t(40)))
+        );
+    }
+
+    /// A Kubernetes Job whose outcome is decided while its pods still terminate: the ladder
+    /// goes on (the pods hold resources), but it is never recovered (its end was decided)
+    /// and has no TTL yet.
+    #[test]
+    fn a_completing_job_gets_the_ladder_but_no_recovery_and_no_ttl() {
+        let mut j = running();
+        j.stage = Stage::Completing;
+        j.outcome = Some(Outcome::Failed);
+        j.heartbeat_timeout = Some(Duration::from_secs(30));
+        j.last_heartbeat = Some(t(0));
+        let p = policy();
+        take(&mut j, Step::Warn, 0, 0);
+        // Heartbeats long gone, yet nothing until the deadline.
+        assert_eq!(
+            decide(&j, &Diagnosis::NoPods, &p, t(99)),
+            (Decision::Nothing, Some(t(100)))
+        );
+        assert_eq!(
+            decide(&j, &Diagnosis::Healthy, &p, t(100)).0,
+            Decision::Step {
+                step: Step::SoftKill,
+                due_at: t(100)
+            }
         );
     }
 

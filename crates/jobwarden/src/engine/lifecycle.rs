@@ -1,6 +1,8 @@
 //! Lifecycle stages, their transitions, and the events hooks fire on.
 //!
-//! pre_start → running → (terminating →) completing → completed | failed → cleanup → cleaned.
+//! pre_start → running → (terminating | completing →) completed | failed → cleanup → cleaned.
+//! `completing`: a Kubernetes Job whose outcome the Job controller decided while its pods
+//! still terminate (it becomes `terminating` if jobwarden has to end it after all).
 //! Every stage transition and every escalation step is an event; `[[hooks]]` subscribe by
 //! name. The stage after a run ends follows from the outcome.
 
@@ -30,7 +32,8 @@ pub fn can_transition(from: Stage, to: Stage) -> bool {
         PreStart => matches!(to, Running | Completing | Completed | Failed | Terminating),
         Running => matches!(to, Terminating | Completing | Completed | Failed),
         Terminating => matches!(to, Completing | Completed | Failed),
-        Completing => matches!(to, Completed | Failed),
+        // An ending Kubernetes Job whose pods outlive its deadline gets the ladder.
+        Completing => matches!(to, Completed | Failed | Terminating),
         // A finished job may be restarted by recovery (new run) or cleaned up.
         Completed | Failed => matches!(to, Cleanup | Running | PreStart),
         Cleanup => matches!(to, Cleaned),

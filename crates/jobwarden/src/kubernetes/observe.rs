@@ -6,9 +6,17 @@
 //!   is ignored, never touched (invariant 1).
 //! - [`observe_job`] reads identity (job id, namespace/name, UID = run identity), settings
 //!   (annotations, org/type from label or annotation, `spec.activeDeadlineSeconds` as a job
-//!   override), start (`status.startTime`), finish and outcome (conditions; `FailureTarget`
-//!   counts: `Failed` waits until every pod is gone, KUBERNETES.md §1) and a diagnosis of the
-//!   pods (image pull, crash loop, unschedulable).
+//!   override), start (`status.startTime`), outcome and finish (conditions, below) and a
+//!   diagnosis of the pods (image pull, crash loop, unschedulable).
+//!
+//! A Job's outcome is *decided* at `FailureTarget` / `SuccessCriteriaMet` and the Job has
+//! *ended* at `Failed` / `Complete`, which the Job controller sets only once no pod of the Job
+//! is left terminating. On a node whose kubelet never confirms a deletion that is never: a
+//! real 1.36 control plane kept such a Job at `FailureTarget` for as long as its pods stayed
+//! Terminating. So a decided Job whose pods still exist is *ending*, not ended: the ladder goes
+//! on (hard kill, force delete) until the Job has ended, by its conditions or because no pod of
+//! it is left (neither among the pods we watch nor in the Job's `status.active` /
+//! `status.terminating`).
 //! - [`to_record`] merges that into the stored [`JobRecord`] with the resolved policy: steps
 //!   survive only within the same run (UID), and once jobwarden has soft-killed a Job the
 //!   `activeDeadlineSeconds` it patched never moves the recorded deadline.
@@ -137,10 +145,14 @@ pub struct ObservedJob {
     pub created_at: Option<Timestamp>,
     /// `status.startTime` (null while suspended or not started).
     pub started_at: Option<Timestamp>,
-    /// When the Job reached a terminal (or failure/success target) condition.
+    /// When its outcome was decided: the earliest of its `FailureTarget` / `Failed` (or
+    /// `SuccessCriteriaMet` / `Complete`) conditions.
     pub finished_at: Option<Timestamp>,
-    /// Its outcome, once finished.
+    /// Its outcome, once decided (ending or ended).
     pub outcome: Option<Outcome>,
+    /// The Job has ended: `Failed` / `Complete`, or its outcome is decided and no pod of it
+    /// is left. False while it is ending (decided, pods still terminating) or running.
+    pub ended: bool,
     /// The condition's reason and message, for humans.
     pub reason: Option<String>,
     /// jobwarden annotated it as ended by jobwarden.
@@ -190,7 +202,12 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
         .and_then(|s| s.conditions.as_deref())
         .unwrap_or_default();
     let (outcome, finished_at, reason) = match finish(conditions) {
-        Some((succeeded, at, reason)) => {
+        Some(Finish {
+            succeeded,
+            at,
+            reason,
+            ..
+        }) => {
             let failed_by_us = terminated_by_us
                 && annotations
                     .get(&scope.termination_outcome)
@@ -231,6 +248,18 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
         s.pod_replacement_policy.as_deref() == Some("Failed") || s.pod_failure_policy.is_some()
     });
     let own: Vec<&Pod> = pods.iter().filter(|p| controlled_by(p, &uid)).collect();
+    let ended = match finish(conditions) {
+        Some(f) if f.terminal => true,
+        // Decided: ended once no pod is left, by our pods and by the Job controller's counts
+        // (which see pods whose template lacks our label).
+        Some(_) => {
+            let counted = status.map_or(0, |s| {
+                s.active.unwrap_or(0).max(0) + s.terminating.unwrap_or(0).max(0)
+            });
+            counted == 0 && own.iter().all(|p| pod_is_terminal(p))
+        }
+        None => false,
+    };
     let started_at = status
         .and_then(|s| s.start_time.clone())
         .map(|t| to_chrono(t.0));
@@ -254,6 +283,7 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
         finished_at,
         outcome,
         reason,
+        ended,
         terminated_by_us,
         suspended: spec.and_then(|s| s.suspend).unwrap_or(false),
         deleting: meta.deletion_timestamp.is_some(),
@@ -264,10 +294,22 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
     })
 }
 
-/// `(succeeded, when, "Reason: message")` from the Job's conditions, if it has finished.
-/// `Failed` / `Complete` are terminal; `FailureTarget` / `SuccessCriteriaMet` come first and
-/// are final too (the Job controller only waits for pods to go), so they count.
-fn finish(conditions: &[JobCondition]) -> Option<(bool, Option<Timestamp>, Option<String>)> {
+/// What the Job's conditions say about its end.
+struct Finish {
+    /// `Complete` / `SuccessCriteriaMet` rather than `Failed` / `FailureTarget`.
+    succeeded: bool,
+    /// `Failed` / `Complete`: the Job has ended. Otherwise only its outcome is decided.
+    terminal: bool,
+    /// The earliest of the matching conditions' transition times.
+    at: Option<Timestamp>,
+    /// "Reason: message" of that condition.
+    reason: Option<String>,
+}
+
+/// The Job's end from its conditions, once its outcome is decided. `FailureTarget` /
+/// `SuccessCriteriaMet` decide it (and date it: the Job controller's `Failed` / `Complete`
+/// wait for every pod to go); only `Failed` / `Complete` are terminal.
+fn finish(conditions: &[JobCondition]) -> Option<Finish> {
     let find = |types: &[&str]| {
         conditions
             .iter()
@@ -285,11 +327,13 @@ fn finish(conditions: &[JobCondition]) -> Option<(bool, Option<Timestamp>, Optio
         (None, Some(m)) => Some(m.to_owned()),
         (None, None) => None,
     };
-    Some((
+    let terminal_type = if succeeded { "Complete" } else { "Failed" };
+    Some(Finish {
         succeeded,
-        c.last_transition_time.clone().map(|t| to_chrono(t.0)),
+        terminal: find(&[terminal_type]).is_some(),
+        at: c.last_transition_time.clone().map(|t| to_chrono(t.0)),
         reason,
-    ))
+    })
 }
 
 /// Whether `pod` is controlled by the Job with this UID.
@@ -371,6 +415,10 @@ pub fn diagnose(pods: &[&Pod], started: bool) -> Diagnosis {
 /// different UID is a new run and starts with no steps. Once soft_kill was taken (or the Job
 /// carries our terminated-by annotation) the timeout and deadline are frozen: the
 /// `activeDeadlineSeconds` jobwarden patched in is not a new job override.
+///
+/// A Job whose outcome is decided but which has not ended keeps that outcome with no finish
+/// time, in stage `terminating` (jobwarden ended it) or `completing` (it ended on its own):
+/// both active, so the ladder goes on until no pod is left.
 pub fn to_record(
     obs: &ObservedJob,
     previous: Option<&JobRecord>,
@@ -380,7 +428,10 @@ pub fn to_record(
     let resolved = resolve(&obs.settings, policy);
     let same_run = previous.filter(|p| p.run_id == obs.uid);
     let steps = same_run.map(|p| p.steps.clone()).unwrap_or_default();
-    let soft_killed = steps.iter().any(|s| s.step == Step::SoftKill) || obs.terminated_by_us;
+    // Ending by our hand: soft-killed, patched, or marked failed (recorded before the patch).
+    let soft_killed = steps.iter().any(|s| s.step == Step::SoftKill)
+        || obs.terminated_by_us
+        || same_run.is_some_and(|p| !p.dry_run && p.spec.get(MARKED_FAILED).is_some());
     let (timeout, frozen_deadline) = match same_run {
         Some(p) if soft_killed => (p.timeout, p.deadline),
         _ => (resolved.timeout, None),
@@ -388,8 +439,10 @@ pub fn to_record(
     let deadline = frozen_deadline.or_else(|| obs.started_at.map(|s| add(s, timeout)));
     let stage = match (obs.outcome, same_run.map(|p| p.stage)) {
         (_, Some(s @ (Stage::Cleanup | Stage::Cleaned))) => s,
-        (Some(o), _) => stage_after(o),
-        (None, _) if soft_killed => Stage::Terminating,
+        (Some(o), _) if obs.ended => stage_after(o),
+        _ if soft_killed => Stage::Terminating,
+        // Decided by the Job controller, pods still terminating: ending, not ended.
+        (Some(_), _) => Stage::Completing,
         (None, _) if obs.started_at.is_some() => Stage::Running,
         (None, _) => Stage::PreStart,
     };
@@ -410,7 +463,8 @@ pub fn to_record(
             .or(obs.created_at)
             .unwrap_or(now),
         started_at: obs.started_at,
-        finished_at: obs.finished_at,
+        // Finished only once ended: while its pods terminate the ladder goes on.
+        finished_at: obs.finished_at.filter(|_| obs.ended),
         timeout,
         grace: resolved.grace,
         ttl: resolved.ttl,
@@ -434,6 +488,8 @@ pub const JOB_TEMPLATE: &str = "job";
 pub const RECOVERING: &str = "recovering";
 /// `JobRecord.spec` key of a run jobwarden failed (`reconcile.rs`).
 pub const MARKED_FAILED: &str = "marked_failed";
+/// `JobRecord.spec` key of a kill step recorded but not yet carried out (`reconcile.rs`).
+pub const ACTING: &str = "acting";
 /// `JobRecord.spec` key: since when the run's Job has had no pods (`reconcile.rs`).
 pub const NO_PODS_SINCE: &str = "no_pods_since";
 /// `JobRecord.spec` key of the UIDs of runs dead-job recovery replaced.
@@ -442,7 +498,7 @@ pub const SUPERSEDED: &str = "superseded";
 /// `JobRecord.spec` of a Kubernetes job: where the current run lives (`namespace`, `name`,
 /// `uid`); the Job to re-create it from (`job`: kept from the run's first sighting, so our own
 /// patches never enter it); the reconciler's markers for the run (`recovering`,
-/// `marked_failed`, `no_pods_since`: kept within the run; see `reconcile.rs`); and the UIDs
+/// `marked_failed`, `no_pods_since`, `acting`: kept within the run; see `reconcile.rs`); and the UIDs
 /// of runs dead-job recovery replaced (`superseded`: kept across runs, so a late copy of an
 /// old Job is never taken for a new run).
 fn run_spec(
@@ -457,7 +513,13 @@ fn run_spec(
         JOB_TEMPLATE: obs.template,
     });
     if let Some(p) = same_run {
-        for key in [JOB_TEMPLATE, RECOVERING, MARKED_FAILED, NO_PODS_SINCE] {
+        for key in [
+            JOB_TEMPLATE,
+            RECOVERING,
+            MARKED_FAILED,
+            NO_PODS_SINCE,
+            ACTING,
+        ] {
             if let Some(v) = p.spec.get(key) {
                 spec[key] = v.clone();
             }
@@ -738,6 +800,98 @@ mod tests {
                 .outcome,
             None
         );
+    }
+
+    /// KUBERNETES.md §1: `FailureTarget` at once, `Failed` only once no pod is terminating; a
+    /// pod on a node whose kubelet is gone stays Terminating for ever.
+    #[test]
+    fn failure_target_with_pods_left_is_ending_not_ended() {
+        let s = scope();
+        let target = serde_json::json!([{"type": "FailureTarget", "status": "True",
+            "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline",
+            "lastProbeTime": "2026-11-28T11:00:01Z", "lastTransitionTime": "2026-11-28T11:00:01Z"}]);
+        let ours = |v: &mut serde_json::Value| {
+            v["metadata"]["annotations"]["flowforge.io/terminated-by"] = "jobwarden".into();
+            v["spec"]["activeDeadlineSeconds"] = 1.into();
+        };
+        // Decided, its pod deleted but still there (the Job controller counts it terminating).
+        let ending = with(RUNNING, |v| {
+            ours(v);
+            v["status"]["conditions"] = target.clone();
+            v["status"]["active"] = 0.into();
+            v["status"]["terminating"] = 1.into();
+        });
+        let mut stuck = pod(serde_json::json!({"phase": "Running"}), UID);
+        stuck.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                super::super::to_jiff(ts("2026-11-28T11:00:31Z")),
+            ));
+        let o = observe_job(&ending, std::slice::from_ref(&stuck), &s).expect("ours");
+        assert_eq!(o.outcome, Some(Outcome::Terminated), "decided");
+        assert!(!o.ended, "its pod is still terminating");
+        let policy = PolicyConfig::default();
+        let now = ts("2026-11-28T11:01:00Z");
+        let r = to_record(&o, None, &policy, now);
+        assert_eq!((r.stage, r.finished_at), (Stage::Terminating, None));
+        assert_eq!(r.outcome, Some(Outcome::Terminated));
+        // Our pods say none is left, but the Job controller still counts one (a pod whose
+        // template lacks our label): still ending.
+        let o = observe_job(&ending, &[], &s).expect("ours");
+        assert!(!o.ended);
+        // No pod left by either count: ended, finished when the outcome was decided.
+        let gone = with(RUNNING, |v| {
+            ours(v);
+            v["status"]["conditions"] = target.clone();
+            v["status"]
+                .as_object_mut()
+                .expect("status")
+                .remove("active");
+            v["status"]["terminating"] = 0.into();
+        });
+        let o = observe_job(&gone, &[], &s).expect("ours");
+        assert!(o.ended);
+        let r = to_record(&o, None, &policy, now);
+        assert_eq!(
+            (r.stage, r.finished_at),
+            (Stage::Failed, Some(ts("2026-11-28T11:00:01Z")))
+        );
+        // A terminal pod is not left.
+        let mut done = stuck.clone();
+        done.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Failed".into()),
+            ..Default::default()
+        });
+        assert!(observe_job(&gone, &[done], &s).expect("ours").ended);
+        // `Failed` is the end whatever the pods.
+        let failed = with(RUNNING, |v| {
+            ours(v);
+            let mut cs = target.clone();
+            cs.as_array_mut().expect("array").push(serde_json::json!({"type": "Failed",
+                "status": "True", "reason": "DeadlineExceeded", "message": "m",
+                "lastProbeTime": "2026-11-28T11:00:40Z", "lastTransitionTime": "2026-11-28T11:00:40Z"}));
+            v["status"]["conditions"] = cs;
+        });
+        assert!(
+            observe_job(&failed, &[stuck.clone()], &s)
+                .expect("ours")
+                .ended
+        );
+
+        // Failing on its own (not ours), pods still terminating: completing, active.
+        let own_failure = with(RUNNING, |v| {
+            v["status"]["conditions"] = serde_json::json!([{"type": "FailureTarget",
+                "status": "True", "reason": "BackoffLimitExceeded", "message": "m",
+                "lastProbeTime": "2026-11-28T10:40:00Z", "lastTransitionTime": "2026-11-28T10:40:00Z"}]);
+            v["status"]["active"] = 0.into();
+            v["status"]["terminating"] = 1.into();
+        });
+        let o = observe_job(&own_failure, &[stuck], &s).expect("ours");
+        let r = to_record(&o, None, &policy, now);
+        assert_eq!(
+            (r.stage, r.outcome, r.finished_at),
+            (Stage::Completing, Some(Outcome::Failed), None)
+        );
+        assert!(r.stage.is_active());
     }
 
     #[test]

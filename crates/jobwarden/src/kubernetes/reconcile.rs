@@ -12,11 +12,21 @@
 //! gone ([`Reconciler::reconcile_gone`]) is re-created, or its record settled (outcome, stage
 //! `cleanup`, its storage cleanup queued).
 //!
-//! Order of writes: a warning is recorded before the Event is posted (at most one per run,
-//! even across a crash). The kill steps act first and are recorded only once the API calls
-//! achieved their purpose, so a 429/5xx is retried after its `Retry-After` instead of being
-//! lost; a crash between acting and recording repeats an idempotent call (the same patch, a
-//! delete answered NotFound), never a harmful one.
+//! Order of writes: every step is recorded before it is carried out, as in the local runtime.
+//! A warning is recorded, then its Event posted (at most one per run, even across a crash). A
+//! kill step (soft kill, hard kill, force delete) and mark_failed are recorded with a marker
+//! that says they are still to be carried out ([`Acting`], `marked_failed` with `done: false`);
+//! the calls follow, and the marker goes once they achieved their purpose. A 429/5xx leaves
+//! the marker, and the calls are retried after the `Retry-After`; a crash anywhere in between
+//! leaves it too, and the next reconcile (after a restart, or on the next leader) carries the
+//! step out before deciding anything else: the step keeps its one row, and the calls it
+//! repeats are idempotent (the same patch, deletes with UID preconditions answered NotFound).
+//! A step carried out later than recorded is re-timed, so the next step's grace counts from
+//! when it happened.
+//!
+//! A Job is finished at `Failed` / `Complete`, not at `FailureTarget` / `SuccessCriteriaMet`
+//! (`observe.rs`): while its pods terminate (for ever, on a node whose kubelet is gone) the
+//! ladder goes on, and the hard kill and force delete remove them.
 //!
 //! TTL deletes take a token from `[kubernetes] destructive_calls_per_minute`; the ladder's
 //! steps do not (as in the local runtime), so a runaway Job is never late because of cleanup.
@@ -65,11 +75,11 @@ use crate::model::{
     AuditAction, AuditEntry, JobRecord, Outcome as JobOutcome, Stage, Step, StepTaken, Timestamp,
     add, fmt_ts,
 };
-use crate::store::Store;
+use crate::store::{StepWrite, Store};
 
 use super::actions::{Actions, Outcome, Report};
 use super::observe::{
-    JOB_TEMPLATE, MARKED_FAILED, NO_PODS_SINCE, RECOVERING, SUPERSEDED, Scope, observe_job,
+    ACTING, JOB_TEMPLATE, MARKED_FAILED, NO_PODS_SINCE, RECOVERING, SUPERSEDED, Scope, observe_job,
     to_record,
 };
 
@@ -260,8 +270,24 @@ impl Reconciler {
                 .continue_recovery(Some(job), &mut record, &marker, now)
                 .await;
         }
+        if record.stage.is_active()
+            && let Some(pending) = Acting::of(&record)
+        {
+            // A kill step recorded but not yet carried out (its call failed, or jobwarden
+            // stopped in between): carry it out before deciding anything new.
+            if let Some(retry_at) = self.act(job, pods, &mut record, &pending, now).await? {
+                return Ok(Reconciled::Wake(Some(retry_at)));
+            }
+        }
+        let marked = Marker::of(&record, MARKED_FAILED);
+        if record.stage.is_active()
+            && let Some(m) = marked.as_ref().filter(|m| !m.done)
+        {
+            // mark_failed recorded but not yet carried out: finish it.
+            return self.mark_failed(job, &mut record, &m.reason, now).await;
+        }
         // Ended by our mark_failed patch already: the Job controller is on it (or dry-run).
-        let failed_already = Marker::of(&record, MARKED_FAILED).is_some();
+        let failed_already = marked.is_some();
         // Each pass takes at most one step; a later step is due at least a grace period
         // after it, so more passes only matter after downtime. Bounded either way.
         for _ in 0..8 {
@@ -298,38 +324,50 @@ impl Reconciler {
                         }
                         continue;
                     }
-                    let report = match step {
-                        Step::SoftKill => {
-                            self.actions
-                                .soft_kill(job, pods, record.grace, &reason, now)
-                                .await
-                        }
-                        Step::HardKill => self.actions.hard_kill(job, pods, &reason, now).await,
-                        _ => self.actions.force_delete(job, pods, &reason, now).await,
+                    // A kill step is recorded first: the step, its row, the stage and the
+                    // `acting` marker in one write; then carried out ([`Reconciler::act`]).
+                    let pending = Acting {
+                        step,
+                        due_at,
+                        at: now,
+                        reason: reason.clone(),
+                        terminating: step == Step::SoftKill
+                            && matches!(record.stage, Stage::Running | Stage::Completing)
+                            && !record.dry_run,
+                    };
+                    let mut after = record.clone();
+                    after.steps.push(taken.clone());
+                    let moves = step == Step::SoftKill && record.stage != Stage::Terminating;
+                    if moves {
+                        after.stage = Stage::Terminating;
                     }
-                    .map_err(|_| ignored_late())?;
-                    self.append_audit(&report.audit).await?;
-                    if let Some(retry_at) = self.retry_at(&record, step.as_str(), &report, now) {
-                        return Ok(Reconciled::Wake(Some(retry_at)));
-                    }
+                    pending.set(&mut after);
+                    let write = StepWrite {
+                        job_id: record.id.clone(),
+                        run_id: record.run_id.clone(),
+                        step: taken,
+                        audit: row,
+                        stage_after: moves.then(|| (Stage::Terminating, reason.clone())),
+                        spec_after: Some(after.spec.clone()),
+                    };
                     let recorded = self
                         .store
-                        .record_step(&record.id, &record.run_id, &taken, &row)
-                        .await?;
-                    record.steps.push(taken);
-                    let was_running = record.stage == Stage::Running;
-                    if step == Step::SoftKill && record.stage != Stage::Terminating {
-                        record.stage = Stage::Terminating;
-                        self.store.update_job(&record).await?;
+                        .record_steps(std::slice::from_ref(&write))
+                        .await?
+                        .pop()
+                        .unwrap_or(Ok(false))?;
+                    if !recorded {
+                        // Recorded meanwhile by another writer (a replica that led a moment
+                        // ago): look again at what the store holds.
+                        return Ok(Reconciled::Wake(Some(add(now, Duration::from_secs(1)))));
                     }
-                    if recorded {
-                        // Recorded now, by us: counted and announced once per run.
-                        self.metrics.audit_written(1);
-                        self.step_taken(step, due_at, now, started);
-                        if step == Step::SoftKill && was_running && !record.dry_run {
-                            self.fire_hooks("terminating", &record, Some(reason.clone()), now);
-                        }
-                        self.fire_hooks(step.as_str(), &record, Some(reason), now);
+                    self.metrics.audit_written(1);
+                    if moves {
+                        after.reason = Some(reason);
+                    }
+                    record = after;
+                    if let Some(retry_at) = self.act(job, pods, &mut record, &pending, now).await? {
+                        return Ok(Reconciled::Wake(Some(retry_at)));
                     }
                 }
                 Decision::Cleanup { due_at, .. } => {
@@ -484,6 +522,117 @@ impl Marker {
     }
 }
 
+/// A kill step recorded for the run but not yet carried out (`JobRecord.spec.acting`, kept
+/// within the run by `observe::to_record`): written with the step, removed once its calls
+/// achieved their purpose. While it is there, every reconcile carries the step out before
+/// deciding anything else.
+///
+/// Why record first: a step carried out and then lost to a crash before its row was written
+/// would never be recorded (on restart the Job is already ending, so the ladder never decides
+/// that step again), and the README promises each step is in the store before it is carried
+/// out. Recorded first, a crash between the write and the calls only repeats calls that are
+/// idempotent (the same merge patch; deletes with UID preconditions, answered 404 once done);
+/// at worst an Event is posted twice.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Acting {
+    /// Which step.
+    step: Step,
+    /// When it was due.
+    due_at: Timestamp,
+    /// When it was recorded (the step's `at` until it is carried out later).
+    at: Timestamp,
+    /// The reason its calls carry (annotation, Event note, audit rows).
+    reason: String,
+    /// The soft kill ended a running Job: the `terminating` hook fires with the step's.
+    terminating: bool,
+}
+
+impl Acting {
+    fn of(record: &JobRecord) -> Option<Acting> {
+        serde_json::from_value(record.spec.get(ACTING)?.clone()).ok()
+    }
+
+    fn set(&self, record: &mut JobRecord) {
+        if let (Some(spec), Ok(v)) = (record.spec.as_object_mut(), serde_json::to_value(self)) {
+            spec.insert(ACTING.to_owned(), v);
+        }
+    }
+}
+
+impl Reconciler {
+    /// Carries out a recorded kill step. When its calls achieved their purpose (or found a
+    /// re-created Job, for a force delete) the marker goes, the step's time moves to now if
+    /// it was recorded earlier and had not taken effect (its grace counts from when it
+    /// happened), and that write
+    /// carries the calls' audit rows; then the metrics and hooks. Otherwise the rows are
+    /// written, the marker stays, and the retry time is returned.
+    async fn act(
+        &self,
+        job: &Job,
+        pods: &[Pod],
+        record: &mut JobRecord,
+        pending: &Acting,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, ReconcileError> {
+        // The enforcement delay runs to when the step's API calls succeeded: `now` plus their
+        // own duration (monotonic; `now` is the only wall time).
+        let started = std::time::Instant::now();
+        let reason = pending.reason.as_str();
+        let report = match pending.step {
+            Step::SoftKill => {
+                self.actions
+                    .soft_kill(job, pods, record.grace, reason, now)
+                    .await
+            }
+            Step::HardKill => self.actions.hard_kill(job, pods, reason, now).await,
+            Step::ForceDelete => self.actions.force_delete(job, pods, reason, now).await,
+            // Warnings are never pending: recorded, then their Event posted (once per run).
+            Step::Warn => Ok(super::actions::Report::empty(record.id.clone())),
+        }
+        .map_err(|_| ignored_late())?;
+        if let Some(retry_at) = self.retry_at(record, pending.step.as_str(), &report, now) {
+            self.append_audit(&report.audit).await?;
+            return Ok(Some(retry_at));
+        }
+        if let Some(spec) = record.spec.as_object_mut() {
+            spec.remove(ACTING);
+        }
+        // A soft kill the Job already shows (its patch went out before a crash) happened at
+        // its recorded time; any other step carried out late is re-timed.
+        let shown = pending.step == Step::SoftKill
+            && job
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(&self.scope.terminated_by))
+                .is_some_and(|v| v == super::TERMINATED_BY_VALUE);
+        if now > pending.at
+            && !shown
+            && let Some(s) = record
+                .steps
+                .iter_mut()
+                .find(|s| s.step == pending.step && s.due_at == pending.due_at)
+        {
+            s.at = s.at.max(now);
+        }
+        self.store
+            .update_job_with_audit(record, &report.audit)
+            .await?;
+        self.metrics.audit_written(report.audit.len() as u64);
+        self.step_taken(pending.step, pending.due_at, now, started);
+        if pending.terminating {
+            self.fire_hooks("terminating", record, Some(pending.reason.clone()), now);
+        }
+        self.fire_hooks(
+            pending.step.as_str(),
+            record,
+            Some(pending.reason.clone()),
+            now,
+        );
+        Ok(None)
+    }
+}
+
 impl Reconciler {
     /// Ends a Job that cannot be recovered (image pull, crash loop, pending past the startup
     /// timeout, out of recovery attempts): the Job controller fails it (`Actions::mark_failed`),
@@ -495,27 +644,39 @@ impl Reconciler {
         reason: &str,
         now: Timestamp,
     ) -> Result<Reconciled, ReconcileError> {
+        record.reason = Some(reason.to_owned());
+        if !record.dry_run {
+            record.stage = Stage::Terminating;
+        }
+        if Marker::of(record, MARKED_FAILED).is_none() {
+            // Recorded before the patch, so a crash in between finishes it on restart
+            // rather than forgetting it.
+            Marker {
+                attempt: 0,
+                reason: reason.to_owned(),
+                at: fmt_ts(now),
+                done: false,
+            }
+            .set(record, MARKED_FAILED);
+            self.store.update_job(record).await?;
+        }
         let report = self
             .actions
             .mark_failed(job, reason, now)
             .await
             .map_err(|_| ignored_late())?;
-        self.append_audit(&report.audit).await?;
         if let Some(retry_at) = self.retry_at(record, "mark_failed", &report, now) {
+            self.append_audit(&report.audit).await?;
             return Ok(Reconciled::Wake(Some(retry_at)));
         }
-        Marker {
-            attempt: 0,
-            reason: reason.to_owned(),
-            at: fmt_ts(now),
-            done: true,
+        if let Some(mut m) = Marker::of(record, MARKED_FAILED) {
+            m.done = true;
+            m.set(record, MARKED_FAILED);
         }
-        .set(record, MARKED_FAILED);
-        record.reason = Some(reason.to_owned());
-        if !record.dry_run {
-            record.stage = Stage::Terminating;
-        }
-        self.store.update_job(record).await?;
+        self.store
+            .update_job_with_audit(record, &report.audit)
+            .await?;
+        self.metrics.audit_written(report.audit.len() as u64);
         if !record.dry_run {
             self.fire_hooks("terminating", record, Some(reason.to_owned()), now);
         }
@@ -649,22 +810,23 @@ impl Reconciler {
                 .continue_recovery(None, &mut record, &marker, now)
                 .await;
         }
-        if let Some(o) = obs.as_ref().and_then(|o| o.outcome) {
-            let reason = obs
-                .as_ref()
-                .and_then(|o| o.reason.clone())
-                .unwrap_or_default();
-            if let Some(obs) = &obs {
-                record.finished_at = obs.finished_at;
+        // Its outcome was decided: by its last state, or while its pods still terminated.
+        let decided = match obs.as_ref().and_then(|o| o.outcome.map(|oc| (o, oc))) {
+            Some((o, outcome)) => {
+                record.finished_at = o.finished_at;
+                Some((outcome, o.reason.clone()))
             }
-            return self
-                .settle_gone(
-                    &mut record,
-                    o,
-                    &format!("Job deleted after it finished: {reason}"),
-                    now,
-                )
-                .await;
+            None if record.stage == Stage::Completing => {
+                record.outcome.map(|oc| (oc, record.reason.clone()))
+            }
+            None => None,
+        };
+        if let Some((outcome, reason)) = decided {
+            let reason = format!(
+                "Job deleted after it finished: {}",
+                reason.unwrap_or_default()
+            );
+            return self.settle_gone(&mut record, outcome, &reason, now).await;
         }
         let marked_failed = Marker::of(&record, MARKED_FAILED).is_some();
         if record.stage == Stage::Terminating

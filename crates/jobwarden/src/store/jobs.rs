@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::model::{JobRecord, RuntimeKind, StepTaken, Timestamp};
+use crate::model::{JobRecord, RuntimeKind, Step, StepTaken, Timestamp};
 
 use super::convert::{RowExt, int_u64, secs};
 use super::{Error, Result};
@@ -35,7 +35,7 @@ macro_rules! job_columns {
 pub(crate) use job_columns;
 
 /// The `stage` values of active jobs, as an SQL list (kept beside [`crate::model::Stage::is_active`]).
-pub(crate) const ACTIVE_STAGES_SQL: &str = "('pre_start', 'running', 'terminating')";
+pub(crate) const ACTIVE_STAGES_SQL: &str = "('pre_start', 'running', 'terminating', 'completing')";
 
 /// A job's column values, in [`COLUMNS`] order, checked to fit the columns. JSON is kept as
 /// text so both backends can bind it (PostgreSQL casts it to `jsonb`).
@@ -128,7 +128,9 @@ impl<'a> JobParams<'a> {
 /// What `update_job` writes for the two merged fields, given what is stored.
 ///
 /// Steps: for the same run, the stored steps plus any of `job.steps` not stored yet (a step
-/// recorded by `record_step` after `job` was read is never dropped); for a new run, `job.steps`.
+/// recorded by `record_step` after `job` was read is never dropped); a step in both keeps the
+/// later `at` (a kill carried out later than it was recorded: the next step's grace counts
+/// from when it happened, never from earlier); for a new run, `job.steps`.
 /// Heartbeat: the later of the two.
 pub(crate) fn merge_for_update(
     job: &JobRecord,
@@ -139,7 +141,13 @@ pub(crate) fn merge_for_update(
     let steps = if stored_run_id == job.run_id {
         let mut steps = stored_steps;
         for s in &job.steps {
-            if !steps.iter().any(|t| t.step == s.step) {
+            if let Some(t) = steps
+                .iter_mut()
+                .find(|t| t.step == s.step && t.due_at == s.due_at)
+            {
+                t.at = t.at.max(s.at);
+            } else if s.step == Step::Warn || !steps.iter().any(|t| t.step == s.step) {
+                // Warnings are one per due time; every other step one per run.
                 steps.push(s.clone());
             }
         }
@@ -215,6 +223,14 @@ pub(crate) fn step_json(step: &StepTaken) -> Result<String> {
     to_json(step, "jobs.steps")
 }
 
+/// The JSON text of a step write's [`super::StepWrite::spec_after`], if any.
+pub(crate) fn spec_after_json(w: &super::StepWrite) -> Result<Option<String>> {
+    w.spec_after
+        .as_ref()
+        .map(|v| to_json(v, "jobs.spec"))
+        .transpose()
+}
+
 /// A step's `due_at` exactly as [`step_json`] writes it. Warnings are recorded once per due
 /// time (several `warn_before` offsets give several warnings per run); every other step
 /// once per run.
@@ -285,6 +301,25 @@ mod tests {
         );
         let names: Vec<Step> = steps.iter().map(|s| s.step).collect();
         assert_eq!(names, [Step::Warn, Step::SoftKill, Step::HardKill]);
+    }
+
+    #[test]
+    fn a_step_carried_out_later_keeps_the_later_time_never_an_earlier_one() {
+        let stored = job("r1", &[Step::SoftKill], None).steps;
+        let mut later = job("r1", &[Step::SoftKill], None);
+        later.steps[0].at = ts(7);
+        let (steps, _) = merge_for_update(&later, "r1", stored.clone(), None);
+        assert_eq!((steps.len(), steps[0].at), (1, ts(7)));
+        // An older copy of the record never moves it back.
+        let (steps, _) = merge_for_update(&job("r1", &[Step::SoftKill], None), "r1", steps, None);
+        assert_eq!(steps[0].at, ts(7));
+        // Another warning (another due time) is added; a second soft kill of the run is not.
+        let mut more = job("r1", &[Step::Warn, Step::SoftKill], None);
+        more.steps[0].due_at = ts(5);
+        more.steps[1].due_at = ts(9);
+        let (steps, _) = merge_for_update(&more, "r1", stored, None);
+        let names: Vec<(Step, Timestamp)> = steps.iter().map(|s| (s.step, s.due_at)).collect();
+        assert_eq!(names, [(Step::SoftKill, ts(1)), (Step::Warn, ts(5))]);
     }
 
     #[test]

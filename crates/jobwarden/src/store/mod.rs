@@ -170,6 +170,10 @@ pub struct StepWrite {
     /// The stage and reason the job moves to with this step (a soft kill: `terminating`),
     /// saved with the step in the same statement, only if the step is recorded now.
     pub stage_after: Option<(Stage, String)>,
+    /// The job's `spec` as it is to be with this step (the Kubernetes runtime's marker of a
+    /// step recorded but not yet carried out), saved in the same statement, only if the step
+    /// is recorded now.
+    pub spec_after: Option<serde_json::Value>,
 }
 
 /// Calls the same method on whichever backend this is.
@@ -298,6 +302,7 @@ impl Store {
             step: step.clone(),
             audit: audit.clone(),
             stage_after: None,
+            spec_after: None,
         }];
         let mut results = self.record_steps(&batch).await?;
         results.pop().unwrap_or(Ok(false))

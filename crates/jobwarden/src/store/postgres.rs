@@ -19,7 +19,7 @@ use super::audit::{self, AuditQuery, audit_insert_columns, decode_audit};
 use super::convert::{Row, RowExt, trunc_micros};
 use super::jobs::{
     self, ACTIVE_STAGES_SQL, JobFilter, JobParams, decode_job, decode_steps, job_columns,
-    merge_for_update,
+    merge_for_update, spec_after_json,
 };
 use super::queue::{
     self, Backoff, Completion, Enqueued, FailOutcome, NewTask, QueueStats, RequeueOutcome, Task,
@@ -878,7 +878,8 @@ async fn record_step_in(
     let updated = sqlx::query(
         "UPDATE jobs SET steps = steps || jsonb_build_array($3::jsonb), \
              stage = COALESCE($6::text, stage), \
-             reason = CASE WHEN $6::text IS NULL THEN reason ELSE $7::text END \
+             reason = CASE WHEN $6::text IS NULL THEN reason ELSE $7::text END, \
+             spec = COALESCE($8::jsonb, spec) \
              WHERE id = $1 AND run_id = $2 \
                AND NOT steps @> jsonb_build_array(CASE WHEN $4::text = 'warn' \
                    THEN jsonb_build_object('step', $4::text, 'due_at', $5::text) \
@@ -891,6 +892,7 @@ async fn record_step_in(
     .bind(jobs::due_at_json(&w.step))
     .bind(w.stage_after.as_ref().map(|(stage, _)| stage.as_str()))
     .bind(w.stage_after.as_ref().map(|(_, reason)| reason.as_str()))
+    .bind(spec_after_json(w)?)
     .execute(&mut **tx)
     .await
     .map_err(db(op.to_owned()))?

@@ -26,7 +26,7 @@ use super::audit::{self, AuditQuery, audit_insert_columns, decode_audit};
 use super::convert::{Row, RowExt, micros, trunc_micros};
 use super::jobs::{
     self, ACTIVE_STAGES_SQL, JobFilter, JobParams, decode_job, decode_steps, job_columns,
-    merge_for_update,
+    merge_for_update, spec_after_json,
 };
 use super::queue::{
     self, Backoff, Completion, Enqueued, FailOutcome, NewTask, QueueStats, RequeueOutcome, Task,
@@ -849,7 +849,8 @@ async fn record_step_in(
 ) -> Result<bool> {
     let updated = sqlx::query(
         "UPDATE jobs SET steps = json_insert(steps, '$[#]', json($3)), \
-             stage = COALESCE($6, stage), reason = CASE WHEN $6 IS NULL THEN reason ELSE $7 END \
+             stage = COALESCE($6, stage), reason = CASE WHEN $6 IS NULL THEN reason ELSE $7 END, \
+             spec = COALESCE(json($8), spec) \
              WHERE id = $1 AND run_id = $2 AND NOT EXISTS \
              (SELECT 1 FROM json_each(jobs.steps) WHERE json_extract(value, '$.step') = $4 \
                AND ($4 <> 'warn' OR json_extract(value, '$.due_at') = $5))",
@@ -861,6 +862,7 @@ async fn record_step_in(
     .bind(jobs::due_at_json(&w.step))
     .bind(w.stage_after.as_ref().map(|(stage, _)| stage.as_str()))
     .bind(w.stage_after.as_ref().map(|(_, reason)| reason.as_str()))
+    .bind(spec_after_json(w)?)
     .execute(&mut **tx)
     .await
     .map_err(db(op.to_owned()))?

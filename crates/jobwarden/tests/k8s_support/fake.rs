@@ -378,6 +378,41 @@ impl State {
             .collect()
     }
 
+    /// The Job controller's pod counts in the Job's status (KUBERNETES.md §7): `active`
+    /// (not terminal, not being deleted; omitted at 0), `ready` (of those, Running) and
+    /// `terminating` (being deleted, not terminal; always present). Written only on change.
+    fn count_pods(&mut self, key: &Key, uid: &str) {
+        let Some(mut job) = self.objects.get(key).cloned() else {
+            return;
+        };
+        let (mut active, mut ready, mut terminating) = (0_u64, 0_u64, 0_u64);
+        for pod in self.owned_pods(&key.1, uid) {
+            let p = &self.objects[&pod];
+            if is_terminal_pod(p) {
+                continue;
+            }
+            if p["metadata"]["deletionTimestamp"].is_null() {
+                active += 1;
+                ready += u64::from(p["status"]["phase"] == "Running");
+            } else {
+                terminating += 1;
+            }
+        }
+        let before = job["status"].clone();
+        if let Some(st) = job["status"].as_object_mut() {
+            if active == 0 {
+                st.remove("active");
+            } else {
+                st.insert("active".into(), active.into());
+            }
+            st.insert("ready".into(), ready.into());
+            st.insert("terminating".into(), terminating.into());
+        }
+        if job["status"] != before {
+            self.put(key, job, "MODIFIED");
+        }
+    }
+
     /// The garbage collector: Jobs deleted in the Foreground go once their pods are gone;
     /// objects being deleted go once their finalizers are gone.
     fn collect_garbage(&mut self) {
@@ -640,6 +675,7 @@ impl Fake {
     /// - a pod of a Job being deleted with grace 0 or terminal loses the
     ///   `batch.kubernetes.io/job-tracking` finalizer (not for `podReplacementPolicy: Failed`
     ///   unless terminal), so it goes;
+    /// - every Job's `status.active` / `ready` / `terminating` count its pods;
     /// - a Job with `FailureTarget` and no pod left that is not terminal gets `Failed`.
     pub fn job_controller_tick(&self, now: Timestamp) {
         {
@@ -719,6 +755,7 @@ impl Fake {
                     }
                 }
                 s.collect_garbage();
+                s.count_pods(&key, &uid);
                 if has(&job, "FailureTarget") && !has(&job, "Failed") {
                     let left = s
                         .owned_pods(&key.1, &uid)

@@ -14,7 +14,7 @@ use jobwarden::kubernetes::controller;
 use jobwarden::kubernetes::observe::Scope;
 use jobwarden::kubernetes::orphans::OrphanPass;
 use jobwarden::kubernetes::reconcile::Reconciler;
-use jobwarden::model::{AuditEntry, Timestamp, add};
+use jobwarden::model::{AuditAction, AuditEntry, Timestamp, add};
 use jobwarden::store::{AuditQuery, Store};
 use serde_json::Value;
 
@@ -120,7 +120,8 @@ pub struct Running {
     pub store: Store,
     pub ready: Arc<AtomicBool>,
     pub stop: tokio::sync::watch::Sender<bool>,
-    _leading: tokio::sync::watch::Sender<bool>,
+    /// Whether this replica leads (acts); the controller follows changes.
+    pub leading: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -150,8 +151,22 @@ pub async fn start_with(
     config: Config,
     orphans: bool,
     dry_run: bool,
+    store: (Store, tempfile::TempDir),
+    clock: impl Fn() -> Timestamp + Send + Sync + 'static,
+) -> Running {
+    replica(fake, config, orphans, dry_run, store, clock, true)
+}
+
+/// One replica of the controller over `fake`, leading from the start or following until
+/// [`Running::leading`] says otherwise.
+pub fn replica(
+    fake: &Fake,
+    config: Config,
+    orphans: bool,
+    dry_run: bool,
     (store, dir): (Store, tempfile::TempDir),
     clock: impl Fn() -> Timestamp + Send + Sync + 'static,
+    leading: bool,
 ) -> Running {
     let client = fake.client();
     let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
@@ -164,7 +179,7 @@ pub async fn start_with(
     );
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (leading, leading_rx) = tokio::sync::watch::channel(true);
+    let (leading, leading_rx) = tokio::sync::watch::channel(leading);
     let task = tokio::spawn(controller::run_with_orphans(
         pass,
         client,
@@ -180,7 +195,7 @@ pub async fn start_with(
         store,
         ready,
         stop,
-        _leading: leading,
+        leading,
         task,
         _dir: dir,
     }
@@ -207,6 +222,13 @@ impl Running {
             .query_audit(&AuditQuery::default())
             .await
             .expect("audit")
+    }
+
+    /// Ends the loop as a crash (`kill -9`) would, wherever it is: nothing more is sent or
+    /// written, nothing is released.
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 
     /// Stops the loop; checks every request it made is in `API_CALLS`.
@@ -249,4 +271,31 @@ pub fn count(seen: &[Seen], method: &str, path: &str) -> usize {
     seen.iter()
         .filter(|s| s.method == method && s.path.split('?').next() == Some(path))
         .count()
+}
+
+/// The step rows (one per step taken, `details.due_at` set) in order.
+pub fn steps(audit: &[AuditEntry]) -> Vec<(AuditAction, Timestamp, Timestamp)> {
+    audit
+        .iter()
+        .filter(|a| {
+            a.resource_type == "job" && a.details.as_ref().is_some_and(|d| d["due_at"].is_string())
+        })
+        .filter(|a| {
+            matches!(
+                a.action,
+                AuditAction::Warn
+                    | AuditAction::SoftKill
+                    | AuditAction::HardKill
+                    | AuditAction::ForceDelete
+            )
+        })
+        .map(|a| {
+            let due: Timestamp = a.details.as_ref().expect("details")["due_at"]
+                .as_str()
+                .expect("due_at")
+                .parse()
+                .expect("due_at parses");
+            (a.action, due, a.timestamp)
+        })
+        .collect()
 }
