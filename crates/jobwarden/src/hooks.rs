@@ -78,6 +78,70 @@ impl HookOutcome {
     }
 }
 
+/// Fires hooks in tasks of their own (a slow hook never delays the ladder), audits each
+/// outcome, and counts the tasks still running ([`HookRunner::idle`]). One per process,
+/// shared by whatever carries plans out.
+#[derive(Debug, Clone)]
+pub struct HookRunner {
+    hooks: std::sync::Arc<Hooks>,
+    store: Store,
+    metrics: std::sync::Arc<Metrics>,
+    running: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl HookRunner {
+    /// Runs `hooks`, auditing into `store` and counting into `metrics`.
+    pub fn new(hooks: Hooks, store: Store, metrics: std::sync::Arc<Metrics>) -> Self {
+        HookRunner {
+            hooks: std::sync::Arc::new(hooks),
+            store,
+            metrics,
+            running: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// The hooks.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
+    /// Fires the hooks for `event` on `job` in a task of their own.
+    pub fn fire(&self, event: &str, job: &JobRecord, reason: Option<String>, now: Timestamp) {
+        if !self.hooks.has(event) {
+            return;
+        }
+        let payload = HookPayload::new(event, job, reason, now);
+        let runner = self.clone();
+        let job = job.clone();
+        self.running.send_modify(|n| *n += 1);
+        tokio::spawn(async move {
+            let _running = Running(runner.running.clone());
+            runner
+                .hooks
+                .fire_and_audit(&payload, &job, &runner.store, &runner.metrics)
+                .await;
+        });
+    }
+
+    /// Completes once no hook task is running, checked when awaited (so it may be created
+    /// before the runner moves elsewhere).
+    pub fn idle(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut running = self.running.subscribe();
+        async move {
+            let _ = running.wait_for(|n| *n == 0).await;
+        }
+    }
+}
+
+/// Counts one running hook task while it lives (dropped at its end, panics included).
+struct Running(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// The configured hooks.
 #[derive(Debug, Clone)]
 pub struct Hooks {

@@ -22,7 +22,6 @@
 pub mod api;
 pub mod enforcer;
 pub mod orphans;
-pub mod ratelimit;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -83,7 +82,7 @@ pub struct Shared {
     /// Bearer token.
     pub token: Option<String>,
     /// Deletion rate limit shared by every destructive cleanup path.
-    pub deletions: ratelimit::RateLimiter,
+    pub deletions: crate::ratelimit::RateLimiter,
     /// Wakes the cleanup workers when a task was queued.
     pub queue_kick: tokio::sync::Notify,
     /// Object storage for artifacts, partial saves and logs.
@@ -378,7 +377,9 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
     let shared = Arc::new(Shared {
         policy: Policy::from_config(&opts.config),
         hooks: Hooks::new(opts.config.hooks.clone()),
-        deletions: ratelimit::RateLimiter::per_minute(opts.config.safety.max_deletions_per_minute),
+        deletions: crate::ratelimit::RateLimiter::per_minute(
+            opts.config.safety.max_deletions_per_minute,
+        ),
         config: opts.config,
         store,
         metrics: Metrics::default(),

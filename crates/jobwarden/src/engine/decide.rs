@@ -24,6 +24,8 @@ pub struct Policy {
     pub recovery: RecoveryConfig,
     /// Startup timeout and crash-loop limit.
     pub limits: RecoveryLimits,
+    /// Where local jobs' files are (the local daemon's; None elsewhere).
+    pub layout: Option<super::plan::Layout>,
 }
 
 impl Policy {
@@ -37,6 +39,7 @@ impl Policy {
                 startup_timeout: c.policy.startup_timeout.0,
                 crash_loop_restarts: 5,
             },
+            layout: None,
         }
     }
 }

@@ -41,6 +41,18 @@ pub fn can_transition(from: Stage, to: Stage) -> bool {
     }
 }
 
+/// A stage change the lifecycle does not allow (a stale or replayed update).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {job}: stage {from} cannot move to {to}")]
+pub struct StageError {
+    /// The job.
+    pub job: String,
+    /// Its stage.
+    pub from: Stage,
+    /// The stage refused.
+    pub to: Stage,
+}
+
 /// How an exit status maps to an outcome: jobwarden ending the job wins over the status.
 pub fn outcome_of_exit(
     exit_code: Option<i32>,

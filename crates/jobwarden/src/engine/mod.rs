@@ -11,11 +11,14 @@
 //! - [`recovery`]: startup timeout and dead jobs (heartbeats, diagnosis, backoff).
 //! - [`orphans`]: the fail-closed set difference.
 //! - [`decide`]: the one entry point that combines them for a job.
+//! - [`plan`]: the decision worked out completely for the executor: texts, audit rows, stage
+//!   moves, hooks, cleanup tasks.
 
 pub mod decide;
 pub mod ladder;
 pub mod lifecycle;
 pub mod orphans;
+pub mod plan;
 pub mod recovery;
 pub mod retention;
 

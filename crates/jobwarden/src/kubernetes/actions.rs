@@ -242,26 +242,8 @@ impl CallResult {
     }
 }
 
-/// How an action as a whole ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every call achieved its purpose (or nothing was left to do).
-    Done,
-    /// A TTL / force delete found a different Job (UID) under the name: left alone.
-    Recreated,
-    /// Try the action again after `after` (it is idempotent).
-    Retry {
-        /// How long to wait.
-        after: Duration,
-        /// The error.
-        error: String,
-    },
-    /// A call failed in a way retrying will not fix (RBAC, validation).
-    Failed {
-        /// The error.
-        error: String,
-    },
-}
+/// How an action as a whole ended: the runtime's act outcome.
+pub use crate::runtime::ActOutcome as Outcome;
 
 /// What an action did: the audit rows to write (one per call) and how it ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -274,12 +256,16 @@ pub struct Report {
     pub outcome: Outcome,
 }
 
-impl Report {
-    /// Nothing done, nothing to say.
-    pub fn empty(job_id: JobId) -> Self {
-        Report::new(job_id)
+impl From<Report> for crate::runtime::Acted {
+    fn from(r: Report) -> Self {
+        crate::runtime::Acted {
+            outcome: r.outcome,
+            ..crate::runtime::Acted::done(r.audit)
+        }
     }
+}
 
+impl Report {
     fn new(job_id: JobId) -> Self {
         Report {
             job_id,
@@ -349,6 +335,11 @@ impl Actions {
     /// Whether calls are only audited, not sent.
     pub fn dry_run(&self) -> bool {
         self.dry_run
+    }
+
+    /// Which objects are ours.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
     }
 
     fn target<'a>(&self, job: &'a Job) -> Result<Target<'a>, Ignored> {

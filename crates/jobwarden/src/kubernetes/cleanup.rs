@@ -28,10 +28,11 @@ use tokio::sync::watch;
 
 use crate::artifacts::{Artifacts, ArtifactsConfig};
 use crate::config::Config;
-use crate::daemon::{Shared, WriteFaults, ratelimit::RateLimiter, worker};
+use crate::daemon::{Shared, WriteFaults, worker};
 use crate::engine::Policy;
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::runtime::local::LocalRuntime;
 use crate::store::Store;
 

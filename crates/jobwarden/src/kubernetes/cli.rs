@@ -260,7 +260,7 @@ pub async fn run(
     let actions = super::actions::Actions::new(client.clone(), scope, opts.dry_run, &instance);
     let label = config.kubernetes.job_id_label.clone();
     // One budget of destructive calls for TTL deletes and orphan deletes together.
-    let limiter = Arc::new(crate::daemon::ratelimit::RateLimiter::per_minute(
+    let limiter = Arc::new(crate::ratelimit::RateLimiter::per_minute(
         config.kubernetes.destructive_calls_per_minute,
     ));
     let orphans = super::orphans::OrphanPass::from_config(

@@ -7,7 +7,8 @@
 //!   rows they produce. The one list of calls the code makes, [`actions::API_CALLS`], is what
 //!   the RBAC test checks `deploy/` against.
 //! - [`manifest`]: renders a FlowForge Job whose fields agree with the policy.
-//! - [`reconcile`]: one Job through observe → store → engine → actions → store/audit.
+//! - [`reconcile`]: one Job through observe → store → plan → executor.
+//! - [`runtime`]: the [`crate::runtime::Runtime`] the executor drives, over [`actions`].
 //! - [`cleanup`]: the cleanup workers that delete a TTL-deleted Job's artifacts and logs in
 //!   object storage (the local runtime's durable queue).
 //! - [`orphans`]: labelled Pods, PVCs, Secrets and ConfigMaps whose Job is gone (pure
@@ -33,6 +34,7 @@ pub mod manifest;
 pub mod observe;
 pub mod orphans;
 pub mod reconcile;
+pub mod runtime;
 
 use crate::model::Timestamp;
 

@@ -484,12 +484,7 @@ pub fn to_record(
 
 /// `JobRecord.spec` key of the Job to re-create a run from ([`job_template`]).
 pub const JOB_TEMPLATE: &str = "job";
-/// `JobRecord.spec` key of a re-creation under way for the run (`reconcile.rs`).
-pub const RECOVERING: &str = "recovering";
-/// `JobRecord.spec` key of a run jobwarden failed (`reconcile.rs`).
-pub const MARKED_FAILED: &str = "marked_failed";
-/// `JobRecord.spec` key of a kill step recorded but not yet carried out (`reconcile.rs`).
-pub const ACTING: &str = "acting";
+pub use crate::executor::{ACTING, MARKED_FAILED, RECOVERING};
 /// `JobRecord.spec` key: since when the run's Job has had no pods (`reconcile.rs`).
 pub const NO_PODS_SINCE: &str = "no_pods_since";
 /// `JobRecord.spec` key of the UIDs of runs dead-job recovery replaced.

@@ -44,8 +44,8 @@ use kube::{Client, Resource};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::daemon::ratelimit::RateLimiter;
 use crate::model::{AuditAction, AuditEntry, JobId, Timestamp, since};
+use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
 use super::actions::CallResult;

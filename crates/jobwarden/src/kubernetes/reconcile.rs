@@ -1,6 +1,6 @@
-//! One Job's reconcile: observe it, merge with the store, decide with the engine, carry the
-//! due step out through [`Actions`], write the step and the audit rows, and say when to look
-//! again. The watch loop (`controller.rs`) calls it for every changed Job and every
+//! One Job's reconcile: observe it, merge with the store, plan with the engine
+//! ([`crate::engine::plan`]), have the executor ([`crate::executor`]) carry the plan out on
+//! the Kubernetes runtime ([`super::runtime`]), and say when to look again. The watch loop (`controller.rs`) calls it for every changed Job and every
 //! scheduler wake-up; it is safe to call any number of times.
 //!
 //! Dead-job recovery and stuck Jobs (the engine's `Recover` / `MarkFailed`): mark_failed ends
@@ -65,40 +65,25 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::config::Config;
-use crate::daemon::ratelimit::RateLimiter;
+use crate::engine::Policy;
 use crate::engine::decide::earliest;
+use crate::engine::lifecycle;
+use crate::engine::plan::{self, Work, job_row};
 use crate::engine::recovery::Diagnosis;
-use crate::engine::{Decision, Policy, decide};
-use crate::hooks::{HookPayload, Hooks};
+use crate::executor::{Carried, Executor, MARKED_FAILED, Marker, RECOVERING};
+use crate::hooks::{HookRunner, Hooks};
 use crate::metrics::Metrics;
 use crate::model::{
-    AuditAction, AuditEntry, JobRecord, Outcome as JobOutcome, Stage, Step, StepTaken, Timestamp,
-    add, fmt_ts,
+    AuditAction, AuditEntry, JobRecord, Outcome as JobOutcome, Stage, Timestamp, add, fmt_ts,
 };
-use crate::store::{StepWrite, Store};
+use crate::ratelimit::RateLimiter;
+use crate::store::Store;
 
-use super::actions::{Actions, Outcome, Report};
-use super::observe::{
-    ACTING, JOB_TEMPLATE, MARKED_FAILED, NO_PODS_SINCE, RECOVERING, SUPERSEDED, Scope, observe_job,
-    to_record,
-};
+use super::actions::Actions;
+use super::observe::{JOB_TEMPLATE, NO_PODS_SINCE, SUPERSEDED, Scope, observe_job, to_record};
+use super::runtime::KubeTarget;
 
-/// How long to wait before retrying an action that failed for good (RBAC, validation): the
-/// operator may fix it, and the audit log says what failed meanwhile. Doubled after each
-/// consecutive failure of the same action on the same run, up to [`FAILED_ACTION_RETRY_MAX`],
-/// so a permanent 403 costs a few audit rows an hour, not one a minute.
-pub const FAILED_ACTION_RETRY: Duration = Duration::from_secs(60);
-
-/// The longest wait between retries of an action that keeps failing.
-pub const FAILED_ACTION_RETRY_MAX: Duration = Duration::from_secs(3600);
-
-/// The wait before the retry that follows `failures` consecutive failures (1 = the first).
-pub fn failed_action_backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    FAILED_ACTION_RETRY
-        .saturating_mul(1 << doublings)
-        .min(FAILED_ACTION_RETRY_MAX)
-}
+pub use crate::executor::failed_act_backoff as failed_action_backoff;
 
 /// While a TTL-deleted Job is still there, look for pods stuck terminating this often.
 pub const DELETION_CHECK: Duration = Duration::from_secs(30);
@@ -114,18 +99,11 @@ pub enum Reconciled {
 
 /// Reconciles Jobs against the store and the engine.
 pub struct Reconciler {
-    store: Store,
-    actions: Actions,
+    executor: Executor<Actions>,
     scope: Scope,
     config: Config,
     policy: Policy,
     limiter: Arc<RateLimiter>,
-    /// Consecutive `Failed` outcomes per (job id, run id, action), for the retry backoff.
-    failures: std::sync::Mutex<std::collections::HashMap<(String, String, &'static str), u32>>,
-    hooks: Arc<Hooks>,
-    metrics: Arc<Metrics>,
-    /// Hook tasks still running (see [`Reconciler::hooks_idle`]).
-    hooks_running: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl Reconciler {
@@ -136,14 +114,15 @@ impl Reconciler {
         let limiter = Arc::new(RateLimiter::per_minute(
             config.kubernetes.destructive_calls_per_minute,
         ));
+        let metrics = Arc::new(Metrics::default());
+        let hooks = HookRunner::new(
+            Hooks::new(config.hooks.clone()),
+            store.clone(),
+            metrics.clone(),
+        );
         Reconciler {
-            failures: std::sync::Mutex::default(),
-            hooks: Arc::new(Hooks::new(config.hooks.clone())),
-            metrics: Arc::new(Metrics::default()),
-            hooks_running: Arc::new(tokio::sync::watch::Sender::new(0)),
+            executor: Executor::new(actions, store, hooks, metrics, config.queue.max_attempts),
             limiter,
-            store,
-            actions,
             scope,
             config,
             policy,
@@ -160,16 +139,17 @@ impl Reconciler {
 
     /// The metrics this reconciler counts into (for `/metrics`).
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
+        self.executor.metrics().clone()
     }
 
     /// Completes once no hook task of this reconciler is running, checked when awaited (so
     /// it may be created early, e.g. before the reconciler moves into the controller).
     pub fn hooks_idle(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut running = self.hooks_running.subscribe();
-        async move {
-            let _ = running.wait_for(|n| *n == 0).await;
-        }
+        self.executor.hooks().idle()
+    }
+
+    fn store(&self) -> &Store {
+        self.executor.store()
     }
 
     /// Reconciles one Job (with the pods the caller knows; other Jobs' pods are ignored).
@@ -182,7 +162,7 @@ impl Reconciler {
     ) -> Result<Reconciled, ReconcileError> {
         let out = self.reconcile_job(job, pods, now).await;
         if let Err(ReconcileError::Store(e)) = &out {
-            self.metrics.error("store");
+            self.metrics().error("store");
             tracing::error!("store: {e}");
         }
         out
@@ -197,7 +177,7 @@ impl Reconciler {
         let Ok(obs) = observe_job(job, pods, &self.scope) else {
             return Ok(Reconciled::Ignored);
         };
-        let previous = self.store.get_job(&obs.id).await?;
+        let previous = self.store().get_job(&obs.id).await?;
         if let Some(p) = &previous
             && p.run_id != obs.uid
             && superseded(p).any(|uid| uid == obs.uid)
@@ -206,58 +186,56 @@ impl Reconciler {
             // whatever holds the name a moment later.
             return Ok(Reconciled::Wake(Some(add(now, Duration::from_secs(1)))));
         }
+        let actions = self.executor.runtime();
         let mut record = to_record(&obs, previous.as_ref(), &self.config.policy, now);
         let (diagnosis, no_pods_wake) = self.debounce_no_pods(&mut record, &obs.diagnosis, now);
-        record.dry_run = self.actions.dry_run();
+        record.dry_run = actions.dry_run();
         let new_run = previous.as_ref().is_none_or(|p| p.run_id != record.run_id);
         let warnings: Vec<AuditEntry> = if new_run {
             obs.warnings
                 .iter()
-                .map(|w| {
-                    audit(
-                        &record,
-                        now,
-                        AuditAction::ConfigWarning,
-                        &w.to_string(),
-                        None,
-                    )
-                })
+                .map(|w| job_row(&record, now, AuditAction::ConfigWarning, &w.to_string()))
                 .collect()
         } else {
             Vec::new()
         };
         match &previous {
             None => {
-                self.store.insert_job(&record).await?;
-                self.append_audit(&warnings).await?;
+                self.store().insert_job(&record).await?;
+                self.executor.append_audit(&warnings).await?;
             }
             Some(p) if *p != record => {
-                self.store.update_job_with_audit(&record, &warnings).await?;
-                self.metrics.audit_written(warnings.len() as u64);
+                self.store()
+                    .update_job_with_audit(&record, &warnings)
+                    .await?;
+                self.metrics().audit_written(warnings.len() as u64);
             }
             Some(_) => {}
         }
         if new_run && record.stage.is_active() && obs.pod_grace < record.grace {
-            let report = self
-                .actions
+            let report = actions
                 .grace_too_short(job, obs.pod_grace, record.grace, now)
                 .await
-                .map_err(|_| ignored_late())?;
-            self.append_audit(&report.audit).await?;
+                .map_err(|_| ReconcileError::OutOfScope)?;
+            self.executor.append_audit(&report.audit).await?;
         }
+        let target = KubeTarget {
+            job: Some(job),
+            pods,
+        };
         if record.stage == Stage::Cleanup && obs.deleting {
             // Our Foreground delete waits for the Job's pods; one stuck terminating (no kubelet)
             // would block it forever (KUBERNETES.md §4). Look for such pods until it is gone.
-            let report = self
-                .actions
+            let report = actions
                 .ttl_delete(job, "TTL delete still waiting for the Job's pods", now)
                 .await
-                .map_err(|_| ignored_late())?;
-            self.append_audit(&report.audit).await?;
-            let at = self
-                .retry_at(&record, "ttl_delete", &report, now)
-                .unwrap_or(add(now, DELETION_CHECK));
-            return Ok(Reconciled::Wake(Some(at)));
+                .map_err(|_| ReconcileError::OutOfScope)?;
+            self.executor.append_audit(&report.audit).await?;
+            let wait = match &report.outcome {
+                crate::runtime::ActOutcome::Retry { after, .. } => *after,
+                _ => DELETION_CHECK,
+            };
+            return Ok(Reconciled::Wake(Some(add(now, wait))));
         }
         if record.stage.is_active()
             && let Some(marker) = Marker::of(&record, RECOVERING)
@@ -266,182 +244,97 @@ impl Reconciler {
             if marker.done {
                 return Ok(Reconciled::Wake(None));
             }
-            return self
-                .continue_recovery(Some(job), &mut record, &marker, now)
-                .await;
+            let plan = recover_plan(&record, &marker, now);
+            return self.carried(
+                self.executor
+                    .recover(&target, &mut record, &plan, now)
+                    .await?,
+            );
         }
-        if record.stage.is_active()
-            && let Some(pending) = Acting::of(&record)
-        {
-            // A kill step recorded but not yet carried out (its call failed, or jobwarden
-            // stopped in between): carry it out before deciding anything new.
-            if let Some(retry_at) = self.act(job, pods, &mut record, &pending, now).await? {
-                return Ok(Reconciled::Wake(Some(retry_at)));
-            }
+        // A step recorded but not yet carried out (its call failed, or jobwarden stopped in
+        // between): carried out before deciding anything new.
+        if let Some(Carried::Retry(at)) = self.executor.resume(&target, &mut record, now).await? {
+            return Ok(Reconciled::Wake(Some(at)));
         }
         let marked = Marker::of(&record, MARKED_FAILED);
         if record.stage.is_active()
             && let Some(m) = marked.as_ref().filter(|m| !m.done)
         {
             // mark_failed recorded but not yet carried out: finish it.
-            return self.mark_failed(job, &mut record, &m.reason, now).await;
+            let plan = plan::fail_plan(&record, m.reason.clone(), now, record.dry_run);
+            return self.carried(
+                self.executor
+                    .mark_failed(&target, &mut record, &plan, now)
+                    .await?,
+            );
         }
-        // Ended by our mark_failed patch already: the Job controller is on it (or dry-run).
-        let failed_already = marked.is_some();
         // Each pass takes at most one step; a later step is due at least a grace period
         // after it, so more passes only matter after downtime. Bounded either way.
         for _ in 0..8 {
-            let (decision, wake) = decide(&record, &diagnosis, &self.policy, now);
-            match decision {
-                Decision::Nothing => return Ok(Reconciled::Wake(earliest(wake, no_pods_wake))),
-                Decision::Step { step, due_at } => {
-                    let taken = StepTaken {
-                        step,
-                        due_at,
-                        at: now,
-                    };
-                    let reason = step_reason(&record, step, now);
-                    let row = audit(&record, now, step.into(), &reason, Some(due_at));
-                    // The enforcement delay runs to when the step's API call succeeded: `now`
-                    // plus the call's own duration (monotonic; `now` is the only wall time).
-                    let started = std::time::Instant::now();
-                    if step == Step::Warn {
-                        let recorded = self
-                            .store
-                            .record_step(&record.id, &record.run_id, &taken, &row)
-                            .await?;
-                        record.steps.push(taken);
-                        if recorded {
-                            self.metrics.audit_written(1);
-                            let report = self
-                                .actions
-                                .warn(job, &reason, now)
-                                .await
-                                .map_err(|_| ignored_late())?;
-                            self.step_taken(step, due_at, now, started);
-                            self.append_audit(&report.audit).await?;
-                            self.fire_hooks(step.as_str(), &record, Some(reason), now);
-                        }
-                        continue;
-                    }
-                    // A kill step is recorded first: the step, its row, the stage and the
-                    // `acting` marker in one write; then carried out ([`Reconciler::act`]).
-                    let pending = Acting {
-                        step,
-                        due_at,
-                        at: now,
-                        reason: reason.clone(),
-                        terminating: step == Step::SoftKill
-                            && matches!(record.stage, Stage::Running | Stage::Completing)
-                            && !record.dry_run,
-                    };
-                    let mut after = record.clone();
-                    after.steps.push(taken.clone());
-                    let moves = step == Step::SoftKill && record.stage != Stage::Terminating;
-                    if moves {
-                        after.stage = Stage::Terminating;
-                    }
-                    pending.set(&mut after);
-                    let write = StepWrite {
-                        job_id: record.id.clone(),
-                        run_id: record.run_id.clone(),
-                        step: taken,
-                        audit: row,
-                        stage_after: moves.then(|| (Stage::Terminating, reason.clone())),
-                        spec_after: Some(after.spec.clone()),
-                    };
-                    let recorded = self
-                        .store
-                        .record_steps(std::slice::from_ref(&write))
-                        .await?
-                        .pop()
-                        .unwrap_or(Ok(false))?;
-                    if !recorded {
+            let planned = plan::plan(&record, &diagnosis, &self.policy, now, record.dry_run);
+            match planned.work {
+                Work::Nothing => {
+                    return Ok(Reconciled::Wake(earliest(planned.wake, no_pods_wake)));
+                }
+                Work::Step(step) => {
+                    match self.executor.step(&target, &mut record, &step, now).await? {
+                        Carried::Done => {}
+                        Carried::Retry(at) => return Ok(Reconciled::Wake(Some(at))),
                         // Recorded meanwhile by another writer (a replica that led a moment
                         // ago): look again at what the store holds.
-                        return Ok(Reconciled::Wake(Some(add(now, Duration::from_secs(1)))));
-                    }
-                    self.metrics.audit_written(1);
-                    if moves {
-                        after.reason = Some(reason);
-                    }
-                    record = after;
-                    if let Some(retry_at) = self.act(job, pods, &mut record, &pending, now).await? {
-                        return Ok(Reconciled::Wake(Some(retry_at)));
+                        Carried::AlreadyRecorded => {
+                            return Ok(Reconciled::Wake(Some(add(now, Duration::from_secs(1)))));
+                        }
                     }
                 }
-                Decision::Cleanup { due_at, .. } => {
+                Work::Cleanup(cleanup) => {
                     // TTL deletes are cleanup: limited per minute. The ladder is not, so a
                     // runaway Job is stopped on time however many deletes are waiting.
                     if let Err(wait) = self.limiter.try_take_at(std::time::Instant::now()) {
                         return Ok(Reconciled::Wake(Some(add(now, wait))));
                     }
-                    let reason = format!(
-                        "TTL after {} expired at {}",
-                        record.outcome.map(|o| o.as_str()).unwrap_or("finish"),
-                        fmt_ts(due_at)
-                    );
-                    let report = self
-                        .actions
-                        .ttl_delete(job, &reason, now)
-                        .await
-                        .map_err(|_| ignored_late())?;
-                    self.append_audit(&report.audit).await?;
-                    if let Some(retry_at) = self.retry_at(&record, "ttl_delete", &report, now) {
-                        return Ok(Reconciled::Wake(Some(retry_at)));
-                    }
-                    if report.outcome == Outcome::Done && !record.dry_run {
-                        // The job's labelled PVCs, Secrets and ConfigMaps, before the stage
-                        // moves (a failure retries the whole TTL cleanup, idempotently).
-                        let labelled = self
-                            .actions
-                            .delete_labelled(job, &reason, now)
-                            .await
-                            .map_err(|_| ignored_late())?;
-                        self.append_audit(&labelled.audit).await?;
-                        if let Some(retry_at) = self.retry_at(&record, "ttl_delete", &labelled, now)
-                        {
-                            return Ok(Reconciled::Wake(Some(retry_at)));
-                        }
-                        // Before the stage (see the module docs); pending duplicates merge.
-                        let tasks =
-                            crate::daemon::worker::artifact_tasks(&record, &self.config, now);
-                        self.store.enqueue_many(&tasks, now).await?;
-                    }
-                    let moved = record.stage != Stage::Cleanup;
-                    record.stage = Stage::Cleanup;
-                    self.store.update_job(&record).await?;
-                    // As locally: a dry-run cleanup is decided, not done, and fires nothing.
-                    if moved && !record.dry_run {
-                        self.fire_hooks("cleanup", &record, None, now);
-                    }
-                    return Ok(Reconciled::Wake(None));
+                    let carried = self
+                        .executor
+                        .cleanup(&target, &mut record, &cleanup, now)
+                        .await?;
+                    return self.carried(carried);
                 }
-                Decision::MarkFailed { reason } => {
-                    if failed_already {
-                        return Ok(Reconciled::Wake(wake));
-                    }
+                Work::MarkFailed(fail) => {
                     if obs.suspended {
                         // Suspended on purpose: nothing runs, nothing is stuck; a resume is a
                         // Job event and decides again.
                         return Ok(Reconciled::Wake(None));
                     }
-                    return self.mark_failed(job, &mut record, &reason, now).await;
+                    let carried = self
+                        .executor
+                        .mark_failed(&target, &mut record, &fail, now)
+                        .await?;
+                    return self.carried(carried);
                 }
-                Decision::Recover { attempt, reason } => {
-                    if failed_already {
-                        return Ok(Reconciled::Wake(wake));
+                Work::Recover(recover) => {
+                    if marked.is_some() {
+                        // Ended by our mark_failed patch already (or audited, in dry-run).
+                        return Ok(Reconciled::Wake(planned.wake));
                     }
                     if obs.suspended {
                         return Ok(Reconciled::Wake(None));
                     }
                     return self
-                        .start_recovery(Some(job), &mut record, attempt, &reason, now)
+                        .start_recovery(&target, &mut record, recover, now)
                         .await;
                 }
             }
         }
         Ok(Reconciled::Wake(Some(now)))
+    }
+
+    /// What a reconcile returns once the executor carried a plan out: nothing pending, or
+    /// the retry time.
+    fn carried(&self, carried: Carried) -> Result<Reconciled, ReconcileError> {
+        Ok(Reconciled::Wake(match carried {
+            Carried::Retry(at) => Some(at),
+            Carried::Done | Carried::AlreadyRecorded => None,
+        }))
     }
 }
 
@@ -454,6 +347,16 @@ fn superseded(record: &JobRecord) -> impl Iterator<Item = &str> {
         .into_iter()
         .flatten()
         .filter_map(serde_json::Value::as_str)
+}
+
+/// The plan of a recovery attempt under way (its marker), to finish it.
+fn recover_plan(record: &JobRecord, marker: &Marker, now: Timestamp) -> plan::RecoverPlan {
+    plan::RecoverPlan {
+        attempt: marker.attempt,
+        reason: marker.reason.clone(),
+        row: job_row(record, now, AuditAction::Recover, &marker.reason),
+        dry_run: record.dry_run,
+    }
 }
 
 impl Reconciler {
@@ -495,202 +398,15 @@ impl Reconciler {
     }
 }
 
-/// A decision taken for a run and kept in `JobRecord.spec` (only within the run:
-/// `observe::to_record`), so that it is carried out once however often the Job is seen, and
-/// finished after a crash.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Marker {
-    /// The recovery attempt (0 for mark_failed).
-    attempt: u32,
-    /// Why.
-    reason: String,
-    /// When it was decided.
-    at: String,
-    /// Carried out (the new Job was created; the Job was patched; in dry-run: audited).
-    done: bool,
-}
-
-impl Marker {
-    fn of(record: &JobRecord, key: &str) -> Option<Marker> {
-        serde_json::from_value(record.spec.get(key)?.clone()).ok()
-    }
-
-    fn set(&self, record: &mut JobRecord, key: &str) {
-        if let (Some(spec), Ok(v)) = (record.spec.as_object_mut(), serde_json::to_value(self)) {
-            spec.insert(key.to_owned(), v);
-        }
-    }
-}
-
-/// A kill step recorded for the run but not yet carried out (`JobRecord.spec.acting`, kept
-/// within the run by `observe::to_record`): written with the step, removed once its calls
-/// achieved their purpose. While it is there, every reconcile carries the step out before
-/// deciding anything else.
-///
-/// Why record first: a step carried out and then lost to a crash before its row was written
-/// would never be recorded (on restart the Job is already ending, so the ladder never decides
-/// that step again), and the README promises each step is in the store before it is carried
-/// out. Recorded first, a crash between the write and the calls only repeats calls that are
-/// idempotent (the same merge patch; deletes with UID preconditions, answered 404 once done);
-/// at worst an Event is posted twice.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Acting {
-    /// Which step.
-    step: Step,
-    /// When it was due.
-    due_at: Timestamp,
-    /// When it was recorded (the step's `at` until it is carried out later).
-    at: Timestamp,
-    /// The reason its calls carry (annotation, Event note, audit rows).
-    reason: String,
-    /// The soft kill ended a running Job: the `terminating` hook fires with the step's.
-    terminating: bool,
-}
-
-impl Acting {
-    fn of(record: &JobRecord) -> Option<Acting> {
-        serde_json::from_value(record.spec.get(ACTING)?.clone()).ok()
-    }
-
-    fn set(&self, record: &mut JobRecord) {
-        if let (Some(spec), Ok(v)) = (record.spec.as_object_mut(), serde_json::to_value(self)) {
-            spec.insert(ACTING.to_owned(), v);
-        }
-    }
-}
-
 impl Reconciler {
-    /// Carries out a recorded kill step. When its calls achieved their purpose (or found a
-    /// re-created Job, for a force delete) the marker goes, the step's time moves to now if
-    /// it was recorded earlier and had not taken effect (its grace counts from when it
-    /// happened), and that write
-    /// carries the calls' audit rows; then the metrics and hooks. Otherwise the rows are
-    /// written, the marker stays, and the retry time is returned.
-    async fn act(
-        &self,
-        job: &Job,
-        pods: &[Pod],
-        record: &mut JobRecord,
-        pending: &Acting,
-        now: Timestamp,
-    ) -> Result<Option<Timestamp>, ReconcileError> {
-        // The enforcement delay runs to when the step's API calls succeeded: `now` plus their
-        // own duration (monotonic; `now` is the only wall time).
-        let started = std::time::Instant::now();
-        let reason = pending.reason.as_str();
-        let report = match pending.step {
-            Step::SoftKill => {
-                self.actions
-                    .soft_kill(job, pods, record.grace, reason, now)
-                    .await
-            }
-            Step::HardKill => self.actions.hard_kill(job, pods, reason, now).await,
-            Step::ForceDelete => self.actions.force_delete(job, pods, reason, now).await,
-            // Warnings are never pending: recorded, then their Event posted (once per run).
-            Step::Warn => Ok(super::actions::Report::empty(record.id.clone())),
-        }
-        .map_err(|_| ignored_late())?;
-        if let Some(retry_at) = self.retry_at(record, pending.step.as_str(), &report, now) {
-            self.append_audit(&report.audit).await?;
-            return Ok(Some(retry_at));
-        }
-        if let Some(spec) = record.spec.as_object_mut() {
-            spec.remove(ACTING);
-        }
-        // A soft kill the Job already shows (its patch went out before a crash) happened at
-        // its recorded time; any other step carried out late is re-timed.
-        let shown = pending.step == Step::SoftKill
-            && job
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(&self.scope.terminated_by))
-                .is_some_and(|v| v == super::TERMINATED_BY_VALUE);
-        if now > pending.at
-            && !shown
-            && let Some(s) = record
-                .steps
-                .iter_mut()
-                .find(|s| s.step == pending.step && s.due_at == pending.due_at)
-        {
-            s.at = s.at.max(now);
-        }
-        self.store
-            .update_job_with_audit(record, &report.audit)
-            .await?;
-        self.metrics.audit_written(report.audit.len() as u64);
-        self.step_taken(pending.step, pending.due_at, now, started);
-        if pending.terminating {
-            self.fire_hooks("terminating", record, Some(pending.reason.clone()), now);
-        }
-        self.fire_hooks(
-            pending.step.as_str(),
-            record,
-            Some(pending.reason.clone()),
-            now,
-        );
-        Ok(None)
-    }
-}
-
-impl Reconciler {
-    /// Ends a Job that cannot be recovered (image pull, crash loop, pending past the startup
-    /// timeout, out of recovery attempts): the Job controller fails it (`Actions::mark_failed`),
-    /// the record keeps the reason, once per run.
-    async fn mark_failed(
-        &self,
-        job: &Job,
-        record: &mut JobRecord,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Reconciled, ReconcileError> {
-        record.reason = Some(reason.to_owned());
-        if !record.dry_run {
-            record.stage = Stage::Terminating;
-        }
-        if Marker::of(record, MARKED_FAILED).is_none() {
-            // Recorded before the patch, so a crash in between finishes it on restart
-            // rather than forgetting it.
-            Marker {
-                attempt: 0,
-                reason: reason.to_owned(),
-                at: fmt_ts(now),
-                done: false,
-            }
-            .set(record, MARKED_FAILED);
-            self.store.update_job(record).await?;
-        }
-        let report = self
-            .actions
-            .mark_failed(job, reason, now)
-            .await
-            .map_err(|_| ignored_late())?;
-        if let Some(retry_at) = self.retry_at(record, "mark_failed", &report, now) {
-            self.append_audit(&report.audit).await?;
-            return Ok(Reconciled::Wake(Some(retry_at)));
-        }
-        if let Some(mut m) = Marker::of(record, MARKED_FAILED) {
-            m.done = true;
-            m.set(record, MARKED_FAILED);
-        }
-        self.store
-            .update_job_with_audit(record, &report.audit)
-            .await?;
-        self.metrics.audit_written(report.audit.len() as u64);
-        if !record.dry_run {
-            self.fire_hooks("terminating", record, Some(reason.to_owned()), now);
-        }
-        Ok(Reconciled::Wake(None))
-    }
-
-    /// Dead-job recovery, attempt `attempt`: counted and audited first (so a crash never makes
-    /// it a second attempt), then carried out by [`Reconciler::continue_recovery`].
+    /// Dead-job recovery: an attempt recorded (counted and audited first, so a crash never
+    /// makes it a second attempt) and carried out by the executor on the Kubernetes runtime:
+    /// the dead run's Job deleted (when still there), the stored one created anew.
     async fn start_recovery(
         &self,
-        job: Option<&Job>,
+        target: &KubeTarget<'_>,
         record: &mut JobRecord,
-        attempt: u32,
-        reason: &str,
+        recover: plan::RecoverPlan,
         now: Timestamp,
     ) -> Result<Reconciled, ReconcileError> {
         if record
@@ -699,78 +415,27 @@ impl Reconciler {
             .is_none_or(serde_json::Value::is_null)
         {
             // A record from before specs were stored: nothing to re-create from.
-            let why = format!("{reason}; cannot re-create it: no stored Job spec");
-            return match job {
-                Some(job) => self.mark_failed(job, record, &why, now).await,
+            let why = format!(
+                "{}; cannot re-create it: no stored Job spec",
+                recover.reason
+            );
+            return match target.job {
+                Some(_) => {
+                    let fail = plan::fail_plan(record, why, now, record.dry_run);
+                    let carried = self
+                        .executor
+                        .mark_failed(target, record, &fail, now)
+                        .await?;
+                    self.carried(carried)
+                }
                 None => {
                     self.settle_gone(record, JobOutcome::Failed, &why, now)
                         .await
                 }
             };
         }
-        let marker = Marker {
-            attempt,
-            reason: reason.to_owned(),
-            at: fmt_ts(now),
-            done: false,
-        };
-        marker.set(record, RECOVERING);
-        let old_uid = record.run_id.clone();
-        if let Some(spec) = record.spec.as_object_mut() {
-            let list = spec
-                .entry(SUPERSEDED)
-                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
-            if let Some(list) = list.as_array_mut() {
-                list.push(old_uid.into());
-            }
-        }
-        record.recovery_attempts = attempt;
-        record.attempt = record.attempt.saturating_add(1);
-        record.reason = Some(format!("recovering (attempt {attempt}): {reason}"));
-        let row = audit(
-            record,
-            now,
-            AuditAction::Recover,
-            &format!("recovery attempt {attempt}: {reason}"),
-            None,
-        );
-        self.store
-            .update_job_with_audit(record, std::slice::from_ref(&row))
-            .await?;
-        self.metrics.audit_written(1);
-        self.continue_recovery(job, record, &marker, now).await
-    }
-
-    /// Deletes the dead run's Job (when still there) and creates the stored one anew; marks
-    /// the re-creation done once the new Job exists (it then arrives through the watch as a
-    /// new run of the same job id).
-    async fn continue_recovery(
-        &self,
-        job: Option<&Job>,
-        record: &mut JobRecord,
-        marker: &Marker,
-        now: Timestamp,
-    ) -> Result<Reconciled, ReconcileError> {
-        let template = record.spec.get(JOB_TEMPLATE).cloned().unwrap_or_default();
-        let (report, uid) = self
-            .actions
-            .recreate(job, &template, marker.attempt, &marker.reason, now)
-            .await
-            .map_err(|_| ignored_late())?;
-        self.append_audit(&report.audit).await?;
-        if let Some(retry_at) = self.retry_at(record, "recover", &report, now) {
-            return Ok(Reconciled::Wake(Some(retry_at)));
-        }
-        Marker {
-            done: true,
-            ..marker.clone()
-        }
-        .set(record, RECOVERING);
-        if let Some(uid) = uid {
-            tracing::info!(job = %record.id, attempt = marker.attempt, %uid, "re-created the Job");
-        }
-        self.store.update_job(record).await?;
-        Ok(Reconciled::Wake(None))
+        let carried = self.executor.recover(target, record, &recover, now).await?;
+        self.carried(carried)
     }
 
     /// A Job that is gone from the cluster while its record is active: `last` is its last
@@ -802,13 +467,20 @@ impl Reconciler {
             },
             None => None,
         };
+        let gone = KubeTarget {
+            job: None,
+            pods: &[],
+        };
         if let Some(marker) = Marker::of(&record, RECOVERING) {
             if marker.done {
                 return Ok(Reconciled::Wake(None));
             }
-            return self
-                .continue_recovery(None, &mut record, &marker, now)
-                .await;
+            let plan = recover_plan(&record, &marker, now);
+            return self.carried(
+                self.executor
+                    .recover(&gone, &mut record, &plan, now)
+                    .await?,
+            );
         }
         // Its outcome was decided: by its last state, or while its pods still terminated.
         let decided = match obs.as_ref().and_then(|o| o.outcome.map(|oc| (o, oc))) {
@@ -866,27 +538,31 @@ impl Reconciler {
                 )
                 .await;
         }
-        match decide(&record, &Diagnosis::Gone, &self.policy, now) {
-            (Decision::Recover { attempt, reason }, _) => {
-                self.start_recovery(None, &mut record, attempt, &reason, now)
+        let planned = plan::plan(&record, &Diagnosis::Gone, &self.policy, now, record.dry_run);
+        match planned.work {
+            Work::Recover(recover) => self.start_recovery(&gone, &mut record, recover, now).await,
+            Work::MarkFailed(fail) => {
+                self.settle_gone(&mut record, JobOutcome::Failed, &fail.reason, now)
                     .await
-            }
-            (Decision::MarkFailed { reason }, _) => {
-                self.settle_gone(&mut record, JobOutcome::Failed, &reason, now).await
             }
             // Within the recovery backoff: each attempt here needs the Job deleted again, so
             // the attempts (bounded by `max_attempts`) cannot loop on their own; there is no
             // Job left to wake for, so recover now.
-            (_, Some(_)) if record.heartbeat_timeout.is_some() => {
+            _ if planned.wake.is_some() && record.heartbeat_timeout.is_some() => {
                 let attempt = record.recovery_attempts.saturating_add(1);
-                self.start_recovery(
-                    None,
-                    &mut record,
+                let reason = "the Job was deleted while it should be running";
+                let recover = plan::RecoverPlan {
                     attempt,
-                    "the Job was deleted while it should be running",
-                    now,
-                )
-                .await
+                    reason: reason.to_owned(),
+                    row: job_row(
+                        &record,
+                        now,
+                        AuditAction::Recover,
+                        &format!("recovery attempt {attempt}: {reason}"),
+                    ),
+                    dry_run: record.dry_run,
+                };
+                self.start_recovery(&gone, &mut record, recover, now).await
             }
             _ => {
                 self.settle_gone(
@@ -910,7 +586,7 @@ impl Reconciler {
         let Ok(id) = self.scope.admit(&last.metadata) else {
             return Ok(Reconciled::Ignored);
         };
-        match self.store.get_job(&id).await? {
+        match self.store().get_job(&id).await? {
             Some(record) => self.reconcile_gone(Some(last), record, now).await,
             None => Ok(Reconciled::Ignored),
         }
@@ -930,10 +606,13 @@ impl Reconciler {
         } else {
             AuditAction::TtlCleanup
         };
-        let row = audit(record, now, action, reason, None);
+        let mut row = job_row(record, now, action, reason);
         if record.dry_run {
             // Dry-run records decisions, never state it did not bring about.
-            self.append_audit(std::slice::from_ref(&row)).await?;
+            row.dry_run = true;
+            self.executor
+                .append_audit(std::slice::from_ref(&row))
+                .await?;
             return Ok(Reconciled::Wake(None));
         }
         record.outcome = Some(outcome);
@@ -941,13 +620,15 @@ impl Reconciler {
         record.reason = Some(reason.to_owned());
         // Nothing left in the cluster; its objects in storage go as after a TTL delete (the
         // tasks first: a crash before the stage write queues them again, merged by key).
+        record.stage = lifecycle::stage_after(outcome);
+        self.executor
+            .enqueue(&plan::retention_tasks(record, &self.policy, now), now)
+            .await?;
         record.stage = Stage::Cleanup;
-        let tasks = crate::daemon::worker::artifact_tasks(record, &self.config, now);
-        self.store.enqueue_many(&tasks, now).await?;
-        self.store
+        self.store()
             .update_job_with_audit(record, std::slice::from_ref(&row))
             .await?;
-        self.metrics.audit_written(1);
+        self.metrics().audit_written(1);
         Ok(Reconciled::Wake(None))
     }
 
@@ -966,7 +647,7 @@ impl Reconciler {
             limit: None,
         };
         let mut found = 0;
-        for record in self.store.list_jobs(&filter).await? {
+        for record in self.store().list_jobs(&filter).await? {
             let Some(ns) = record.namespace.clone() else {
                 continue;
             };
@@ -981,12 +662,6 @@ impl Reconciler {
     }
 }
 
-/// `observe_job` admitted the Job, so the actions (which check the same scope) cannot refuse
-/// it; this error is unreachable but reported rather than panicking.
-fn ignored_late() -> ReconcileError {
-    ReconcileError::OutOfScope
-}
-
 /// Why a reconcile could not finish (the caller retries it later).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -996,139 +671,6 @@ pub enum ReconcileError {
     /// The actions refused a Job the observation admitted (a bug).
     #[error("the Job was admitted by observation but refused by the actions")]
     OutOfScope,
-}
-
-impl Reconciler {
-    /// When to try `action` on this run again, if its report says so; counts consecutive
-    /// failures for the backoff and forgets them once the action succeeds.
-    fn retry_at(
-        &self,
-        record: &JobRecord,
-        action: &'static str,
-        report: &Report,
-        now: Timestamp,
-    ) -> Option<Timestamp> {
-        let key = (record.id.to_string(), record.run_id.clone(), action);
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match &report.outcome {
-            Outcome::Done | Outcome::Recreated => {
-                failures.remove(&key);
-                None
-            }
-            Outcome::Retry { after, .. } => {
-                self.metrics.error("kubernetes");
-                Some(add(now, *after))
-            }
-            Outcome::Failed { .. } => {
-                self.metrics.error("kubernetes");
-                let n = failures.entry(key).or_insert(0);
-                *n = n.saturating_add(1);
-                Some(add(now, failed_action_backoff(*n)))
-            }
-        }
-    }
-}
-
-impl Reconciler {
-    async fn append_audit(&self, rows: &[AuditEntry]) -> Result<(), crate::store::Error> {
-        self.store.append_audit(rows).await?;
-        self.metrics.audit_written(rows.len() as u64);
-        Ok(())
-    }
-
-    /// Counts a step carried out: its delay is from `due_at` to `now` plus the time since
-    /// `started` (the call's duration).
-    fn step_taken(
-        &self,
-        step: Step,
-        due_at: Timestamp,
-        now: Timestamp,
-        started: std::time::Instant,
-    ) {
-        let late = (now - due_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-        self.metrics
-            .step_taken(step, late + started.elapsed().as_secs_f64());
-    }
-
-    /// Fires the hooks for `event` in a task of their own (a slow hook never delays the
-    /// ladder) and audits each outcome, as the local runtime does.
-    fn fire_hooks(&self, event: &str, job: &JobRecord, reason: Option<String>, now: Timestamp) {
-        if !self.hooks.has(event) {
-            return;
-        }
-        let payload = HookPayload::new(event, job, reason, now);
-        let hooks = self.hooks.clone();
-        let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        let job = job.clone();
-        let running = HookRunning::start(self.hooks_running.clone());
-        tokio::spawn(async move {
-            let _running = running;
-            hooks.fire_and_audit(&payload, &job, &store, &metrics).await;
-        });
-    }
-}
-
-/// Counts one running hook task while it lives (dropped at its end, panics included).
-struct HookRunning(Arc<tokio::sync::watch::Sender<usize>>);
-
-impl HookRunning {
-    fn start(running: Arc<tokio::sync::watch::Sender<usize>>) -> Self {
-        running.send_modify(|n| *n += 1);
-        HookRunning(running)
-    }
-}
-
-impl Drop for HookRunning {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-fn step_reason(job: &JobRecord, step: Step, now: Timestamp) -> String {
-    let deadline = job.deadline.map(fmt_ts).unwrap_or_default();
-    let timeout = crate::duration::format_duration(job.timeout);
-    match step {
-        Step::Warn => format!(
-            "{} left before the deadline {deadline} (timeout {timeout})",
-            crate::duration::format_duration(crate::model::since(job.deadline.unwrap_or(now), now))
-        ),
-        Step::SoftKill => format!(
-            "timeout {timeout} reached at {deadline}: the Job's activeDeadlineSeconds ends it, grace {}",
-            crate::duration::format_duration(job.grace)
-        ),
-        Step::HardKill => "grace period over: remaining pods deleted with grace 0".to_owned(),
-        Step::ForceDelete => {
-            "pods outlived the hard kill: Job deleted, stuck pods removed".to_owned()
-        }
-    }
-}
-
-fn audit(
-    job: &JobRecord,
-    now: Timestamp,
-    action: AuditAction,
-    reason: &str,
-    due_at: Option<Timestamp>,
-) -> AuditEntry {
-    AuditEntry {
-        id: 0,
-        timestamp: now,
-        job_id: job.id.to_string(),
-        resource_type: "job".to_owned(),
-        resource_name: format!(
-            "{}/{}",
-            job.namespace.as_deref().unwrap_or_default(),
-            job.name
-        ),
-        action,
-        reason: reason.to_owned(),
-        initiated_by: "jobwarden".to_owned(),
-        success: true,
-        error_message: None,
-        dry_run: job.dry_run,
-        details: due_at.map(|d| serde_json::json!({"due_at": fmt_ts(d), "run_id": job.run_id})),
-    }
 }
 
 #[cfg(test)]

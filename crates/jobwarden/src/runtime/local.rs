@@ -18,10 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use rustix::process::Signal;
 use tokio::sync::mpsc;
 
-use crate::model::{JobId, JobRecord, fmt_ts};
+use crate::engine::plan::{
+    CleanupPlan, FailPlan, HookEvent, Layout, RecoverPlan, StepPlan, job_row,
+};
+use crate::model::{AuditAction, JobId, JobRecord, Outcome, Stage, Step, Timestamp, fmt_ts};
 use crate::runtime::proc::{self, ProcState, SignalResult};
+use crate::runtime::{ActOutcome, Acted, Runtime};
 
 /// A process exited (or vanished).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +88,7 @@ pub enum SpawnError {
 /// The local runtime.
 #[derive(Debug, Clone)]
 pub struct LocalRuntime {
-    data_dir: PathBuf,
+    layout: Layout,
     exits: mpsc::UnboundedSender<ExitEvent>,
     /// Extra environment for every job (heartbeat URL base, artifacts URL).
     heartbeat_base: Option<String>,
@@ -99,31 +104,54 @@ impl LocalRuntime {
         artifacts_url: Option<String>,
     ) -> Self {
         LocalRuntime {
-            data_dir: data_dir.to_owned(),
+            layout: Layout::new(data_dir),
             exits,
             heartbeat_base,
             artifacts_url,
         }
     }
 
+    /// Where its jobs' files are.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// `<data-dir>/workspaces`.
     pub fn workspaces_dir(&self) -> PathBuf {
-        self.data_dir.join("workspaces")
+        self.layout.workspaces_dir()
     }
 
     /// `<data-dir>/logs`.
     pub fn logs_dir(&self) -> PathBuf {
-        self.data_dir.join("logs")
+        self.layout.logs_dir()
     }
 
     /// `<data-dir>/workspaces/<id>`.
     pub fn workspace(&self, id: &JobId) -> PathBuf {
-        self.workspaces_dir().join(id.as_str())
+        self.layout.workspace(id)
     }
 
     /// `<data-dir>/logs/<id>.log`.
     pub fn log_path(&self, id: &JobId) -> PathBuf {
-        self.logs_dir().join(format!("{}.log", id.as_str()))
+        self.layout.log(id)
+    }
+
+    /// Starts (or restarts) the job's command (`spec.command`): its run's start time and
+    /// deadline, its process group, stage `running`.
+    pub fn start(&self, job: &mut JobRecord, now: Timestamp) -> Result<(), SpawnError> {
+        let command: Vec<String> = job
+            .spec
+            .get("command")
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default();
+        job.started_at = Some(now);
+        job.deadline = Some(crate::engine::plan::deadline(now, job.timeout));
+        let started = self.spawn(job, &command)?;
+        job.pid = Some(started.pid);
+        job.pid_start_ticks = Some(started.start_ticks);
+        job.stage = Stage::Running;
+        tracing::info!(job = %job.id, pid = started.pid, deadline = %job.deadline.map(fmt_ts).unwrap_or_default(), "started");
+        Ok(())
     }
 
     /// Starts `command` for `job` (its timeout, grace and deadline must be set).
@@ -259,6 +287,181 @@ impl LocalRuntime {
         match (job.pid, job.pid_start_ticks) {
             (Some(pid), Some(ticks)) => proc::is_same_live_process(pid, ticks),
             _ => false,
+        }
+    }
+}
+
+/// The name the logs use for a signal.
+pub fn sig_name(s: Signal) -> &'static str {
+    if s == Signal::TERM {
+        "SIGTERM"
+    } else if s == Signal::KILL {
+        "SIGKILL"
+    } else {
+        "signal"
+    }
+}
+
+/// A new run id: a lowercase ULID.
+pub fn new_run_id(now: Timestamp) -> String {
+    ulid::Ulid::from_parts(
+        u64::try_from(now.timestamp_millis()).unwrap_or(0),
+        rand::random::<u128>(),
+    )
+    .to_string()
+    .to_ascii_lowercase()
+}
+
+/// What each plan does to a process group (`super` has the table and the order).
+#[async_trait::async_trait]
+impl Runtime for LocalRuntime {
+    type Target<'a> = ();
+
+    /// A signal cannot fail in a way a retry fixes; a step recorded but not sent before a
+    /// crash is re-sent when the daemon re-adopts the process.
+    const MARKS_PENDING: bool = false;
+
+    async fn step(
+        &self,
+        _: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &StepPlan,
+        now: Timestamp,
+    ) -> Acted {
+        let step = plan.step();
+        if plan.dry_run {
+            tracing::info!(job = %job.id, step = %step, "dry-run: decided, not carried out");
+            return Acted::done(Vec::new());
+        }
+        let signal = match step {
+            Step::Warn => return Acted::done(Vec::new()),
+            Step::SoftKill => Signal::TERM,
+            Step::HardKill | Step::ForceDelete => Signal::KILL,
+        };
+        let mut failure = None;
+        match self.signal(job, signal) {
+            Ok(SignalResult::Sent) => {
+                let delay_ms = (now - plan.taken.due_at).num_milliseconds();
+                tracing::info!(job = %job.id, step = %step, delay_ms, "sent {}", sig_name(signal));
+            }
+            Ok(SignalResult::Gone) => {
+                tracing::info!(job = %job.id, step = %step, "process already gone");
+            }
+            Err(e) => failure = Some(format!("{} failed: {e}", sig_name(signal))),
+        }
+        let mut settled = None;
+        if step == Step::ForceDelete {
+            let ws = self.workspace(&job.id);
+            if let Err(e) = remove_tree(&ws) {
+                failure = Some(format!("removing {}: {e}", ws.display()));
+            }
+            settled = Some((
+                Outcome::Terminated,
+                "force deleted: the process did not exit after SIGKILL".to_owned(),
+            ));
+        }
+        let (audit, outcome) = match failure {
+            Some(error) => {
+                let mut row = job_row(job, now, step.into(), "step failed");
+                row.success = false;
+                row.error_message = Some(error.clone());
+                (vec![row], ActOutcome::Failed { error })
+            }
+            None => (Vec::new(), ActOutcome::Done),
+        };
+        Acted {
+            audit,
+            outcome,
+            settled,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// Nothing now: the workspace, the log and the artifacts are queued. A dry-run says what
+    /// would be removed.
+    async fn cleanup(
+        &self,
+        _: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &CleanupPlan,
+        now: Timestamp,
+    ) -> Acted {
+        if !plan.dry_run {
+            return Acted::done(Vec::new());
+        }
+        let mut row = job_row(
+            job,
+            now,
+            AuditAction::TtlCleanup,
+            &format!(
+                "TTL {} expired at {}; would remove workspace and logs",
+                crate::duration::format_duration(plan.ttl),
+                fmt_ts(plan.due_at)
+            ),
+        );
+        row.dry_run = true;
+        row.resource_type = "workspace".into();
+        row.resource_name = self.workspace(&job.id).display().to_string();
+        Acted::done(vec![row])
+    }
+
+    /// SIGKILL to the process group; the run settles `failed`. The decision's row is the
+    /// audit row.
+    async fn mark_failed(
+        &self,
+        _: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &FailPlan,
+        _: Timestamp,
+    ) -> Acted {
+        if plan.dry_run {
+            return Acted::done(vec![plan.row.clone()]);
+        }
+        let _ = self.signal(job, Signal::KILL);
+        Acted {
+            settled: Some((Outcome::Failed, plan.reason.clone())),
+            ..Acted::done(vec![plan.row.clone()])
+        }
+    }
+
+    /// SIGKILL to whatever is left of the old run; the command starts again as a new run.
+    async fn recover(
+        &self,
+        _: &Self::Target<'_>,
+        job: &mut JobRecord,
+        plan: &RecoverPlan,
+        now: Timestamp,
+    ) -> Acted {
+        if plan.dry_run {
+            return Acted::done(Vec::new());
+        }
+        let _ = self.signal(job, Signal::KILL);
+        job.run_id = new_run_id(now);
+        job.steps.clear();
+        job.last_heartbeat = None;
+        job.finished_at = None;
+        job.outcome = None;
+        job.exit_code = None;
+        job.signal = None;
+        job.reason = Some(format!(
+            "recovered (attempt {}): {}",
+            plan.attempt, plan.reason
+        ));
+        match self.start(job, now) {
+            Ok(()) => Acted {
+                hooks: vec![HookEvent {
+                    event: "running",
+                    reason: None,
+                }],
+                ..Acted::done(Vec::new())
+            },
+            Err(e) => {
+                tracing::warn!(job = %job.id, "start failed: {e}");
+                Acted {
+                    settled: Some((Outcome::Failed, format!("could not start: {e}"))),
+                    ..Acted::done(Vec::new())
+                }
+            }
         }
     }
 }

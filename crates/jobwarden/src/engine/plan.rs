@@ -1,0 +1,701 @@
+//! The plan: what to do with one job at `now`, worked out completely, so that the executor
+//! only records and acts (`../../executor`). Pure: no clock, no I/O.
+//!
+//! [`plan`] turns the engine's [`Decision`] into
+//! - for a step: its reason text, the step as recorded, its audit row, the stage it moves the
+//!   job to (checked by [`lifecycle::can_transition`]) and the hook events it fires;
+//! - for a TTL cleanup: the cleanup tasks with their dedupe keys and due times, the TTL that
+//!   expired and the `cleanup` hook;
+//! - for a recovery or a mark_failed: the attempt, the reason and the audit row;
+//! - the next wake-up.
+//!
+//! Everything that depends on the retention policy is resolved here, once: the job's TTL
+//! ([`retention::ttl_for`]), each artifact kind's retention ([`retention::artifact_ttl`]) and
+//! the due time of every task. The texts name what the job's runtime does (a process group's
+//! signals, a Job's `activeDeadlineSeconds`), so the audit log reads the same whoever carries
+//! the plan out.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::artifacts::keys::{self, ArtifactKind};
+use crate::artifacts::retention::RetentionTask;
+use crate::duration::format_duration;
+use crate::model::{
+    AuditAction, AuditEntry, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, StepTaken,
+    Timestamp, add, fmt_ts, since,
+};
+
+use super::decide::{Decision, Policy, decide};
+use super::lifecycle::{self, StageError};
+use super::recovery::Diagnosis;
+use super::retention::{self, ArtifactClass};
+
+/// What to do with a job now, and when to look again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The work.
+    pub work: Work,
+    /// The earliest time the answer could change without a new observation.
+    pub wake: Option<Timestamp>,
+}
+
+/// The work of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Nothing now.
+    Nothing,
+    /// An escalation step.
+    Step(StepPlan),
+    /// The run's TTL expired: remove what it left.
+    Cleanup(CleanupPlan),
+    /// Restart (local) or re-create (Kubernetes) a dead job.
+    Recover(RecoverPlan),
+    /// Fail a job that cannot be recovered.
+    MarkFailed(FailPlan),
+}
+
+/// A hook event with the reason its payload carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookEvent {
+    /// A stage or a step name.
+    pub event: &'static str,
+    /// `JOBWARDEN_REASON` / the webhook's `reason`.
+    pub reason: Option<String>,
+}
+
+/// An escalation step, ready to be recorded and carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPlan {
+    /// The step as recorded (`at` = now).
+    pub taken: StepTaken,
+    /// Why, as the audit row, the Event and the Job's annotation say it.
+    pub reason: String,
+    /// Its audit row (one per step per run).
+    pub row: AuditEntry,
+    /// The stage the step moves the job to and the record's reason then (a soft kill of a
+    /// job that runs: `terminating`).
+    pub stage_after: Option<(Stage, String)>,
+    /// Hooks to fire once it is carried out, in order.
+    pub hooks: Vec<HookEvent>,
+    /// Decided, not carried out.
+    pub dry_run: bool,
+}
+
+impl StepPlan {
+    /// Which step.
+    pub fn step(&self) -> Step {
+        self.taken.step
+    }
+
+    /// The job as it is once the step is recorded.
+    pub fn apply(&self, job: &JobRecord) -> JobRecord {
+        let mut after = job.clone();
+        after.steps.push(self.taken.clone());
+        if let Some((stage, reason)) = &self.stage_after {
+            after.stage = *stage;
+            after.reason = Some(reason.clone());
+        }
+        after
+    }
+}
+
+/// A durable cleanup task to queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPlan {
+    /// `workspace`, `log` or `artifact_prefix`.
+    pub kind: &'static str,
+    /// The job.
+    pub job_id: String,
+    /// Pending tasks with the same key are one task.
+    pub dedup_key: String,
+    /// What it removes (a path, or a key prefix).
+    pub resource_name: String,
+    /// What the worker needs (run id; the prefix task).
+    pub payload: serde_json::Value,
+    /// Higher first.
+    pub priority: i32,
+    /// When it is due (never before `now`).
+    pub due_at: Timestamp,
+}
+
+/// A run's TTL expired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanupPlan {
+    /// When the TTL expired.
+    pub due_at: Timestamp,
+    /// The TTL that expired.
+    pub ttl: Duration,
+    /// The finish time is later than now (clock skew); cleanup waited for finish + TTL.
+    pub finish_in_future: bool,
+    /// Why, for audit rows.
+    pub reason: String,
+    /// The tasks to queue (none in dry-run).
+    pub tasks: Vec<TaskPlan>,
+    /// Hooks once the job moved to `cleanup` (none in dry-run).
+    pub hooks: Vec<HookEvent>,
+    /// Decided, not carried out.
+    pub dry_run: bool,
+}
+
+/// A recovery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoverPlan {
+    /// 1-based.
+    pub attempt: u32,
+    /// Why.
+    pub reason: String,
+    /// Its audit row.
+    pub row: AuditEntry,
+    /// Decided, not carried out.
+    pub dry_run: bool,
+}
+
+/// A job to fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailPlan {
+    /// Why.
+    pub reason: String,
+    /// Its audit row.
+    pub row: AuditEntry,
+    /// Decided, not carried out.
+    pub dry_run: bool,
+}
+
+/// Where a local job's files are: `<data-dir>/workspaces/<id>` and `<data-dir>/logs/<id>.log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    data_dir: PathBuf,
+}
+
+impl Layout {
+    /// Under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Layout {
+            data_dir: data_dir.into(),
+        }
+    }
+
+    /// `<data-dir>/workspaces`.
+    pub fn workspaces_dir(&self) -> PathBuf {
+        self.data_dir.join("workspaces")
+    }
+
+    /// `<data-dir>/logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// `<data-dir>/workspaces/<id>`.
+    pub fn workspace(&self, id: &JobId) -> PathBuf {
+        self.workspaces_dir().join(id.as_str())
+    }
+
+    /// `<data-dir>/logs/<id>.log`.
+    pub fn log(&self, id: &JobId) -> PathBuf {
+        self.logs_dir().join(format!("{}.log", id.as_str()))
+    }
+}
+
+/// `JobRecord.spec` key of a mark_failed decided for the run (written by the executor).
+pub const MARKED_FAILED: &str = "marked_failed";
+
+/// The deadline of a run that started at `started`: the one formula.
+pub fn deadline(started: Timestamp, timeout: Duration) -> Timestamp {
+    add(started, timeout)
+}
+
+/// What to do with `job` at `now`, given what its runtime diagnosed. `dry_run`: decided,
+/// audited, not carried out.
+pub fn plan(
+    job: &JobRecord,
+    diagnosis: &Diagnosis,
+    policy: &Policy,
+    now: Timestamp,
+    dry_run: bool,
+) -> Plan {
+    let (decision, wake) = decide(job, diagnosis, policy, now);
+    let work = match decision {
+        Decision::Nothing => Work::Nothing,
+        Decision::Step { step, due_at } => {
+            Work::Step(step_plan(job, step, due_at, now, "timeout", dry_run))
+        }
+        Decision::Cleanup {
+            due_at,
+            finish_in_future,
+        } => Work::Cleanup(cleanup_plan(
+            job,
+            due_at,
+            finish_in_future,
+            policy,
+            now,
+            dry_run,
+        )),
+        Decision::Recover { attempt, reason } => Work::Recover(RecoverPlan {
+            row: dry(
+                job_row(
+                    job,
+                    now,
+                    AuditAction::Recover,
+                    &format!("recovery attempt {attempt}: {reason}"),
+                ),
+                dry_run,
+            ),
+            attempt,
+            reason,
+            dry_run,
+        }),
+        // Once per run: a run marked failed already (in dry-run: audited) is not again.
+        Decision::MarkFailed { .. } if job.spec.get(MARKED_FAILED).is_some() => Work::Nothing,
+        Decision::MarkFailed { reason } => Work::MarkFailed(fail_plan(job, reason, now, dry_run)),
+    };
+    Plan { work, wake }
+}
+
+/// A cancel: the soft kill now (the rest of the ladder counts from it). None when the job
+/// is not active or was soft-killed already.
+pub fn cancel_plan(job: &JobRecord, now: Timestamp, dry_run: bool) -> Option<StepPlan> {
+    (job.stage.is_active() && !job.has_step(Step::SoftKill))
+        .then(|| step_plan(job, Step::SoftKill, now, now, "cancelled", dry_run))
+}
+
+/// Failing `job` for `reason`.
+pub fn fail_plan(job: &JobRecord, reason: String, now: Timestamp, dry_run: bool) -> FailPlan {
+    FailPlan {
+        row: dry(job_row(job, now, AuditAction::MarkFailed, &reason), dry_run),
+        reason,
+        dry_run,
+    }
+}
+
+/// Step `step` of `job`, due at `due_at`, taken at `now`; `why` is `timeout` or `cancelled`.
+pub fn step_plan(
+    job: &JobRecord,
+    step: Step,
+    due_at: Timestamp,
+    now: Timestamp,
+    why: &str,
+    dry_run: bool,
+) -> StepPlan {
+    let reason = step_reason(job, step, now, why);
+    let mut row = dry(job_row(job, now, step.into(), &reason), dry_run);
+    row.details = Some(serde_json::json!({"due_at": fmt_ts(due_at), "run_id": job.run_id}));
+    // A soft kill ends a job that runs (or is ending on its own): it is terminating now.
+    // Dry-run records decisions, never a state it did not bring about.
+    let terminating = step == Step::SoftKill
+        && !dry_run
+        && matches!(job.stage, Stage::Running | Stage::Completing)
+        && lifecycle::can_transition(job.stage, Stage::Terminating);
+    let mut hooks = Vec::new();
+    if terminating {
+        hooks.push(HookEvent {
+            event: "terminating",
+            reason: Some(reason.clone()),
+        });
+    }
+    hooks.push(HookEvent {
+        event: step.as_str(),
+        reason: Some(reason.clone()),
+    });
+    StepPlan {
+        taken: StepTaken {
+            step,
+            due_at,
+            at: now,
+        },
+        row,
+        stage_after: terminating.then(|| (Stage::Terminating, why.to_owned())),
+        hooks,
+        reason,
+        dry_run,
+    }
+}
+
+/// The TTL cleanup of a finished run: for a local job its workspace now, and its log and its
+/// object-storage prefixes by their own retention; for a Kubernetes Job (whose objects the
+/// runtime deletes) its object-storage prefixes.
+pub fn cleanup_plan(
+    job: &JobRecord,
+    due_at: Timestamp,
+    finish_in_future: bool,
+    policy: &Policy,
+    now: Timestamp,
+    dry_run: bool,
+) -> CleanupPlan {
+    let ttl = retention::ttl_for(job, &policy.retention);
+    let reason = format!(
+        "TTL after {} expired at {}",
+        job.outcome.map(Outcome::as_str).unwrap_or("finish"),
+        fmt_ts(due_at)
+    );
+    let mut tasks = Vec::new();
+    if !dry_run {
+        if job.runtime == RuntimeKind::Local {
+            tasks.push(TaskPlan {
+                kind: "workspace",
+                job_id: job.id.to_string(),
+                dedup_key: format!("workspace:{}:{}", job.id, job.run_id),
+                resource_name: policy
+                    .layout
+                    .as_ref()
+                    .map(|l| l.workspace(&job.id).display().to_string())
+                    .unwrap_or_default(),
+                payload: serde_json::json!({ "run_id": job.run_id, "ttl_seconds": ttl.as_secs() }),
+                priority: 10,
+                due_at: now,
+            });
+        }
+        tasks.extend(retention_tasks(job, policy, now));
+    }
+    CleanupPlan {
+        due_at,
+        ttl,
+        finish_in_future,
+        reason,
+        tasks,
+        hooks: if dry_run {
+            Vec::new()
+        } else {
+            vec![HookEvent {
+                event: "cleanup",
+                reason: None,
+            }]
+        },
+        dry_run,
+    }
+}
+
+/// The tasks queued as soon as a run finished, each due by its own retention: a local job's
+/// log file (`[retention.artifacts] logs`) and the run's object-storage prefixes
+/// ([`artifact_tasks`]). None for a run that has not finished.
+pub fn retention_tasks(job: &JobRecord, policy: &Policy, now: Timestamp) -> Vec<TaskPlan> {
+    if job.stage.is_active() || job.finished_at.is_none() {
+        return Vec::new();
+    }
+    let mut tasks = artifact_tasks(job, policy, now).unwrap_or_default();
+    if job.runtime == RuntimeKind::Local {
+        let finished = job.finished_at.unwrap_or(now);
+        let logs = retention::artifact_ttl(ArtifactClass::Logs, job, &policy.retention);
+        tasks.push(TaskPlan {
+            kind: "log",
+            job_id: job.id.to_string(),
+            dedup_key: format!("log:{}", job.id),
+            resource_name: policy
+                .layout
+                .as_ref()
+                .map(|l| l.log(&job.id).display().to_string())
+                .unwrap_or_default(),
+            payload: serde_json::json!({ "run_id": job.run_id }),
+            priority: 0,
+            due_at: add(finished, logs).max(now),
+        });
+    }
+    tasks
+}
+
+/// The `artifact_prefix` tasks of a finished run, one per artifact kind (`jobs/<org>/<id>/`,
+/// `partial/<id>/`, `logs/<id>/`), each due at the run's finish plus that kind's retention
+/// ([`retention::artifact_ttl`]: `artifacts` defaults to the job's TTL), with the dedupe key
+/// `artifacts:<root>:<job id>:<run id>`, so a second queueing of the same run merges with the
+/// pending tasks. An error for an organisation that cannot be a key segment (its artifacts
+/// cannot be ours either).
+pub fn artifact_tasks(
+    job: &JobRecord,
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<Vec<TaskPlan>, crate::artifacts::Error> {
+    let Some(finished_at) = job.finished_at.filter(|_| !job.stage.is_active()) else {
+        return Ok(Vec::new());
+    };
+    ArtifactKind::ALL
+        .iter()
+        .map(|&kind| {
+            let class = match kind {
+                ArtifactKind::Artifacts => ArtifactClass::Artifacts,
+                ArtifactKind::Partial => ArtifactClass::Partial,
+                ArtifactKind::Logs => ArtifactClass::Logs,
+            };
+            let prefix = keys::prefix_for(kind, job.org.as_deref(), &job.id)?.to_string();
+            let due_at = add(
+                finished_at,
+                retention::artifact_ttl(class, job, &policy.retention),
+            );
+            let task = RetentionTask {
+                kind,
+                job_id: job.id.clone(),
+                run_id: job.run_id.clone(),
+                attempt: job.attempt,
+                finished_at,
+                prefix: prefix.clone(),
+                due_at,
+            };
+            Ok(TaskPlan {
+                kind: "artifact_prefix",
+                job_id: job.id.to_string(),
+                dedup_key: format!("artifacts:{}:{}:{}", kind.root(), job.id, job.run_id),
+                resource_name: prefix,
+                payload: serde_json::to_value(&task).unwrap_or(serde_json::Value::Null),
+                priority: 0,
+                due_at: due_at.max(now),
+            })
+        })
+        .collect()
+}
+
+/// Moves `job` to `to`, refusing a transition the lifecycle does not allow (a stale or
+/// replayed update: a late exit report must not resurrect a cleaned job).
+pub fn move_stage(job: &mut JobRecord, to: Stage) -> Result<(), StageError> {
+    if !lifecycle::can_transition(job.stage, to) {
+        return Err(StageError {
+            job: job.id.to_string(),
+            from: job.stage,
+            to,
+        });
+    }
+    job.stage = to;
+    Ok(())
+}
+
+/// Settles a run: outcome, stage (through [`move_stage`]), finish time, exit status and
+/// reason; returns the hook event of the stage it settled in.
+pub fn settle(
+    job: &mut JobRecord,
+    outcome: Outcome,
+    exit: (Option<i32>, Option<i32>),
+    reason: String,
+    now: Timestamp,
+) -> Result<HookEvent, StageError> {
+    let stage = lifecycle::stage_after(outcome);
+    move_stage(job, stage)?;
+    job.outcome = Some(outcome);
+    job.finished_at = Some(now);
+    (job.exit_code, job.signal) = exit;
+    job.reason = Some(reason.clone());
+    Ok(HookEvent {
+        event: stage.as_str(),
+        reason: Some(reason),
+    })
+}
+
+/// Why a step is taken, in the words of the job's runtime.
+pub fn step_reason(job: &JobRecord, step: Step, now: Timestamp, why: &str) -> String {
+    let deadline = job.deadline.map(fmt_ts).unwrap_or_default();
+    let timeout = format_duration(job.timeout);
+    let grace = format_duration(job.grace);
+    match (job.runtime, step) {
+        (_, Step::Warn) => format!(
+            "{} left before the deadline {deadline} (timeout {timeout})",
+            format_duration(since(job.deadline.unwrap_or(now), now))
+        ),
+        (RuntimeKind::Local, Step::SoftKill) => format!(
+            "{why}: deadline {deadline} reached; SIGTERM to the process group, grace {grace}"
+        ),
+        (RuntimeKind::Local, Step::HardKill) => {
+            format!("still running {grace} after SIGTERM; SIGKILL to the process group")
+        }
+        (RuntimeKind::Local, Step::ForceDelete) => {
+            "still present after SIGKILL; removing the workspace and marking the job".into()
+        }
+        (RuntimeKind::Kubernetes, Step::SoftKill) => format!(
+            "timeout {timeout} reached at {deadline}: the Job's activeDeadlineSeconds ends it, grace {grace}"
+        ),
+        (RuntimeKind::Kubernetes, Step::HardKill) => {
+            "grace period over: remaining pods deleted with grace 0".to_owned()
+        }
+        (RuntimeKind::Kubernetes, Step::ForceDelete) => {
+            "pods outlived the hard kill: Job deleted, stuck pods removed".to_owned()
+        }
+    }
+}
+
+/// An audit row about `job` itself: its process group (local) or its Job (Kubernetes).
+pub fn job_row(job: &JobRecord, now: Timestamp, action: AuditAction, reason: &str) -> AuditEntry {
+    let (resource_type, resource_name) = match job.runtime {
+        RuntimeKind::Local => (
+            "process_group",
+            job.pid.map(|p| p.to_string()).unwrap_or_default(),
+        ),
+        RuntimeKind::Kubernetes => (
+            "job",
+            format!(
+                "{}/{}",
+                job.namespace.as_deref().unwrap_or_default(),
+                job.name
+            ),
+        ),
+    };
+    AuditEntry {
+        id: 0,
+        timestamp: now,
+        job_id: job.id.to_string(),
+        resource_type: resource_type.to_owned(),
+        resource_name,
+        action,
+        reason: reason.to_owned(),
+        initiated_by: "jobwarden".to_owned(),
+        success: true,
+        error_message: None,
+        dry_run: job.dry_run,
+        details: None,
+    }
+}
+
+fn dry(mut row: AuditEntry, dry_run: bool) -> AuditEntry {
+    row.dry_run = row.dry_run || dry_run;
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::ladder::tests::{running, t, take};
+
+    fn policy() -> Policy {
+        let mut p = Policy::from_config(&Config::default());
+        p.layout = Some(Layout::new("/data"));
+        p
+    }
+
+    #[test]
+    fn a_soft_kill_of_a_running_job_moves_it_to_terminating_with_its_hooks() {
+        let mut j = running();
+        take(&mut j, Step::Warn, 0, 0);
+        let Work::Step(s) = plan(&j, &Diagnosis::Healthy, &policy(), t(100), false).work else {
+            panic!("a step");
+        };
+        assert_eq!(
+            (s.step(), s.taken.due_at, s.taken.at),
+            (Step::SoftKill, t(100), t(100))
+        );
+        assert_eq!(
+            s.stage_after,
+            Some((Stage::Terminating, "timeout".to_owned()))
+        );
+        let events: Vec<&str> = s.hooks.iter().map(|h| h.event).collect();
+        assert_eq!(events, ["terminating", "soft_kill"]);
+        assert!(
+            s.hooks
+                .iter()
+                .all(|h| h.reason.as_deref() == Some(&s.reason)),
+            "every hook gets the step's reason"
+        );
+        assert!(s.reason.contains("SIGTERM"), "{}", s.reason);
+        assert_eq!(s.row.action, AuditAction::SoftKill);
+        assert_eq!(s.row.details.as_ref().expect("details")["run_id"], "run-1");
+        let after = s.apply(&j);
+        assert_eq!((after.stage, after.steps.len()), (Stage::Terminating, 2));
+        // In dry-run the stage stays, and so does the record's reason.
+        let Work::Step(d) = plan(&j, &Diagnosis::Healthy, &policy(), t(100), true).work else {
+            panic!("a step");
+        };
+        assert_eq!(d.stage_after, None);
+        assert!(d.row.dry_run);
+        let events: Vec<&str> = d.hooks.iter().map(|h| h.event).collect();
+        assert_eq!(events, ["soft_kill"]);
+    }
+
+    #[test]
+    fn a_cancel_is_a_soft_kill_now_once() {
+        let j = running();
+        let s = cancel_plan(&j, t(30), false).expect("a soft kill");
+        assert_eq!((s.step(), s.taken.due_at), (Step::SoftKill, t(30)));
+        assert!(s.reason.starts_with("cancelled"), "{}", s.reason);
+        let after = s.apply(&j);
+        assert_eq!(cancel_plan(&after, t(31), false), None);
+    }
+
+    #[test]
+    fn a_local_cleanup_queues_the_workspace_now_and_the_log_and_artifacts_by_retention() {
+        let mut j = running();
+        j.stage = Stage::Completed;
+        j.outcome = Some(Outcome::Succeeded);
+        j.finished_at = Some(t(100));
+        j.org = Some("acme".into());
+        let p = policy();
+        let Work::Cleanup(c) = plan(&j, &Diagnosis::Healthy, &p, t(100 + 3600), false).work else {
+            panic!("cleanup");
+        };
+        assert_eq!(c.ttl, Duration::from_secs(3600), "successful: 1 h");
+        let kinds: Vec<(&str, &str)> = c
+            .tasks
+            .iter()
+            .map(|t| (t.kind, t.dedup_key.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("workspace", "workspace:job-1:run-1"),
+                ("artifact_prefix", "artifacts:jobs:job-1:run-1"),
+                ("artifact_prefix", "artifacts:partial:job-1:run-1"),
+                ("artifact_prefix", "artifacts:logs:job-1:run-1"),
+                ("log", "log:job-1"),
+            ]
+        );
+        assert_eq!(c.tasks[0].resource_name, "/data/workspaces/job-1");
+        assert_eq!(c.tasks[0].due_at, t(3700));
+        // Artifacts default to the job's TTL; partial 3 d; logs 7 d; never before now.
+        assert_eq!(c.tasks[1].resource_name, "jobs/acme/job-1");
+        assert_eq!(c.tasks[1].due_at, t(3700));
+        assert_eq!(c.tasks[2].due_at, t(100 + 3 * 86_400));
+        assert_eq!(c.tasks[4].due_at, t(100 + 7 * 86_400));
+        assert_eq!(c.tasks[4].resource_name, "/data/logs/job-1.log");
+        assert_eq!(c.hooks.len(), 1);
+        // Kubernetes: its objects are the runtime's; the object-storage prefixes are queued.
+        j.runtime = RuntimeKind::Kubernetes;
+        let Work::Cleanup(k) = plan(&j, &Diagnosis::Healthy, &p, t(3700), false).work else {
+            panic!("cleanup");
+        };
+        assert!(k.tasks.iter().all(|t| t.kind == "artifact_prefix"));
+        assert_eq!(k.tasks.len(), 3);
+        // Dry-run queues nothing and fires nothing.
+        let Work::Cleanup(d) = plan(&j, &Diagnosis::Healthy, &p, t(3700), true).work else {
+            panic!("cleanup");
+        };
+        assert!(d.tasks.is_empty() && d.hooks.is_empty());
+    }
+
+    #[test]
+    fn an_org_that_cannot_be_a_key_gets_no_artifact_tasks() {
+        let mut j = running();
+        j.stage = Stage::Failed;
+        j.outcome = Some(Outcome::Failed);
+        j.finished_at = Some(t(100));
+        j.org = Some("../x".into());
+        assert!(artifact_tasks(&j, &policy(), t(200)).is_err());
+        let tasks = retention_tasks(&j, &policy(), t(200));
+        assert_eq!(
+            tasks.iter().map(|t| t.kind).collect::<Vec<_>>(),
+            ["log"],
+            "the log is still ours"
+        );
+    }
+
+    #[test]
+    fn stages_move_only_forward() {
+        let mut j = running();
+        j.stage = Stage::Cleaned;
+        let e = move_stage(&mut j, Stage::Running).expect_err("refused");
+        assert_eq!((e.from, e.to), (Stage::Cleaned, Stage::Running));
+        assert_eq!(j.stage, Stage::Cleaned);
+        let mut j = running();
+        let hook = settle(
+            &mut j,
+            Outcome::Terminated,
+            (None, Some(9)),
+            "killed".into(),
+            t(5),
+        )
+        .expect("settles");
+        assert_eq!(
+            (j.stage, j.outcome, j.finished_at, j.signal),
+            (
+                Stage::Failed,
+                Some(Outcome::Terminated),
+                Some(t(5)),
+                Some(9)
+            )
+        );
+        assert_eq!(hook.event, "failed");
+    }
+}

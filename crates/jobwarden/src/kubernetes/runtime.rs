@@ -1,0 +1,156 @@
+//! The Kubernetes runtime: the [`Runtime`] the executor drives, carried out by [`Actions`]
+//! (the API calls) on the Job and the pods the reconciler last saw. What each act sends is in
+//! `actions.rs`; the order of record and act, and why it is safe, in [`crate::runtime`].
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::engine::plan::{CleanupPlan, FailPlan, RecoverPlan, StepPlan};
+use crate::model::{JobRecord, Step, Timestamp};
+use crate::runtime::{ActOutcome, Acted, Runtime};
+
+use super::TERMINATED_BY_VALUE;
+use super::actions::Actions;
+use super::observe::{JOB_TEMPLATE, SUPERSEDED};
+
+/// What an act needs besides the record: the Job as last seen (None once it is gone: only a
+/// recovery acts then) and its pods.
+#[derive(Debug, Clone, Copy)]
+pub struct KubeTarget<'a> {
+    /// The Job.
+    pub job: Option<&'a Job>,
+    /// Its pods (others are ignored).
+    pub pods: &'a [Pod],
+}
+
+/// The observation admitted the Job, so the actions (which check the same scope) cannot
+/// refuse it; reported as a failed act rather than a panic.
+fn out_of_scope() -> Acted {
+    Acted {
+        outcome: ActOutcome::Failed {
+            error: "the Job was admitted by observation but refused by the actions".into(),
+        },
+        ..Acted::done(Vec::new())
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for Actions {
+    type Target<'a> = KubeTarget<'a>;
+
+    /// API calls fail with 429, 5xx and 403 and are retried: a step recorded but not carried
+    /// out is marked until its calls went through.
+    const MARKS_PENDING: bool = true;
+
+    async fn step(
+        &self,
+        target: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &StepPlan,
+        now: Timestamp,
+    ) -> Acted {
+        let Some(k) = target.job else {
+            return out_of_scope();
+        };
+        let reason = plan.reason.as_str();
+        let report = match plan.step() {
+            Step::Warn => self.warn(k, reason, now).await,
+            Step::SoftKill => self.soft_kill(k, target.pods, job.grace, reason, now).await,
+            Step::HardKill => self.hard_kill(k, target.pods, reason, now).await,
+            Step::ForceDelete => self.force_delete(k, target.pods, reason, now).await,
+        };
+        report.map_or_else(|_| out_of_scope(), Acted::from)
+    }
+
+    /// A soft kill whose patch the Job shows went out before (a crash came after it).
+    fn shows(&self, target: &Self::Target<'_>, plan: &StepPlan) -> bool {
+        plan.step() == Step::SoftKill
+            && target.job.is_some_and(|k| {
+                k.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(&self.scope().terminated_by))
+                    .is_some_and(|v| v == TERMINATED_BY_VALUE)
+            })
+    }
+
+    /// The Job deleted (Foreground, UID precondition), then its labelled PVCs, Secrets and
+    /// ConfigMaps (a failure of either retries the whole cleanup; a re-created Job is left
+    /// alone and nothing of it is deleted).
+    async fn cleanup(
+        &self,
+        target: &Self::Target<'_>,
+        _: &JobRecord,
+        plan: &CleanupPlan,
+        now: Timestamp,
+    ) -> Acted {
+        let Some(k) = target.job else {
+            return out_of_scope();
+        };
+        let Ok(report) = self.ttl_delete(k, &plan.reason, now).await else {
+            return out_of_scope();
+        };
+        if report.outcome != ActOutcome::Done || plan.dry_run {
+            return report.into();
+        }
+        let Ok(labelled) = self.delete_labelled(k, &plan.reason, now).await else {
+            return out_of_scope();
+        };
+        let mut audit = report.audit;
+        audit.extend(labelled.audit);
+        Acted {
+            outcome: labelled.outcome,
+            ..Acted::done(audit)
+        }
+    }
+
+    async fn mark_failed(
+        &self,
+        target: &Self::Target<'_>,
+        _: &JobRecord,
+        plan: &FailPlan,
+        now: Timestamp,
+    ) -> Acted {
+        let Some(k) = target.job else {
+            return out_of_scope();
+        };
+        self.mark_failed(k, &plan.reason, now)
+            .await
+            .map_or_else(|_| out_of_scope(), Acted::from)
+    }
+
+    /// The dead run's Job deleted (when still there) and the stored one created anew; the
+    /// old run's UID is kept as superseded, so a late copy of it is never taken for a new run.
+    async fn recover(
+        &self,
+        target: &Self::Target<'_>,
+        job: &mut JobRecord,
+        plan: &RecoverPlan,
+        now: Timestamp,
+    ) -> Acted {
+        let template = job.spec.get(JOB_TEMPLATE).cloned().unwrap_or_default();
+        let old = job.run_id.clone();
+        if let Some(spec) = job.spec.as_object_mut() {
+            let list = spec
+                .entry(SUPERSEDED)
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+            if let Some(list) = list.as_array_mut()
+                && !list.iter().any(|u| u.as_str() == Some(old.as_str()))
+            {
+                list.push(old.into());
+            }
+        }
+        match self
+            .recreate(target.job, &template, plan.attempt, &plan.reason, now)
+            .await
+        {
+            Ok((report, uid)) => {
+                if let Some(uid) = uid {
+                    tracing::info!(job = %job.id, attempt = plan.attempt, %uid, "re-created the Job");
+                }
+                report.into()
+            }
+            Err(_) => out_of_scope(),
+        }
+    }
+}
