@@ -23,10 +23,12 @@ tools_venv() {
   local venv="$JOBWARDEN_TOOLS/$name" want="$*"
   if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$want" ]; then
     echo "tools: installing $want into $venv" >&2
+    # Explicit checks: errexit does not reach into the $(…) this runs in.
     rm -rf "$venv"
-    python3 -m venv "$venv" >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >&2
-    printf '%s' "$want" >"$venv/.pins"
+    python3 -m venv "$venv" >&2 || return 1
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >&2 \
+      || { rm -rf "$venv"; echo "tools: installing $want failed" >&2; return 1; }
+    printf '%s' "$want" >"$venv/.pins" || return 1
   fi
   echo "$venv/bin"
 }
