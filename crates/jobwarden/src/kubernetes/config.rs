@@ -15,7 +15,11 @@ use crate::duration::Dur;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
-    /// Namespaces to watch; empty means all (minus the protected ones).
+    /// Namespaces to watch; empty means all (minus the protected ones). RBAC:
+    /// `deploy/overlays/namespaced` grants the job calls in these namespaces only (a Role
+    /// each), `deploy/overlays/cluster` in all. The Job and Pod watches and the orphan pass's
+    /// lists are still cluster-wide, applying this list to what arrives, so as yet they need
+    /// the `cluster` overlay's grant.
     pub namespaces: Vec<String>,
     /// Namespaces never touched, whatever their objects carry.
     pub protected_namespaces: Vec<String>,
@@ -23,7 +27,7 @@ pub struct KubernetesConfig {
     pub job_id_label: String,
     /// Namespace of the leader-election Lease (default: the namespace jobwarden runs in, from
     /// `POD_NAMESPACE` or the service account, else `default`). RBAC: get, create, update on
-    /// leases there (the Role in `deploy/rbac.yaml`).
+    /// leases there (the Role in `deploy/base/leader-election.yaml`).
     pub lease_namespace: Option<String>,
     /// Name of the leader-election Lease; replicas sharing it elect one leader.
     pub lease_name: String,

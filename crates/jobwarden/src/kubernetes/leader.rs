@@ -482,7 +482,7 @@ impl Elector {
     fn error(&self, call: &'static str, error: String) -> LeaseError {
         let hint = if error.starts_with("403") {
             format!(
-                " (grant get, create and update on coordination.k8s.io leases in namespace {}: the Role in deploy/rbac.yaml)",
+                " (grant get, create and update on coordination.k8s.io leases in namespace {}: the Role in deploy/base/leader-election.yaml)",
                 self.settings.namespace
             )
         } else {

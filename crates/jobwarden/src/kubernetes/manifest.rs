@@ -66,7 +66,7 @@ pub struct HeartbeatRequest {
     pub server: String,
 }
 
-/// The jobwarden Service of `deploy/service.yaml`, as pods in other namespaces reach it.
+/// The jobwarden Service of `deploy/base/service.yaml`, as pods in other namespaces reach it.
 pub const DEFAULT_HEARTBEAT_SERVER: &str = "http://jobwarden.jobwarden.svc:7800";
 
 /// jobwarden-init's default heartbeat interval: the most a heartbeat timeout gets.
