@@ -29,20 +29,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::api_types::SubmitRequest;
 use crate::clock;
 use crate::daemon::Shared;
-use crate::engine::decide::{Decision, decide};
 use crate::engine::lifecycle;
+use crate::engine::plan::{self, StepPlan, TaskPlan, Work};
 use crate::engine::recovery::Diagnosis;
-use crate::engine::retention;
+use crate::executor::{Carried, Executor};
 use crate::hooks::HookPayload;
 use crate::model::{
-    AuditAction, AuditEntry, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, StepTaken,
-    Timestamp, add, fmt_ts, since,
+    AuditAction, AuditEntry, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, Timestamp, add,
+    since,
 };
 use crate::policy::{JobSettings, resolve};
-use crate::runtime::local::{Adopted, ExitEvent, LocalRuntime};
-use crate::runtime::proc::SignalResult;
+use crate::runtime::local::{Adopted, ExitEvent, LocalRuntime, sig_name};
 use crate::scheduler::Scheduler;
-use crate::store::{JobFilter, NewTask, StepWrite};
+use crate::store::JobFilter;
 
 /// An error for the API: HTTP status and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +78,8 @@ pub enum Command {
 /// The enforcer task's state.
 pub struct Enforcer {
     shared: Arc<Shared>,
-    runtime: LocalRuntime,
+    /// Carries the engine's plans out on the local runtime.
+    executor: Executor<LocalRuntime>,
     jobs: HashMap<JobId, JobRecord>,
     sched: Scheduler<JobId>,
     commands: mpsc::Receiver<Command>,
@@ -100,20 +100,6 @@ pub struct Enforcer {
     stage_metrics_stale: bool,
 }
 
-/// An escalation step decided for a job, ready to be recorded and carried out.
-struct PlannedStep {
-    /// What the store records.
-    write: StepWrite,
-    /// The job as it was decided on.
-    before: JobRecord,
-    /// The job once the step is taken.
-    after: JobRecord,
-    /// A soft kill moving a running job to `terminating`.
-    terminating: bool,
-    /// Why: `timeout` or `cancelled`.
-    why: String,
-}
-
 /// A submitted job whose pre_start hooks have run.
 struct PreStarted {
     job: JobRecord,
@@ -130,9 +116,6 @@ const EXIT_BATCH: usize = 1024;
 /// Retry delay when the store did not answer.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// A step whose record took longer than this to write is re-timed to when its signal went out.
-const LATE_WRITE: Duration = Duration::from_millis(200);
-
 impl Enforcer {
     /// A new enforcer.
     pub fn new(
@@ -142,9 +125,16 @@ impl Enforcer {
         exits: mpsc::UnboundedReceiver<ExitEvent>,
     ) -> Self {
         let (pre_started_tx, pre_started) = mpsc::unbounded_channel();
+        let executor = Executor::new(
+            runtime,
+            shared.store.clone(),
+            shared.hooks.clone(),
+            shared.metrics.clone(),
+            shared.config.queue.max_attempts,
+        );
         Enforcer {
             shared,
-            runtime,
+            executor,
             jobs: HashMap::new(),
             sched: Scheduler::new(),
             commands,
@@ -260,10 +250,15 @@ impl Enforcer {
         let mut requeue = Vec::new();
         for job in jobs {
             if job.stage == Stage::Cleanup && !job.dry_run {
-                // A crash may have fallen between the stage change and the enqueue; the
-                // queue de-duplicates tasks that are still pending.
-                requeue.extend(self.cleanup_tasks(&job, now));
-                requeue.extend(self.retention_tasks(&job, now));
+                // Jobs moved to cleanup by a daemon that queued the tasks after the stage:
+                // queue them again; the queue de-duplicates tasks that are still pending.
+                let mut finished = job.clone();
+                finished.stage = lifecycle::stage_after(job.outcome.unwrap_or(Outcome::Lost));
+                let ttl_due = job.finished_at.unwrap_or(now);
+                requeue.extend(
+                    plan::cleanup_plan(&finished, ttl_due, false, &self.shared.policy, now, false)
+                        .tasks,
+                );
             }
             if matches!(job.stage, Stage::Cleanup | Stage::Cleaned) {
                 continue;
@@ -277,8 +272,8 @@ impl Enforcer {
             self.sched.arm(id, now);
         }
         if !requeue.is_empty() {
-            match self.shared.store.enqueue_many(&requeue, now).await {
-                Ok(_) => self.shared.queue_kick.notify_waiters(),
+            match self.executor.enqueue(&requeue, now).await {
+                Ok(()) => self.shared.queue_kick.notify_waiters(),
                 Err(e) => self.store_error("re-queueing interrupted cleanups", &e),
             }
         }
@@ -289,7 +284,7 @@ impl Enforcer {
         let Some(job) = self.jobs.get(id).cloned() else {
             return;
         };
-        if job.pid.is_some() && self.runtime.adopt(&job) == Adopted::Running {
+        if job.pid.is_some() && self.executor.runtime().adopt(&job) == Adopted::Running {
             tracing::info!(job = %id, pid = ?job.pid, "re-adopted running job");
             // A crash may have fallen between recording a kill step and sending it: send the
             // strongest step taken once more (harmless for a process that already got it).
@@ -318,7 +313,7 @@ impl Enforcer {
                 );
                 // Not recorded, not sent: the ladder's next step still comes on time.
                 if self.append_audit(vec![audit]).await
-                    && let Err(e) = self.runtime.signal(&job, sig)
+                    && let Err(e) = self.executor.runtime().signal(&job, sig)
                 {
                     self.shared.metrics.error("signal");
                     let failed = self.audit(
@@ -350,8 +345,7 @@ impl Enforcer {
         self.finish(
             &mut job,
             outcome,
-            None,
-            None,
+            (None, None),
             "process vanished while jobwarden was down; exit status unknown".into(),
             now,
         );
@@ -401,7 +395,7 @@ impl Enforcer {
                 return;
             }
         };
-        if !self.shared.hooks.has("pre_start") {
+        if !self.shared.hooks.hooks().has("pre_start") {
             let _ = reply.send(self.start_new_job(job).await);
             return;
         }
@@ -410,7 +404,7 @@ impl Enforcer {
         self.starting.insert(job.id.clone(), false);
         tokio::spawn(async move {
             let payload = HookPayload::new("pre_start", &job, None, clock::now());
-            let outcomes = shared.hooks.fire(&payload).await;
+            let outcomes = shared.hooks.hooks().fire(&payload).await;
             let _ = done.send(PreStarted {
                 job,
                 outcomes,
@@ -449,7 +443,7 @@ impl Enforcer {
         let answer = if let Some((outcome, reason)) = end {
             let now = clock::now();
             let id = job.id.clone();
-            self.finish(&mut job, outcome, None, None, reason, now);
+            self.finish(&mut job, outcome, (None, None), reason, now);
             self.persist(&job).await;
             self.jobs.insert(id.clone(), job.clone());
             self.sched.arm(id, now);
@@ -555,7 +549,7 @@ impl Enforcer {
             self.store_error("recording a job's start", &e);
             let now = clock::now();
             if job.pid.is_some() {
-                match self.runtime.signal(&job, Signal::KILL) {
+                match self.executor.runtime().signal(&job, Signal::KILL) {
                     Ok(_) => tracing::warn!(job = %id, "killed: its start could not be recorded"),
                     Err(err) => {
                         tracing::error!(job = %id, "killing a job whose start could not be recorded: {err}")
@@ -563,7 +557,7 @@ impl Enforcer {
                 }
             }
             let reason = format!("its start could not be recorded, so it was killed: {e}");
-            self.finish(&mut job, Outcome::Failed, None, None, reason, now);
+            self.finish(&mut job, Outcome::Failed, (None, None), reason, now);
             // Best effort; if this fails too, the next start finds the job without a pid and
             // marks it lost.
             self.persist(&job).await;
@@ -581,33 +575,21 @@ impl Enforcer {
         Ok(self.jobs.get(&id).cloned().unwrap_or(job))
     }
 
-    /// Starts (or restarts) the job's command: sets run times and spawns.
+    /// Starts the job's first run; its `running` hooks, or a failed start settled.
     fn start_run(&self, job: &mut JobRecord, now: Timestamp) {
-        let command: Vec<String> = job
-            .spec
-            .get("command")
-            .and_then(|c| serde_json::from_value(c.clone()).ok())
-            .unwrap_or_default();
-        job.started_at = Some(now);
-        job.deadline = Some(add(now, job.timeout));
-        match self.runtime.spawn(job, &command) {
-            Ok(started) => {
-                job.pid = Some(started.pid);
-                job.pid_start_ticks = Some(started.start_ticks);
-                job.stage = Stage::Running;
-                tracing::info!(job = %job.id, pid = started.pid, deadline = %fmt_ts(add(now, job.timeout)), "started");
-                self.fire_hooks("running", job, None, now);
-            }
+        match self.executor.runtime().start(job, now) {
+            Ok(()) => self.executor.fire(
+                job,
+                &[plan::HookEvent {
+                    event: "running",
+                    reason: None,
+                }],
+                now,
+            ),
             Err(e) => {
                 tracing::warn!(job = %job.id, "start failed: {e}");
-                self.finish(
-                    job,
-                    Outcome::Failed,
-                    None,
-                    None,
-                    format!("could not start: {e}"),
-                    now,
-                );
+                let reason = format!("could not start: {e}");
+                self.finish(job, Outcome::Failed, (None, None), reason, now);
             }
         }
     }
@@ -667,9 +649,8 @@ impl Enforcer {
             )
         };
         self.append_audit(vec![audit]).await;
-        if !job.has_step(Step::SoftKill) {
-            self.take_step(id, Step::SoftKill, now, now, "cancelled")
-                .await;
+        if let Some(step) = plan::cancel_plan(&job, now, self.dry(&job)) {
+            self.take_steps(vec![(job.clone(), step)], now).await;
         }
         self.reschedule(id, clock::now());
         self.jobs
@@ -719,7 +700,7 @@ impl Enforcer {
             Err(e) => self.store_error("saving finished jobs", &e),
         }
         let ids: Vec<JobId> = settled.into_iter().map(|j| j.id).collect();
-        self.queue_retention_of(&ids, now).await;
+        self.queue_retention(&ids, now).await;
         for id in ids {
             self.reschedule(&id, now);
         }
@@ -757,96 +738,79 @@ impl Enforcer {
         } else {
             reason
         };
-        self.finish(&mut job, outcome, ev.exit_code, ev.signal, reason, now);
+        self.finish(&mut job, outcome, (ev.exit_code, ev.signal), reason, now);
         self.jobs.insert(job.id.clone(), job.clone());
         Some(job)
     }
 
-    /// Settles a run: outcome, stage, times; fires the stage hooks.
-    fn finish(
-        &self,
-        job: &mut JobRecord,
-        outcome: Outcome,
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        reason: String,
-        now: Timestamp,
-    ) {
-        job.outcome = Some(outcome);
-        job.stage = lifecycle::stage_after(outcome);
-        job.finished_at = Some(now);
-        job.exit_code = exit_code;
-        job.signal = signal;
-        job.reason = Some(reason.clone());
-        tracing::info!(job = %job.id, %outcome, reason, "finished");
-        self.fire_hooks(job.stage.as_str(), job, Some(reason), now);
-    }
-
     /// Decides and acts for one job; re-arms it.
     async fn process(&mut self, id: &JobId) {
-        self.queue_retention(id, clock::now()).await;
+        self.queue_retention(std::slice::from_ref(id), clock::now())
+            .await;
         // Several steps may be overdue (daemon was down); each iteration takes one.
         for _ in 0..8 {
-            let Some(job) = self.jobs.get(id) else {
+            let Some(job) = self.jobs.get(id).cloned() else {
                 return;
             };
             let now = clock::now();
-            let diagnosis = self.diagnose(job);
-            let (decision, wake) = decide(job, &diagnosis, &self.shared.policy, now);
-            match decision {
-                Decision::Nothing => {
-                    self.sched.set(id.clone(), wake);
-                    if wake.is_none() && !self.jobs.get(id).is_some_and(|j| j.stage.is_active()) {
-                        // Finished without TTL (missing finish time) or handed to cleanup.
-                        if self
-                            .jobs
-                            .get(id)
-                            .is_some_and(|j| matches!(j.stage, Stage::Cleanup | Stage::Cleaned))
-                        {
-                            self.jobs.remove(id);
-                        }
+            let planned = plan::plan(
+                &job,
+                &self.diagnose(&job),
+                &self.shared.policy,
+                now,
+                self.dry(&job),
+            );
+            let done = match planned.work {
+                Work::Nothing => {
+                    self.sched.set(id.clone(), planned.wake);
+                    if planned.wake.is_none()
+                        && matches!(job.stage, Stage::Cleanup | Stage::Cleaned)
+                    {
+                        // Handed to cleanup: it leaves memory.
+                        self.jobs.remove(id);
                     }
                     return;
                 }
-                Decision::Step { step, due_at } => {
-                    if !self.take_step(id, step, due_at, now, "timeout").await {
-                        self.sched.arm(id.clone(), add(now, STORE_RETRY));
-                        return;
-                    }
+                Work::Step(step) => self.take_steps(vec![(job, step)], now).await,
+                Work::Cleanup(cleanup) => self.cleanup(job, cleanup, now).await,
+                Work::Recover(recover) => {
+                    let mut job = job;
+                    let r = self.executor.recover(&(), &mut job, &recover, now).await;
+                    self.settled(job, r, "recovering a job")
                 }
-                Decision::Cleanup {
-                    due_at,
-                    finish_in_future,
-                } => {
-                    if !self
-                        .schedule_cleanup(id, due_at, finish_in_future, now)
-                        .await
-                    {
-                        self.sched.arm(id.clone(), add(now, STORE_RETRY));
-                        return;
-                    }
+                Work::MarkFailed(fail) => {
+                    let mut job = job;
+                    let r = self.executor.mark_failed(&(), &mut job, &fail, now).await;
+                    self.settled(job, r, "marking a job failed")
                 }
-                Decision::Recover { attempt, reason } => {
-                    if !self.recover(id, attempt, reason, now).await {
-                        self.sched.arm(id.clone(), add(now, STORE_RETRY));
-                        return;
-                    }
-                }
-                Decision::MarkFailed { reason } => {
-                    if !self.mark_failed(id, reason, now).await {
-                        self.sched.arm(id.clone(), add(now, STORE_RETRY));
-                        return;
-                    }
-                }
+            };
+            if !done {
+                self.sched.arm(id.clone(), add(now, STORE_RETRY));
+                return;
             }
         }
         self.sched.arm(id.clone(), clock::now());
     }
 
+    /// Keeps the job the executor left, or counts the store error (the decision is retried).
+    fn settled(&mut self, job: JobRecord, r: crate::executor::Result<Carried>, what: &str) -> bool {
+        match r {
+            Ok(_) => {
+                self.shared.set_store_ok(true);
+                self.jobs.insert(job.id.clone(), job);
+                true
+            }
+            Err(e) => {
+                self.store_error(what, &e);
+                false
+            }
+        }
+    }
+
     fn diagnose(&self, job: &JobRecord) -> Diagnosis {
         if job.stage == Stage::Running
             && job.heartbeat_timeout.is_some()
-            && !self.runtime.is_alive(job)
+            && !self.executor.runtime().is_alive(job)
         {
             // Only reached for jobs whose process vanished while the daemon was down: a
             // process exiting under our watch is reported through its exit instead.
@@ -859,160 +823,88 @@ impl Enforcer {
         self.sched.arm(id.clone(), now);
     }
 
-    /// Records and carries out one escalation step. False if the store could not record it
-    /// (nothing was done).
-    async fn take_step(
-        &mut self,
-        id: &JobId,
-        step: Step,
-        due_at: Timestamp,
-        now: Timestamp,
-        why: &str,
-    ) -> bool {
-        let Some(job) = self.jobs.get(id) else {
-            return true;
-        };
-        let planned = self.plan_step(job, step, due_at, now, why);
-        self.take_steps(vec![planned], now).await
+    /// Decided, not carried out: the daemon's `--dry-run`, or a job submitted in it.
+    fn dry(&self, job: &JobRecord) -> bool {
+        self.shared.dry_run || job.dry_run
     }
 
     /// The steps due now for a job when they are steps that [`Self::take_steps`] can record
     /// in a batch (every step but force_delete, which settles the job). Several when more
     /// than one is overdue at once (a warn and the soft_kill at the same instant, or after an
-    /// outage): each is decided on the job as the previous one leaves it, and all go into the
+    /// outage): each is planned on the job as the previous one leaves it, and all go into the
     /// same write. Empty when the job needs anything else.
-    fn batchable_steps(&self, id: &JobId, now: Timestamp) -> Vec<PlannedStep> {
-        let mut planned: Vec<PlannedStep> = Vec::new();
+    fn batchable_steps(&self, id: &JobId, now: Timestamp) -> Vec<(JobRecord, StepPlan)> {
+        let mut planned: Vec<(JobRecord, StepPlan)> = Vec::new();
         let Some(first) = self.jobs.get(id) else {
             return planned;
         };
         // warn (each), soft_kill, hard_kill: a handful at most; the bound is a safeguard.
         while planned.len() < 8 {
-            let job = planned.last().map_or(first, |p| &p.after);
-            let (decision, _) = decide(job, &self.diagnose(job), &self.shared.policy, now);
-            let next = match decision {
-                Decision::Step { step, due_at } if step != Step::ForceDelete => {
-                    self.plan_step(job, step, due_at, now, "timeout")
+            let job = planned
+                .last()
+                .map_or_else(|| first.clone(), |(j, p)| p.apply(j));
+            let work = plan::plan(
+                &job,
+                &self.diagnose(&job),
+                &self.shared.policy,
+                now,
+                self.dry(&job),
+            )
+            .work;
+            match work {
+                Work::Step(step) if step.step() != Step::ForceDelete => {
+                    planned.push((job, step));
                 }
                 _ => break,
-            };
-            planned.push(next);
+            }
         }
         planned
     }
 
-    /// The record of a step and the job as it will be once the step is carried out.
-    fn plan_step(
-        &self,
-        job: &JobRecord,
-        step: Step,
-        due_at: Timestamp,
-        now: Timestamp,
-        why: &str,
-    ) -> PlannedStep {
-        let dry = self.shared.dry_run || job.dry_run;
-        let reason = match step {
-            Step::Warn => format!(
-                "{} left before the deadline {} (timeout {})",
-                crate::duration::format_duration(since(job.deadline.unwrap_or(now), now)),
-                job.deadline.map(fmt_ts).unwrap_or_default(),
-                crate::duration::format_duration(job.timeout)
-            ),
-            Step::SoftKill => format!(
-                "{why}: deadline {} reached; SIGTERM to the process group, grace {}",
-                job.deadline.map(fmt_ts).unwrap_or_default(),
-                crate::duration::format_duration(job.grace)
-            ),
-            Step::HardKill => format!(
-                "still running {} after SIGTERM; SIGKILL to the process group",
-                crate::duration::format_duration(job.grace)
-            ),
-            Step::ForceDelete => {
-                "still present after SIGKILL; removing the workspace and marking the job".into()
-            }
-        };
-        let mut audit = self.audit(job, step.into(), reason, None, now);
-        audit.dry_run = dry;
-        let taken = StepTaken {
-            step,
-            due_at,
-            at: now,
-        };
-        let mut after = job.clone();
-        after.steps.push(taken.clone());
-        // Only a soft kill changes more than the steps (which the record itself stores): it
-        // is saved with the record, in the same transaction.
-        let terminating = step == Step::SoftKill && !dry && job.stage == Stage::Running;
-        if terminating {
-            after.stage = Stage::Terminating;
-            after.reason = Some(why.to_owned());
-        }
-        PlannedStep {
-            write: StepWrite {
-                job_id: job.id.clone(),
-                run_id: job.run_id.clone(),
-                step: taken,
-                audit,
-                stage_after: terminating.then(|| (Stage::Terminating, why.to_owned())),
-                spec_after: None,
-            },
-            before: job.clone(),
-            after,
-            terminating,
-            why: why.to_owned(),
-        }
-    }
-
     /// Records every planned step in one write transaction, then carries out those recorded
-    /// now. Each job is re-armed: at `now` when its step is settled (its next step, or
-    /// several overdue ones, are decided by [`Self::process`]), a moment later when the store
-    /// could not record it (nothing was done). False if any step was not recorded.
-    async fn take_steps(&mut self, planned: Vec<PlannedStep>, now: Timestamp) -> bool {
+    /// now (at the time the write returned: a slow store never eats a job's grace period, the
+    /// executor re-times a step carried out late). Each job is re-armed: at once when its step
+    /// is settled (its next step, or several overdue ones, are decided by [`Self::process`]),
+    /// a moment later when the store could not record it (nothing was done). False if any
+    /// step was not recorded.
+    async fn take_steps(
+        &mut self,
+        mut planned: Vec<(JobRecord, StepPlan)>,
+        now: Timestamp,
+    ) -> bool {
         if planned.is_empty() {
             return true;
         }
-        let writes: Vec<StepWrite> = planned.iter().map(|p| p.write.clone()).collect();
-        let results = match self.shared.store.record_steps(&writes).await {
+        let results = {
+            let mut batch: Vec<(&mut JobRecord, &StepPlan)> =
+                planned.iter_mut().map(|(j, p)| (j, &*p)).collect();
+            self.executor.record_steps(&mut batch).await
+        };
+        let results = match results {
             Ok(results) => results,
             Err(e) => {
                 self.store_error("recording escalation steps", &e);
-                for p in &planned {
-                    self.sched.arm(p.before.id.clone(), add(now, STORE_RETRY));
+                for (job, _) in &planned {
+                    self.sched.arm(job.id.clone(), add(now, STORE_RETRY));
                 }
                 return false;
             }
         };
         self.shared.set_store_ok(true);
-        // Signals go out only now, after the write. When the store was slow, the next step's
-        // grace counts from now, not from the decision: a slow store must not eat the job's
-        // grace period (a step is due a grace period after the previous one happened).
         let sent = clock::now();
-        let late = since(sent, now) > LATE_WRITE;
-        let mut retimed = Vec::new();
         let mut all_ok = true;
-        for (mut p, result) in planned.into_iter().zip(results) {
-            let id = p.before.id.clone();
+        for ((mut job, step), result) in planned.into_iter().zip(results) {
+            let id = job.id.clone();
             match result {
                 Ok(true) => {
-                    self.shared.metrics.audit_written(1);
-                    if late && matches!(p.write.step.step, Step::SoftKill | Step::HardKill) {
-                        let taken = p.write.step.clone();
-                        if let Some(s) = p
-                            .after
-                            .steps
-                            .iter_mut()
-                            .find(|s| s.step == taken.step && s.due_at == taken.due_at)
-                        {
-                            s.at = sent;
-                        }
-                        p.write.step.at = sent;
-                        retimed.push(id.clone());
+                    if let Err(e) = self.executor.act_step(&(), &mut job, &step, sent).await {
+                        self.store_error("finishing an escalation step", &e);
                     }
-                    self.carry_out(p, sent).await;
+                    self.jobs.insert(id.clone(), job);
                     self.sched.arm(id, sent);
                 }
                 Ok(false) => {
-                    self.sync_recorded(p).await;
+                    self.sync_recorded(job, &step).await;
                     self.sched.arm(id, now);
                 }
                 Err(e) => {
@@ -1022,231 +914,65 @@ impl Enforcer {
                 }
             }
         }
-        if !retimed.is_empty() {
-            tracing::warn!(
-                jobs = retimed.len(),
-                write_ms = since(sent, now).as_millis() as u64,
-                "the store was slow to record kill steps: their grace periods count from when the signals went out"
-            );
-            let jobs: Vec<JobRecord> = retimed
-                .iter()
-                .filter_map(|id| self.jobs.get(id).cloned())
-                .collect();
-            // Best effort: until a restart the in-memory times rule; after one, the recorded
-            // decision times (a shorter grace) would.
-            if let Err(e) = self.shared.store.update_jobs(&jobs).await {
-                self.store_error("recording when late kill signals went out", &e);
-            }
-        }
         all_ok
     }
 
     /// A step the store already holds (e.g. recorded by a previous daemon): keep our copy in
     /// sync and never decide that step again.
-    async fn sync_recorded(&mut self, p: PlannedStep) {
-        let id = p.before.id.clone();
+    async fn sync_recorded(&mut self, before: JobRecord, step: &StepPlan) {
+        let id = before.id.clone();
         let mut synced = match self.shared.store.get_job(&id).await {
-            Ok(Some(stored)) if stored.run_id == p.before.run_id => stored,
-            _ => p.before,
+            Ok(Some(stored)) if stored.run_id == before.run_id => stored,
+            _ => before,
         };
-        let taken = p.write.step;
+        let taken = &step.taken;
         if !synced
             .steps
             .iter()
             .any(|s| s.step == taken.step && s.due_at == taken.due_at)
         {
-            synced.steps.push(taken);
+            synced.steps.push(taken.clone());
         }
         self.jobs.insert(id, synced);
     }
 
-    /// Carries out a recorded step: the signal, the workspace removal of a force delete,
-    /// hooks, and an audit row if it failed.
-    async fn carry_out(&mut self, p: PlannedStep, now: Timestamp) {
-        let PlannedStep {
-            write,
-            after: mut job,
-            terminating,
-            why,
-            ..
-        } = p;
-        let step = write.step.step;
-        let delay = (now - write.step.due_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-        self.shared.metrics.step_taken(step, delay);
-        let dry = write.audit.dry_run;
-        let mut failure = None;
-        if !dry {
-            let signal = match step {
-                Step::Warn => None,
-                Step::SoftKill => Some(Signal::TERM),
-                Step::HardKill | Step::ForceDelete => Some(Signal::KILL),
-            };
-            if let Some(sig) = signal {
-                match self.runtime.signal(&job, sig) {
-                    Ok(SignalResult::Sent) => {
-                        tracing::info!(job = %job.id, step = %step, delay_ms = delay * 1e3, "sent {}", sig_name(sig));
-                    }
-                    Ok(SignalResult::Gone) => {
-                        tracing::info!(job = %job.id, step = %step, "process already gone");
-                    }
-                    Err(e) => {
-                        self.shared.metrics.error("signal");
-                        failure = Some(format!("{} failed: {e}", sig_name(sig)));
-                    }
-                }
-            }
-            if step == Step::ForceDelete {
-                let ws = self.runtime.workspace(&job.id);
-                if let Err(e) = crate::runtime::local::remove_tree(&ws) {
-                    failure = Some(format!("removing {}: {e}", ws.display()));
-                }
-                self.finish(
-                    &mut job,
-                    Outcome::Terminated,
-                    None,
-                    None,
-                    "force deleted: the process did not exit after SIGKILL".into(),
-                    now,
-                );
-            }
-        } else {
-            tracing::info!(job = %job.id, step = %step, "dry-run: decided, not carried out");
-        }
-        if terminating {
-            self.fire_hooks("terminating", &job, Some(why), now);
-        }
-        self.fire_hooks(step.as_str(), &job, None, now);
-        if let Some(err) = failure {
-            let a = self.audit(&job, step.into(), "step failed".into(), Some(err), now);
-            self.append_audit(vec![a]).await;
-        }
-        if step == Step::ForceDelete && !dry {
-            // The only step that settles the job: its outcome is saved on its own.
-            self.persist(&job).await;
-        }
-        self.jobs.insert(job.id.clone(), job);
-    }
-
-    /// TTL expired: queue removal of the workspace (now) and of the log (by its own
-    /// retention); the job moves to `cleanup`.
-    async fn schedule_cleanup(
+    /// TTL expired: the executor queues the workspace's removal (now) and the log's and the
+    /// artifacts' (by their own retention, unless this daemon queued them already), and moves
+    /// the job to `cleanup`; it then leaves memory.
+    async fn cleanup(
         &mut self,
-        id: &JobId,
-        due_at: Timestamp,
-        finish_in_future: bool,
+        mut job: JobRecord,
+        mut cleanup: plan::CleanupPlan,
         now: Timestamp,
     ) -> bool {
-        let Some(mut job) = self.jobs.get(id).cloned() else {
-            return true;
-        };
-        if finish_in_future {
+        let id = job.id.clone();
+        if cleanup.finish_in_future {
             tracing::warn!(job = %id, "finish time is in the future (clock skew); cleanup deferred to finish + TTL");
         }
-        let dry = self.shared.dry_run || job.dry_run;
-        let ttl = retention::ttl_for(&job, &self.shared.config.retention);
-        if dry {
-            let mut a = self.audit(
-                &job,
-                AuditAction::TtlCleanup,
-                format!(
-                    "TTL {} expired at {}; would remove workspace and logs",
-                    crate::duration::format_duration(ttl),
-                    fmt_ts(due_at)
-                ),
-                None,
-                now,
-            );
-            a.dry_run = true;
-            a.resource_type = "workspace".into();
-            a.resource_name = self.runtime.workspace(id).display().to_string();
-            job.stage = Stage::Cleanup;
-            job.reason = Some("dry-run: cleanup decided, not carried out".into());
-            if let Err(e) = self.shared.store.update_job_with_audit(&job, &[a]).await {
-                self.store_error("recording a dry-run cleanup", &e);
-                return false;
-            }
-            self.jobs.remove(id);
-            self.sched.cancel(id);
-            return true;
-        }
-        let mut tasks = self.cleanup_tasks(&job, now);
-        // A job settled and cleaned within one pass (a mark_failed or force_delete with a
-        // TTL already expired) never had its log and artifact retention queued: queue it
-        // with the cleanup. (Pending duplicates are merged by the queue.)
         let key = (job.id.clone(), job.run_id.clone());
-        if !self.retention_queued.contains(&key) {
-            tasks.extend(self.retention_tasks(&job, now));
+        if self.retention_queued.contains(&key) {
+            // Queued when the run finished: only the workspace is new.
+            cleanup.tasks.retain(|t| t.kind == "workspace");
         }
-        job.stage = Stage::Cleanup;
-        // Stage first, then tasks: a crash in between leaves a `cleanup` job whose tasks
-        // are re-queued on the next start (see `load`), never tasks for a job we forgot.
-        if let Err(e) = self.shared.store.update_job(&job).await {
+        if let Err(e) = self.executor.cleanup(&(), &mut job, &cleanup, now).await {
             self.store_error("moving a job to cleanup", &e);
             return false;
         }
-        if let Err(e) = self.shared.store.enqueue_many(&tasks, now).await {
-            self.store_error("queueing cleanup", &e);
-            job.stage = self.jobs.get(id).map(|j| j.stage).unwrap_or(Stage::Failed);
-            let _ = self.shared.store.update_job(&job).await;
-            return false;
-        }
-        self.fire_hooks("cleanup", &job, None, now);
+        self.shared.set_store_ok(true);
         self.shared.queue_kick.notify_waiters();
-        self.jobs.remove(id);
-        self.sched.cancel(id);
+        self.jobs.remove(&id);
+        self.sched.cancel(&id);
         // The job leaves memory: so does the note that its retention is queued.
         self.retention_queued.remove(&key);
         true
     }
 
-    /// The queue task that removes a finished job's workspace, queued when its TTL expired.
-    fn cleanup_tasks(&self, job: &JobRecord, now: Timestamp) -> Vec<NewTask> {
-        let id = &job.id;
-        let ttl = retention::ttl_for(job, &self.shared.config.retention);
-        vec![NewTask {
-            dedup_key: format!("workspace:{}:{}", id, job.run_id),
-            job_id: Some(id.to_string()),
-            kind: "workspace".into(),
-            resource_name: self.runtime.workspace(id).display().to_string(),
-            payload: serde_json::json!({ "run_id": job.run_id, "ttl_seconds": ttl.as_secs() }),
-            priority: 10,
-            scheduled_at: now,
-            max_attempts: self.shared.config.queue.max_attempts,
-        }]
-    }
-
-    /// The tasks queued as soon as a run finished, each due by its own retention: the local
-    /// log file (`[retention.artifacts] logs`) and the object-storage prefixes. They do not
-    /// wait for the workspace TTL, which may be longer or shorter.
-    fn retention_tasks(&self, job: &JobRecord, now: Timestamp) -> Vec<NewTask> {
-        let id = &job.id;
-        let finished = job.finished_at.unwrap_or(now);
-        let log_at = add(finished, self.shared.config.retention.artifacts.logs.0);
-        let mut tasks = super::worker::artifact_tasks(job, &self.shared.config, now);
-        tasks.push(NewTask {
-            dedup_key: format!("log:{id}"),
-            job_id: Some(id.to_string()),
-            kind: "log".into(),
-            resource_name: self.runtime.log_path(id).display().to_string(),
-            payload: serde_json::json!({ "run_id": job.run_id }),
-            priority: 0,
-            scheduled_at: log_at.max(now),
-            max_attempts: self.shared.config.queue.max_attempts,
-        });
-        tasks
-    }
-
-    /// Queues a finished run's retention tasks once per daemon lifetime (the queue
-    /// de-duplicates pending tasks across restarts; a re-run of a finished one deletes nothing
-    /// and says so in the audit log).
-    async fn queue_retention(&mut self, id: &JobId, now: Timestamp) {
-        self.queue_retention_of(std::slice::from_ref(id), now).await;
-    }
-
-    /// [`Self::queue_retention`] for many jobs with one write transaction.
-    async fn queue_retention_of(&mut self, ids: &[JobId], now: Timestamp) {
+    /// Queues finished runs' log and artifact retention tasks once per daemon lifetime, in
+    /// one write transaction (the queue de-duplicates pending tasks across restarts; a re-run
+    /// of a finished one deletes nothing and says so in the audit log).
+    async fn queue_retention(&mut self, ids: &[JobId], now: Timestamp) {
         let mut keys = Vec::new();
-        let mut tasks = Vec::new();
+        let mut tasks: Vec<TaskPlan> = Vec::new();
         for id in ids {
             let Some(job) = self.jobs.get(id) else {
                 continue;
@@ -1254,20 +980,19 @@ impl Enforcer {
             let key = (job.id.clone(), job.run_id.clone());
             if job.stage.is_active()
                 || job.finished_at.is_none()
-                || job.dry_run
-                || self.shared.dry_run
+                || self.dry(job)
                 || self.retention_queued.contains(&key)
             {
                 continue;
             }
-            tasks.extend(self.retention_tasks(job, now));
+            tasks.extend(plan::retention_tasks(job, &self.shared.policy, now));
             keys.push(key);
         }
         if keys.is_empty() {
             return;
         }
-        match self.shared.store.enqueue_many(&tasks, now).await {
-            Ok(_) => {
+        match self.executor.enqueue(&tasks, now).await {
+            Ok(()) => {
                 self.retention_queued.extend(keys);
                 self.shared.queue_kick.notify_waiters();
             }
@@ -1275,81 +1000,20 @@ impl Enforcer {
         }
     }
 
-    async fn recover(&mut self, id: &JobId, attempt: u32, reason: String, now: Timestamp) -> bool {
-        let Some(mut job) = self.jobs.get(id).cloned() else {
-            return true;
-        };
-        let dry = self.shared.dry_run || job.dry_run;
-        let mut a = self.audit(
-            &job,
-            AuditAction::Recover,
-            format!("recovery attempt {attempt}: {reason}"),
-            None,
-            now,
-        );
-        a.dry_run = dry;
-        if dry {
-            // Record the decision and stop re-deciding it: count the attempt.
-            job.recovery_attempts = attempt;
-            if let Err(e) = self.shared.store.update_job_with_audit(&job, &[a]).await {
-                self.store_error("recording a recovery", &e);
-                return false;
-            }
-            self.jobs.insert(id.clone(), job);
-            return true;
+    /// Settles a run in memory: outcome, stage, times; fires the stage's hooks.
+    fn finish(
+        &self,
+        job: &mut JobRecord,
+        outcome: Outcome,
+        exit: (Option<i32>, Option<i32>),
+        reason: String,
+        now: Timestamp,
+    ) {
+        tracing::info!(job = %job.id, %outcome, reason, "finished");
+        match plan::settle(job, outcome, exit, reason, now) {
+            Ok(hook) => self.executor.fire(job, &[hook], now),
+            Err(e) => tracing::warn!("{e}"),
         }
-        if let Err(e) = self.shared.store.append_audit(&[a]).await {
-            self.store_error("auditing a recovery", &e);
-            return false;
-        }
-        // Stop whatever is left of the old run.
-        let _ = self.runtime.signal(&job, Signal::KILL);
-        job.run_id = ulid::Ulid::from_parts(
-            u64::try_from(now.timestamp_millis()).unwrap_or(0),
-            rand::random::<u128>(),
-        )
-        .to_string()
-        .to_ascii_lowercase();
-        job.attempt += 1;
-        job.recovery_attempts = attempt;
-        job.steps.clear();
-        job.last_heartbeat = None;
-        job.finished_at = None;
-        job.outcome = None;
-        job.exit_code = None;
-        job.signal = None;
-        job.reason = Some(format!("recovered (attempt {attempt}): {reason}"));
-        self.start_run(&mut job, now);
-        self.persist(&job).await;
-        self.jobs.insert(id.clone(), job);
-        true
-    }
-
-    async fn mark_failed(&mut self, id: &JobId, reason: String, now: Timestamp) -> bool {
-        let Some(mut job) = self.jobs.get(id).cloned() else {
-            return true;
-        };
-        let dry = self.shared.dry_run || job.dry_run;
-        let mut a = self.audit(&job, AuditAction::MarkFailed, reason.clone(), None, now);
-        a.dry_run = dry;
-        if dry {
-            if let Err(e) = self.shared.store.append_audit(&[a]).await {
-                self.store_error("auditing mark_failed", &e);
-                return false;
-            }
-            // Decided once; do not decide it again every wake-up.
-            job.heartbeat_timeout = None;
-            self.jobs.insert(id.clone(), job);
-            return true;
-        }
-        let _ = self.runtime.signal(&job, Signal::KILL);
-        self.finish(&mut job, Outcome::Failed, None, None, reason, now);
-        if let Err(e) = self.shared.store.update_job_with_audit(&job, &[a]).await {
-            self.store_error("marking a job failed", &e);
-            return false;
-        }
-        self.jobs.insert(id.clone(), job);
-        true
     }
 
     async fn persist(&self, job: &JobRecord) {
@@ -1362,15 +1026,8 @@ impl Enforcer {
 
     /// Writes audit rows; whether they are recorded (an error is logged and counted).
     async fn append_audit(&self, rows: Vec<AuditEntry>) -> bool {
-        if rows.is_empty() {
-            return true;
-        }
-        let n = rows.len() as u64;
-        match self.shared.store.append_audit(&rows).await {
-            Ok(()) => {
-                self.shared.metrics.audit_written(n);
-                true
-            }
+        match self.executor.append_audit(&rows).await {
+            Ok(()) => true,
             Err(e) => {
                 self.store_error("writing audit rows", &e);
                 false
@@ -1384,6 +1041,7 @@ impl Enforcer {
         tracing::error!("{what}: {e}");
     }
 
+    /// An audit row about the job's process group.
     fn audit(
         &self,
         job: &JobRecord,
@@ -1392,45 +1050,10 @@ impl Enforcer {
         error: Option<String>,
         now: Timestamp,
     ) -> AuditEntry {
-        AuditEntry {
-            id: 0,
-            timestamp: now,
-            job_id: job.id.to_string(),
-            resource_type: "process_group".into(),
-            resource_name: job.pid.map(|p| p.to_string()).unwrap_or_default(),
-            action,
-            reason,
-            initiated_by: "jobwarden".into(),
-            success: error.is_none(),
-            error_message: error,
-            dry_run: self.shared.dry_run || job.dry_run,
-            details: None,
-        }
-    }
-
-    /// Fires hooks for `event` in the background: hooks never block the ladder.
-    fn fire_hooks(&self, event: &str, job: &JobRecord, reason: Option<String>, now: Timestamp) {
-        if !self.shared.hooks.has(event) {
-            return;
-        }
-        let payload = HookPayload::new(event, job, reason, now);
-        let shared = self.shared.clone();
-        let job = job.clone();
-        tokio::spawn(async move {
-            shared
-                .hooks
-                .fire_and_audit(&payload, &job, &shared.store, &shared.metrics)
-                .await;
-        });
-    }
-}
-
-fn sig_name(s: Signal) -> &'static str {
-    if s == Signal::TERM {
-        "SIGTERM"
-    } else if s == Signal::KILL {
-        "SIGKILL"
-    } else {
-        "signal"
+        let mut row = plan::job_row(job, now, action, &reason);
+        row.success = error.is_none();
+        row.error_message = error;
+        row.dry_run = self.dry(job);
+        row
     }
 }

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::engine::Policy;
-use crate::hooks::Hooks;
+use crate::hooks::{HookRunner, Hooks};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -67,9 +67,9 @@ pub struct Shared {
     /// The store.
     pub store: Store,
     /// Metrics.
-    pub metrics: Metrics,
-    /// Hooks.
-    pub hooks: Hooks,
+    pub metrics: Arc<Metrics>,
+    /// Hooks, run in the background and audited.
+    pub hooks: HookRunner,
     /// Dry-run mode.
     pub dry_run: bool,
     /// Data directory.
@@ -374,15 +374,22 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         addr: opts.listen,
         source,
     })?;
+    let metrics = Arc::new(Metrics::default());
+    let mut policy = Policy::from_config(&opts.config);
+    policy.layout = Some(crate::engine::plan::Layout::new(&opts.data_dir));
     let shared = Arc::new(Shared {
-        policy: Policy::from_config(&opts.config),
-        hooks: Hooks::new(opts.config.hooks.clone()),
+        policy,
+        hooks: HookRunner::new(
+            Hooks::new(opts.config.hooks.clone()),
+            store.clone(),
+            metrics.clone(),
+        ),
         deletions: crate::ratelimit::RateLimiter::per_minute(
             opts.config.safety.max_deletions_per_minute,
         ),
         config: opts.config,
         store,
-        metrics: Metrics::default(),
+        metrics,
         dry_run: opts.dry_run,
         data_dir: opts.data_dir.clone(),
         store_ok: AtomicBool::new(true),

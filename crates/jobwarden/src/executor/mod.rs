@@ -12,8 +12,9 @@
 //!    grace counts from then), a run the act ended settled (one write, only when there is
 //!    something to write) → the step's metrics → its hooks. An act that must be retried
 //!    (429, 5xx, 403) keeps the marker: its rows are written and the retry time returned.
-//! 2. **TTL cleanup**: act (the runtime's part: a Kubernetes Job's delete) → queue the tasks
-//!    → move the job to `cleanup` with the act's rows (one write) → hooks.
+//! 2. **TTL cleanup**: act (the runtime's part: a Kubernetes Job's delete) → move the job to
+//!    `cleanup` with the act's rows (one write) → queue the tasks (a failure moves the stage
+//!    back) → hooks.
 //! 3. **mark_failed**, **recover**: record (the marker, the stage or the attempt, the
 //!    decision's row) → act → finish (marker done, the act's rows, a settled or new run) →
 //!    hooks. A marker not done is finished by the next call, never decided anew: one
@@ -327,10 +328,7 @@ impl<R: Runtime> Executor<R> {
             self.append_audit(&acted.audit).await?;
             return Ok(Carried::Retry(at));
         }
-        // Tasks before the stage: a crash in between queues them again, merged by key.
-        if acted.outcome == ActOutcome::Done {
-            self.enqueue(&plan.tasks, now).await?;
-        }
+        let before = job.stage;
         let moved = job.stage != Stage::Cleanup;
         if let Err(e) = plan::move_stage(job, Stage::Cleanup) {
             tracing::warn!("{e}");
@@ -340,6 +338,16 @@ impl<R: Runtime> Executor<R> {
         }
         self.store.update_job_with_audit(job, &acted.audit).await?;
         self.metrics.audit_written(acted.audit.len() as u64);
+        // The stage before the tasks: a worker that runs the workspace task at once must find
+        // the job in `cleanup` (it then marks it `cleaned`). When the queueing fails the stage
+        // goes back, and the cleanup is decided again.
+        if acted.outcome == ActOutcome::Done
+            && let Err(e) = self.enqueue(&plan.tasks, now).await
+        {
+            job.stage = before;
+            self.store.update_job(job).await?;
+            return Err(e);
+        }
         if moved {
             self.fire(job, &plan.hooks, now);
         }

@@ -30,7 +30,7 @@ use crate::artifacts::{Artifacts, ArtifactsConfig};
 use crate::config::Config;
 use crate::daemon::{Shared, WriteFaults, worker};
 use crate::engine::Policy;
-use crate::hooks::Hooks;
+use crate::hooks::{HookRunner, Hooks};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::runtime::local::LocalRuntime;
@@ -68,13 +68,18 @@ pub fn start(
     name: &str,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         policy: Policy::from_config(config),
-        hooks: Hooks::new(config.hooks.clone()),
+        hooks: HookRunner::new(
+            Hooks::new(config.hooks.clone()),
+            store.clone(),
+            metrics.clone(),
+        ),
         deletions: RateLimiter::per_minute(config.safety.max_deletions_per_minute),
         config: config.clone(),
         store,
-        metrics: Metrics::default(),
+        metrics,
         dry_run: false,
         data_dir: data_dir.to_owned(),
         store_ok: AtomicBool::new(true),

@@ -25,9 +25,12 @@
 //!   patch, deletes with UID preconditions answered 404 once done). The local runtime re-sends
 //!   the strongest kill step recorded when it re-adopts a running process after a restart
 //!   (`daemon::enforcer`), and a signal is harmless to repeat.
-//! - **A TTL cleanup acts first, then queues, then moves the job to `cleanup`**: each part is
-//!   idempotent (a delete answered 404, tasks merged by their dedupe keys), so a crash repeats
-//!   them harmlessly, and a job is never in `cleanup` with nothing queued.
+//! - **A TTL cleanup acts first, then moves the job to `cleanup`, then queues**: the act is
+//!   idempotent (a delete answered 404), so a crash before the stage write repeats it
+//!   harmlessly; the stage comes before the tasks because the workspace task marks the job
+//!   `cleaned` only once it is in `cleanup`. A crash between the stage write and the queueing
+//!   is covered by the local daemon re-queueing the tasks of every `cleanup` job when it
+//!   starts (merged by their dedupe keys).
 
 pub mod local;
 pub mod proc;
