@@ -3,9 +3,10 @@
 //! - [`config`]: the `[kubernetes]` section (namespaces, label, lease, orphan ages, limits).
 //! - [`observe`]: pure mapping of a Job and its Pods to the engine's job record and diagnosis.
 //!   No I/O; which Jobs are ours (the job-id label, no protected namespace) is decided here.
-//! - [`actions`]: the API calls that carry out a step (events, patches, deletes) and the audit
-//!   rows they produce. The one list of calls the code makes, [`actions::API_CALLS`], is what
-//!   the RBAC test checks `deploy/` against.
+//! - [`actions`]: the API calls that carry out a step (patches, deletes: `deletes.rs`) and the
+//!   audit rows they produce; [`events`]: the Events they post.
+//! - [`calls`]: the one list of calls the code makes, [`calls::API_CALLS`], which the RBAC test
+//!   checks `deploy/` against, and how an answer is read.
 //! - [`manifest`]: renders a FlowForge Job whose fields agree with the policy.
 //! - [`reconcile`]: one Job through observe → store → plan → executor.
 //! - [`runtime`]: the [`crate::runtime::Runtime`] the executor drives, over [`actions`].
@@ -25,10 +26,13 @@
 
 pub mod actions;
 pub mod api;
+pub mod calls;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod controller;
+mod deletes;
+pub mod events;
 pub mod leader;
 pub mod manifest;
 pub mod observe;

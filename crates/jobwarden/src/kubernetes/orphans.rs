@@ -28,7 +28,7 @@
 //!   Dry-run takes no token: it sends no DELETE.
 //!
 //! RBAC: list and delete on pods, persistentvolumeclaims, secrets and configmaps
-//! ([`super::actions::API_CALLS`], `deploy/rbac.yaml`).
+//! ([`super::calls::API_CALLS`], the roles in `deploy/overlays/`).
 
 use std::collections::BTreeSet;
 use std::fmt;
