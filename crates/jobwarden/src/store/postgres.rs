@@ -16,7 +16,7 @@ use sqlx::{Connection as _, Postgres, QueryBuilder, Row as _};
 use crate::model::{self, AuditEntry, JobId, JobRecord, Timestamp};
 
 use super::audit::{self, AuditQuery, audit_insert_columns, decode_audit};
-use super::convert::{Row, RowExt, trunc_micros};
+use super::convert::{RowExt, audit_row, job_row, task_row, trunc_micros};
 use super::jobs::{
     self, ACTIVE_STAGES_SQL, JobFilter, JobParams, decode_job, decode_steps, job_columns,
     merge_for_update, spec_after_json,
@@ -46,27 +46,6 @@ pub struct PgStore {
 }
 
 type Query = sqlx::query::Query<'static, Postgres, PgArguments>;
-
-fn job_row(r: &PgRow) -> Row<'_, PgRow> {
-    Row {
-        row: r,
-        table: "jobs",
-    }
-}
-
-fn task_row(r: &PgRow) -> Row<'_, PgRow> {
-    Row {
-        row: r,
-        table: "cleanup_tasks",
-    }
-}
-
-fn audit_row(r: &PgRow) -> Row<'_, PgRow> {
-    Row {
-        row: r,
-        table: "cleanup_audit_log",
-    }
-}
 
 fn bind_job(q: Query, p: &JobParams<'_>) -> Query {
     q.bind(p.id)

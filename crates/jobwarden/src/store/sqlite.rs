@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use crate::model::{self, AuditEntry, JobId, JobRecord, Timestamp};
 
 use super::audit::{self, AuditQuery, audit_insert_columns, decode_audit};
-use super::convert::{Row, RowExt, micros, trunc_micros};
+use super::convert::{RowExt, audit_row, job_row, micros, task_row, trunc_micros};
 use super::jobs::{
     self, ACTIVE_STAGES_SQL, JobFilter, JobParams, decode_job, decode_steps, job_columns,
     merge_for_update, spec_after_json,
@@ -51,27 +51,6 @@ pub struct SqliteStore {
 }
 
 type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
-
-fn job_row(r: &SqliteRow) -> Row<'_, SqliteRow> {
-    Row {
-        row: r,
-        table: "jobs",
-    }
-}
-
-fn task_row(r: &SqliteRow) -> Row<'_, SqliteRow> {
-    Row {
-        row: r,
-        table: "cleanup_tasks",
-    }
-}
-
-fn audit_row(r: &SqliteRow) -> Row<'_, SqliteRow> {
-    Row {
-        row: r,
-        table: "cleanup_audit_log",
-    }
-}
 
 fn bind_job(q: Query, p: &JobParams<'_>) -> Query {
     q.bind(p.id)
