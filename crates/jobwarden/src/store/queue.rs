@@ -115,19 +115,20 @@ impl TaskState {
     }
 }
 
+/// A name that is not one of the four [`TaskState`]s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown task state {0:?} (expected pending, running, done or dead)")]
+pub struct UnknownTaskState(pub String);
+
 impl std::str::FromStr for TaskState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownTaskState;
+    fn from_str(s: &str) -> Result<Self, UnknownTaskState> {
         Ok(match s {
             "pending" => TaskState::Pending,
             "running" => TaskState::Running,
             "done" => TaskState::Done,
             "dead" => TaskState::Dead,
-            _ => {
-                return Err(format!(
-                    "unknown task state {s:?} (expected pending, running, done or dead)"
-                ));
-            }
+            _ => return Err(UnknownTaskState(s.to_owned())),
         })
     }
 }
@@ -400,6 +401,24 @@ pub(crate) fn stats_from(rows: Vec<(String, i64)>) -> QueueStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_states_parse_by_name_and_unknown_names_are_an_error() {
+        for state in [
+            TaskState::Pending,
+            TaskState::Running,
+            TaskState::Done,
+            TaskState::Dead,
+        ] {
+            assert_eq!(state.as_str().parse(), Ok(state));
+        }
+        let err = "paused".parse::<TaskState>().expect_err("not a state");
+        assert_eq!(err, UnknownTaskState("paused".into()));
+        assert_eq!(
+            err.to_string(),
+            r#"unknown task state "paused" (expected pending, running, done or dead)"#
+        );
+    }
 
     #[test]
     fn backoff_grows_then_caps() {
