@@ -35,10 +35,6 @@ macro_rules! audit_insert_columns {
 }
 pub(crate) use audit_insert_columns;
 
-/// Rows per multi-row `INSERT` on SQLite (11 parameters each; SQLite allows 32 766 per
-/// statement).
-pub(crate) const SQLITE_CHUNK: usize = 1000;
-
 /// Reads a `cleanup_audit_log` row.
 pub(crate) fn decode_audit(row: &impl RowExt) -> Result<AuditEntry> {
     Ok(AuditEntry {

@@ -2,7 +2,11 @@
 //!
 //! [`RowExt`] reads a column as a model-level value (a timestamp, a duration in seconds, a
 //! JSON document) whatever the backend's column type, so that rows are decoded by one
-//! function per table ([`super::jobs::decode_job`], …) instead of one per backend.
+//! function per table ([`super::jobs::decode_job`], …) instead of one per backend. It is
+//! implemented once, for [`Row`] over any backend's row; [`Columns`] holds the two column
+//! types that really differ (timestamps and JSON).
+//!
+//! What it must not do: know a table's columns (the table modules do) or run a query.
 
 use std::time::Duration;
 
@@ -52,36 +56,50 @@ pub(crate) trait RowExt {
     fn opt_int(&self, col: &str) -> Result<Option<i64>>;
     /// A boolean column.
     fn flag(&self, col: &str) -> Result<bool>;
-    /// A timestamp column.
-    fn ts(&self, col: &str) -> Result<Timestamp>;
     /// A nullable timestamp column.
     fn opt_ts(&self, col: &str) -> Result<Option<Timestamp>>;
     /// A nullable JSON column.
     fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>>;
 
+    /// A timestamp column.
+    fn ts(&self, col: &str) -> Result<Timestamp> {
+        self.opt_ts(col)?.ok_or_else(|| self.null(col))
+    }
+
     /// A JSON column.
     fn json(&self, col: &str) -> Result<serde_json::Value> {
-        self.opt_json(col)?
-            .ok_or_else(|| self.corrupt(col, "NULL in a NOT NULL column".into()))
+        self.opt_json(col)?.ok_or_else(|| self.null(col))
+    }
+
+    /// The error for a NULL where the schema has none.
+    fn null(&self, col: &str) -> Error {
+        self.corrupt(col, "NULL in a NOT NULL column".into())
     }
 
     /// An error naming this column.
     fn corrupt(&self, col: &str, problem: String) -> Error {
-        Error::Corrupt {
-            what: format!("{}.{col}", self.table()),
-            problem,
-        }
+        corrupt(self.table(), col, problem)
     }
 
     /// A column holding one of a string enum's names.
-    fn parsed<T: std::str::FromStr<Err = String>>(&self, col: &str) -> Result<T> {
-        self.text(col)?.parse().map_err(|e| self.corrupt(col, e))
+    fn parsed<T>(&self, col: &str) -> Result<T>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let text = self.text(col)?;
+        text.parse::<T>()
+            .map_err(|e| self.corrupt(col, e.to_string()))
     }
 
     /// A nullable column holding one of a string enum's names.
-    fn opt_parsed<T: std::str::FromStr<Err = String>>(&self, col: &str) -> Result<Option<T>> {
+    fn opt_parsed<T>(&self, col: &str) -> Result<Option<T>>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
         self.opt_text(col)?
-            .map(|s| s.parse().map_err(|e| self.corrupt(col, e)))
+            .map(|s| s.parse::<T>().map_err(|e| self.corrupt(col, e.to_string())))
             .transpose()
     }
 
@@ -119,6 +137,14 @@ pub(crate) trait RowExt {
     }
 }
 
+/// The error for a stored value that cannot be read back.
+fn corrupt(table: &str, col: &str, problem: String) -> Error {
+    Error::Corrupt {
+        what: format!("{table}.{col}"),
+        problem,
+    }
+}
+
 /// Decodes a column, naming it on failure.
 fn get<'r, R, T>(row: &'r R, table: &'static str, col: &str) -> Result<T>
 where
@@ -138,23 +164,79 @@ pub(crate) struct Row<'r, R> {
     pub(crate) table: &'static str,
 }
 
-fn parse_json(
-    row: &impl RowExt,
-    col: &str,
-    text: Option<String>,
-) -> Result<Option<serde_json::Value>> {
-    text.map(|t| {
-        serde_json::from_str(&t).map_err(|e| row.corrupt(col, format!("invalid JSON: {e}")))
-    })
-    .transpose()
+/// A `jobs` row.
+pub(crate) fn job_row<R>(row: &R) -> Row<'_, R> {
+    Row { row, table: "jobs" }
 }
 
-fn from_micros(row: &impl RowExt, col: &str, v: i64) -> Result<Timestamp> {
-    chrono::DateTime::from_timestamp_micros(v)
-        .ok_or_else(|| row.corrupt(col, format!("{v} µs is not a representable time")))
+/// A `cleanup_tasks` row.
+pub(crate) fn task_row<R>(row: &R) -> Row<'_, R> {
+    Row {
+        row,
+        table: "cleanup_tasks",
+    }
 }
 
-impl RowExt for Row<'_, sqlx::sqlite::SqliteRow> {
+/// A `cleanup_audit_log` row.
+pub(crate) fn audit_row<R>(row: &R) -> Row<'_, R> {
+    Row {
+        row,
+        table: "cleanup_audit_log",
+    }
+}
+
+/// How a backend's row holds the two kinds of value whose column types differ: timestamps
+/// (SQLite `INTEGER` microseconds, PostgreSQL `TIMESTAMPTZ`) and JSON (`TEXT`, `jsonb`).
+pub(crate) trait Columns: sqlx::Row + Sized {
+    /// A nullable timestamp column.
+    fn opt_ts(row: &Row<'_, Self>, col: &str) -> Result<Option<Timestamp>>;
+    /// A nullable JSON column.
+    fn opt_json(row: &Row<'_, Self>, col: &str) -> Result<Option<serde_json::Value>>;
+}
+
+impl Columns for sqlx::sqlite::SqliteRow {
+    fn opt_ts(row: &Row<'_, Self>, col: &str) -> Result<Option<Timestamp>> {
+        let v: Option<i64> = get(row.row, row.table, col)?;
+        v.map(|v| {
+            chrono::DateTime::from_timestamp_micros(v).ok_or_else(|| {
+                corrupt(
+                    row.table,
+                    col,
+                    format!("{v} µs is not a representable time"),
+                )
+            })
+        })
+        .transpose()
+    }
+
+    fn opt_json(row: &Row<'_, Self>, col: &str) -> Result<Option<serde_json::Value>> {
+        let text: Option<String> = get(row.row, row.table, col)?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| corrupt(row.table, col, format!("invalid JSON: {e}")))
+        })
+        .transpose()
+    }
+}
+
+impl Columns for sqlx::postgres::PgRow {
+    fn opt_ts(row: &Row<'_, Self>, col: &str) -> Result<Option<Timestamp>> {
+        get(row.row, row.table, col)
+    }
+
+    fn opt_json(row: &Row<'_, Self>, col: &str) -> Result<Option<serde_json::Value>> {
+        get(row.row, row.table, col)
+    }
+}
+
+impl<R> RowExt for Row<'_, R>
+where
+    R: Columns,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     fn table(&self) -> &'static str {
         self.table
     }
@@ -173,46 +255,10 @@ impl RowExt for Row<'_, sqlx::sqlite::SqliteRow> {
     fn flag(&self, col: &str) -> Result<bool> {
         get(self.row, self.table, col)
     }
-    fn ts(&self, col: &str) -> Result<Timestamp> {
-        let v: i64 = get(self.row, self.table, col)?;
-        from_micros(self, col, v)
-    }
     fn opt_ts(&self, col: &str) -> Result<Option<Timestamp>> {
-        let v: Option<i64> = get(self.row, self.table, col)?;
-        v.map(|v| from_micros(self, col, v)).transpose()
+        R::opt_ts(self, col)
     }
     fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
-        let text: Option<String> = get(self.row, self.table, col)?;
-        parse_json(self, col, text)
-    }
-}
-
-impl RowExt for Row<'_, sqlx::postgres::PgRow> {
-    fn table(&self) -> &'static str {
-        self.table
-    }
-    fn text(&self, col: &str) -> Result<String> {
-        get(self.row, self.table, col)
-    }
-    fn opt_text(&self, col: &str) -> Result<Option<String>> {
-        get(self.row, self.table, col)
-    }
-    fn int(&self, col: &str) -> Result<i64> {
-        get(self.row, self.table, col)
-    }
-    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
-        get(self.row, self.table, col)
-    }
-    fn flag(&self, col: &str) -> Result<bool> {
-        get(self.row, self.table, col)
-    }
-    fn ts(&self, col: &str) -> Result<Timestamp> {
-        get(self.row, self.table, col)
-    }
-    fn opt_ts(&self, col: &str) -> Result<Option<Timestamp>> {
-        get(self.row, self.table, col)
-    }
-    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
-        get(self.row, self.table, col)
+        R::opt_json(self, col)
     }
 }

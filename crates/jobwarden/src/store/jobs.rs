@@ -244,50 +244,23 @@ pub(crate) fn due_at_json(step: &StepTaken) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{JobId, Stage, Step};
+    use crate::engine::ladder::tests::{running, t as ts};
+    use crate::model::Step;
 
-    fn ts(s: i64) -> Timestamp {
-        chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).expect("ts")
-    }
-
+    /// A job of run `run` whose `steps` were all due and taken at `ts(1)`.
     fn job(run: &str, steps: &[Step], hb: Option<i64>) -> JobRecord {
-        JobRecord {
-            id: JobId::parse("j").expect("id"),
-            run_id: run.into(),
-            attempt: 0,
-            runtime: RuntimeKind::Local,
-            namespace: None,
-            name: "j".into(),
-            org: None,
-            job_type: None,
-            stage: Stage::Running,
-            outcome: None,
-            reason: None,
-            created_at: ts(0),
-            started_at: None,
-            finished_at: None,
-            timeout: Duration::from_secs(1),
-            grace: Duration::from_secs(1),
-            ttl: None,
-            deadline: None,
-            steps: steps
-                .iter()
-                .map(|&step| StepTaken {
-                    step,
-                    due_at: ts(1),
-                    at: ts(1),
-                })
-                .collect(),
-            heartbeat_timeout: None,
-            last_heartbeat: hb.map(ts),
-            recovery_attempts: 0,
-            pid: None,
-            pid_start_ticks: None,
-            exit_code: None,
-            signal: None,
-            spec: serde_json::Value::Null,
-            dry_run: false,
-        }
+        let mut j = running();
+        j.run_id = run.into();
+        j.steps = steps
+            .iter()
+            .map(|&step| StepTaken {
+                step,
+                due_at: ts(1),
+                at: ts(1),
+            })
+            .collect();
+        j.last_heartbeat = hb.map(ts);
+        j
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! (`../shared/DESIGN.md` §2 `store`).
 //!
 //! [`Store`] is an enum over the two backends, [`SqliteStore`] (the embedded default) and
-//! [`PgStore`]; each method dispatches to the backend, which owns its SQL. Both backends run
-//! their own migrations at [`Store::open`] (`crates/jobwarden/migrations/{sqlite,postgres}`) and
-//! pass the same behaviour tests (`tests/store_behaviour.rs`).
+//! [`PgStore`]; each method dispatches to the backend. The SQL both backends run alike is
+//! written once, in `sql.rs`; each backend file keeps its connections, its write transactions
+//! and the SQL only it runs. Both backends run their own migrations at [`Store::open`]
+//! (`crates/jobwarden/migrations/{sqlite,postgres}`) and pass the same behaviour tests
+//! (`tests/store_behaviour.rs`).
 //!
 //! What this module owns:
 //! - the `jobs` table: one row per job id with every [`JobRecord`] field; the escalation steps of
@@ -27,6 +29,7 @@ mod convert;
 pub mod jobs;
 mod postgres;
 pub mod queue;
+mod sql;
 mod sqlite;
 
 use std::collections::HashSet;
@@ -328,7 +331,7 @@ impl Store {
     /// `dedup_key`; then that task's id is returned with `duplicate: true` and it is left as
     /// it is.
     pub async fn enqueue(&self, task: &NewTask, now: Timestamp) -> Result<Enqueued> {
-        let mut out = dispatch!(self.enqueue_many(std::slice::from_ref(task), now))?;
+        let mut out = self.enqueue_many(std::slice::from_ref(task), now).await?;
         out.pop().ok_or_else(|| Error::Corrupt {
             what: "cleanup_tasks insert result".into(),
             problem: "no row returned".into(),
@@ -338,7 +341,13 @@ impl Store {
     /// [`Store::enqueue`] for many tasks in one transaction; results in input order. A key
     /// repeated within `tasks` is enqueued once (later copies are duplicates).
     pub async fn enqueue_many(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<Enqueued>> {
-        dispatch!(self.enqueue_many(tasks, now))
+        tasks.iter().try_for_each(queue::check_new)?;
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (kept, map) = queue::dedup_batch(tasks);
+        let ids = dispatch!(self.insert_tasks(&kept, now))?;
+        queue::enqueued(&kept, &map, &ids)
     }
 
     /// Claims up to `limit` due tasks for `worker`: pending tasks with `scheduled_at <= now`
@@ -355,7 +364,16 @@ impl Store {
         lease: Duration,
         now: Timestamp,
     ) -> Result<Vec<Task>> {
-        dispatch!(self.claim(worker, limit, lease, now))
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let claim = queue::Claim {
+            worker,
+            limit,
+            now,
+            lease_until: crate::model::add(now, lease),
+        };
+        dispatch!(self.claim(&claim))
     }
 
     /// Moves the lease of a task `worker` holds to `now + lease`; false if it does not hold it.
@@ -380,15 +398,12 @@ impl Store {
         audit: &[AuditEntry],
         now: Timestamp,
     ) -> Result<bool> {
-        let done = dispatch!(self.complete_many(
-            worker,
-            &[Completion {
-                task_id,
-                audit: audit.to_vec()
-            }],
-            now
-        ))?;
-        Ok(done.contains(&task_id))
+        let done = [Completion {
+            task_id,
+            audit: audit.to_vec(),
+        }];
+        let completed = self.complete_many(worker, &done, now).await?;
+        Ok(completed.contains(&task_id))
     }
 
     /// [`Store::complete`] for many tasks in one transaction; returns the ids that were
@@ -399,7 +414,16 @@ impl Store {
         done: &[Completion],
         now: Timestamp,
     ) -> Result<Vec<i64>> {
-        dispatch!(self.complete_many(worker, done, now))
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let completions = queue::Completions { worker, done, now };
+        let accepted = dispatch!(self.complete_many(&completions))?;
+        Ok(done
+            .iter()
+            .map(|c| c.task_id)
+            .filter(|id| accepted.contains(id))
+            .collect())
     }
 
     /// Records a failed attempt and inserts `audit`, in one transaction, if `worker` still
@@ -414,8 +438,16 @@ impl Store {
         now: Timestamp,
         backoff: &Backoff,
     ) -> Result<FailOutcome> {
-        let sample: f64 = rand::random();
-        dispatch!(self.fail(task_id, worker, error, audit, now, backoff, sample))
+        let failure = queue::Failure {
+            task_id,
+            worker,
+            error,
+            audit,
+            now,
+            backoff,
+            sample: rand::random(),
+        };
+        dispatch!(self.fail(failure))
     }
 
     /// When the scheduler should next call [`Store::claim`]: the earliest `scheduled_at` of a
@@ -459,6 +491,9 @@ impl Store {
     /// Appends audit rows (one batched insert). The stored ids are assigned by the database;
     /// `id` in the entries is ignored.
     pub async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         dispatch!(self.append_audit(entries))
     }
 

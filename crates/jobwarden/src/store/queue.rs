@@ -49,14 +49,16 @@
 //!   but calling it ourselves means bypassing apalis' worker loop and using only its schema.
 //!
 //! Four of the six requirements fail and one fits only partly, so the queue is written here
-//! (`sqlite.rs`, `postgres.rs`), with `now` an argument everywhere. apalis is not a dependency.
+//! (`sql.rs`, `sqlite.rs`, `postgres.rs`), with `now` an argument everywhere. apalis is not a
+//! dependency.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::model::{AuditEntry, Timestamp};
 
-use super::Result;
-use super::convert::RowExt;
+use super::convert::{Row, RowExt, task_row, trunc_micros};
+use super::{Error, Result};
 
 /// A task to enqueue.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,19 +117,20 @@ impl TaskState {
     }
 }
 
+/// A name that is not one of the four [`TaskState`]s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown task state {0:?} (expected pending, running, done or dead)")]
+pub struct UnknownTaskState(pub String);
+
 impl std::str::FromStr for TaskState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownTaskState;
+    fn from_str(s: &str) -> Result<Self, UnknownTaskState> {
         Ok(match s {
             "pending" => TaskState::Pending,
             "running" => TaskState::Running,
             "done" => TaskState::Done,
             "dead" => TaskState::Dead,
-            _ => {
-                return Err(format!(
-                    "unknown task state {s:?} (expected pending, running, done or dead)"
-                ));
-            }
+            _ => return Err(UnknownTaskState(s.to_owned())),
         })
     }
 }
@@ -340,21 +343,29 @@ pub(crate) fn decode_task(row: &impl RowExt) -> Result<Task> {
     })
 }
 
-/// Claimed rows come back from `UPDATE … RETURNING` in no particular order; workers get them
-/// in claim order.
-pub(crate) fn sort_claimed(tasks: &mut [Task]) {
+/// Reads claimed rows. They come back from `UPDATE … RETURNING` in no particular order;
+/// workers get them in claim order.
+pub(crate) fn decode_claimed<R>(rows: &[R]) -> Result<Vec<Task>>
+where
+    for<'r> Row<'r, R>: RowExt,
+{
+    let mut tasks = rows
+        .iter()
+        .map(|r| decode_task(&task_row(r)))
+        .collect::<Result<Vec<_>>>()?;
     tasks.sort_by(|a, b| {
         b.priority
             .cmp(&a.priority)
             .then(a.scheduled_at.cmp(&b.scheduled_at))
             .then(a.id.cmp(&b.id))
     });
+    Ok(tasks)
 }
 
 /// Keeps the first task per `dedup_key`; returns the kept tasks and, for each input, the index
 /// of the kept task with its key and whether it is that task (not a later copy).
 pub(crate) fn dedup_batch(tasks: &[NewTask]) -> (Vec<&NewTask>, Vec<(usize, bool)>) {
-    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut first: HashMap<&str, usize> = HashMap::new();
     let mut kept = Vec::new();
     let mut map = Vec::with_capacity(tasks.len());
     for t in tasks {
@@ -370,10 +381,103 @@ pub(crate) fn dedup_batch(tasks: &[NewTask]) -> (Vec<&NewTask>, Vec<(usize, bool
     (kept, map)
 }
 
+/// The ids a backend's insert of de-duplicated tasks found, by `dedup_key`.
+#[derive(Debug, Default)]
+pub(crate) struct TaskIds {
+    /// Keys inserted now.
+    pub inserted: HashMap<String, i64>,
+    /// Keys of an unfinished task that was there before.
+    pub existing: HashMap<String, i64>,
+}
+
+/// Each task's answer, in input order: `kept` and `map` as [`dedup_batch`] made them, `ids` as
+/// the backend found them.
+pub(crate) fn enqueued(
+    kept: &[&NewTask],
+    map: &[(usize, bool)],
+    ids: &TaskIds,
+) -> Result<Vec<Enqueued>> {
+    map.iter()
+        .map(|&(k, first)| {
+            let key = &kept[k].dedup_key;
+            if let Some(&id) = ids.inserted.get(key) {
+                return Ok(Enqueued {
+                    id,
+                    duplicate: !first,
+                });
+            }
+            let id = ids.existing.get(key).ok_or_else(|| Error::Corrupt {
+                what: format!("cleanup task with dedup_key {key:?}"),
+                problem: "insert conflicted but no unfinished task has the key".into(),
+            })?;
+            Ok(Enqueued {
+                id: *id,
+                duplicate: true,
+            })
+        })
+        .collect()
+}
+
+/// A claim, as [`super::Store::claim`] hands it to the backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim<'a> {
+    /// The worker claiming.
+    pub worker: &'a str,
+    /// At most this many tasks (at least 1).
+    pub limit: u32,
+    /// The time of the claim: what is due by then is claimed.
+    pub now: Timestamp,
+    /// The end of the claimed tasks' lease.
+    pub lease_until: Timestamp,
+}
+
+/// Completions of one worker, as [`super::Store::complete_many`] hands them to the backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Completions<'a> {
+    /// The worker that must still hold the tasks.
+    pub worker: &'a str,
+    /// The tasks, with their audit rows (at least one task).
+    pub done: &'a [Completion],
+    /// The time of completion.
+    pub now: Timestamp,
+}
+
+/// A failed attempt, as [`super::Store::fail`] hands it to the backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failure<'a> {
+    /// The task.
+    pub task_id: i64,
+    /// The worker that must still hold it.
+    pub worker: &'a str,
+    /// Saved as `last_error`.
+    pub error: &'a str,
+    /// Written with the failure.
+    pub audit: &'a [AuditEntry],
+    /// The time of the failure.
+    pub now: Timestamp,
+    /// The retry delay's rule.
+    pub backoff: &'a Backoff,
+    /// The random draw for the delay's jitter, in `[0, 1)`.
+    pub sample: f64,
+}
+
+impl Failure<'_> {
+    /// What happens to a task that had `attempts` of `max_attempts`: retried after the
+    /// backoff (at a time truncated as the store keeps it), or dead-lettered.
+    pub(crate) fn outcome(&self, attempts: u32, max_attempts: u32) -> FailOutcome {
+        if attempts >= max_attempts {
+            FailOutcome::DeadLetter
+        } else {
+            let delay = self.backoff.delay(attempts, self.sample);
+            FailOutcome::Retry(trunc_micros(crate::model::add(self.now, delay)))
+        }
+    }
+}
+
 /// Checks that a new task is storable.
 pub(crate) fn check_new(t: &NewTask) -> Result<()> {
     if t.max_attempts == 0 {
-        return Err(super::Error::OutOfRange {
+        return Err(Error::OutOfRange {
             what: "cleanup_tasks.max_attempts (must be at least 1)",
             value: "0".into(),
         });
@@ -400,6 +504,24 @@ pub(crate) fn stats_from(rows: Vec<(String, i64)>) -> QueueStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_states_parse_by_name_and_unknown_names_are_an_error() {
+        for state in [
+            TaskState::Pending,
+            TaskState::Running,
+            TaskState::Done,
+            TaskState::Dead,
+        ] {
+            assert_eq!(state.as_str().parse(), Ok(state));
+        }
+        let err = "paused".parse::<TaskState>().expect_err("not a state");
+        assert_eq!(err, UnknownTaskState("paused".into()));
+        assert_eq!(
+            err.to_string(),
+            r#"unknown task state "paused" (expected pending, running, done or dead)"#
+        );
+    }
 
     #[test]
     fn backoff_grows_then_caps() {
