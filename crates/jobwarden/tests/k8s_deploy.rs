@@ -987,6 +987,19 @@ fn object(
 async fn whole_scenario(r: &Rendered) -> Vec<Seen> {
     let mut config = r.config();
     config.orphans.clean = true;
+    if r.what.contains("secret-cleanup") {
+        // What the component's doc asks of the administrator with it.
+        config.kubernetes.clean_kinds = jobwarden::kubernetes::config::CLEAN_KINDS
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+    }
+    let secrets = config.kubernetes.clean_kinds.iter().any(|k| k == "secrets");
+    let configmaps = config
+        .kubernetes
+        .clean_kinds
+        .iter()
+        .any(|k| k == "configmaps");
     let watched = config
         .kubernetes
         .namespaces
@@ -1047,13 +1060,38 @@ async fn whole_scenario(r: &Rendered) -> Vec<Seen> {
     c.until(20, "the ladder, the TTL cleanup and the orphan pass", |f| {
         f.get("jobs", "flowforge", "build-42").is_none()
             && f.get("jobs", "flowforge", "build-43").is_none()
-            && f.get("secrets", "flowforge", "ws-43-secret").is_none()
-            && f.get("configmaps", "flowforge", "orphan-7-configmap")
-                .is_none()
+            && f.get(
+                "persistentvolumeclaims",
+                "flowforge",
+                "ws-43-persistentvolumeclaim",
+            )
+            .is_none()
+            && f.get("pods", "flowforge", "orphan-7-pod").is_none()
+            && (!secrets || f.get("secrets", "flowforge", "ws-43-secret").is_none())
+            && (!configmaps
+                || f.get("configmaps", "flowforge", "orphan-7-configmap")
+                    .is_none())
     })
     .await;
+    // Kinds left out of clean_kinds are neither listed nor deleted.
+    assert_eq!(
+        f_has(&fake, "secrets", "ws-43-secret"),
+        !secrets,
+        "{}: secrets",
+        r.what
+    );
+    assert_eq!(
+        f_has(&fake, "configmaps", "orphan-7-configmap"),
+        !configmaps,
+        "{}: configmaps",
+        r.what
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.finish().await
+}
+
+fn f_has(fake: &Fake, resource: &str, name: &str) -> bool {
+    fake.get(resource, "flowforge", name).is_some()
 }
 
 /// Every request of [`whole_scenario`] under `r`'s config is allowed by `r`'s RBAC.
@@ -1090,9 +1128,6 @@ async fn the_cluster_overlay_with_secret_cleanup_allows_every_request_the_code_s
 /// The contract of the default `cluster` overlay: without the secret-cleanup component the
 /// code sends nothing on Secrets or ConfigMaps.
 #[tokio::test]
-#[ignore = "issue 15: the orphan pass (orphans.rs OrphanPass::run_at) and the TTL cleanup \
-            (actions.rs Actions::delete_labelled) list Secrets and ConfigMaps whatever the \
-            config says; un-ignore once a config switch (off by default) gates them"]
 async fn the_cluster_overlay_allows_every_request_the_code_sends() {
     assert_rbac_allows_the_whole_scenario(render("cluster", &[])).await;
 }
@@ -1100,16 +1135,11 @@ async fn the_cluster_overlay_allows_every_request_the_code_sends() {
 /// The contract of the `namespaced` overlay: the code lists and watches in the listed
 /// namespaces only.
 #[tokio::test]
-#[ignore = "issue 15: the Job and Pod reflectors (controller.rs run_with_orphans) and the \
-            orphan pass's lists (orphans.rs OrphanPass::list) use Api::all even when \
-            [kubernetes] namespaces is set; un-ignore once they are per namespace"]
 async fn the_namespaced_overlay_with_secret_cleanup_allows_every_request_the_code_sends() {
     assert_rbac_allows_the_whole_scenario(render("namespaced", &["secret-cleanup"])).await;
 }
 
 #[tokio::test]
-#[ignore = "issue 15: both gaps above (cluster-wide lists and watches; Secrets and \
-            ConfigMaps listed unconditionally)"]
 async fn the_namespaced_overlay_allows_every_request_the_code_sends() {
     assert_rbac_allows_the_whole_scenario(render("namespaced", &[])).await;
 }

@@ -1285,3 +1285,29 @@ async fn a_job_with_no_pods_is_recreated_after_the_backoff_not_only_after_its_he
         "at the due time the reconcile answered {second:?} and sent nothing"
     );
 }
+
+/// With `[kubernetes] namespaces` listed, each namespace has its own watch: when one of them
+/// re-lists (after a 410), only that namespace's records are judged against its listing. A
+/// record of another namespace, missing from it by construction, is never settled as lost.
+#[tokio::test]
+async fn a_sweep_after_one_namespace_relisted_judges_only_that_namespaces_records() {
+    let mut config = Config::default();
+    config.kubernetes.namespaces = vec!["flowforge".into(), "batch".into()];
+    let d = direct(config, false).await;
+    let mut a = job_with_id("build-42", JOB_UID, "j-42", at(-60.0), json!({}));
+    a["metadata"]["namespace"] = "flowforge".into();
+    let mut b = job_with_id("build-43", "uid-43", "j-43", at(-60.0), json!({}));
+    b["metadata"]["namespace"] = "batch".into();
+    d.reconcile(&a, at(0.0)).await;
+    d.reconcile(&b, at(0.0)).await;
+    // The batch namespace re-listed and holds neither Job (it never held build-42).
+    let found =
+        d.r.sweep_gone_in(&HashSet::new(), Some("batch"), at(1.0))
+            .await
+            .expect("sweep");
+    assert_eq!(found, 1, "only batch's record was judged");
+    let ra = record(&d.store, "j-42").await.expect("record");
+    assert_eq!(ra.stage, Stage::Running, "flowforge's record is untouched");
+    let rb = record(&d.store, "j-43").await.expect("record");
+    assert_eq!(rb.outcome, Some(JobOutcome::Lost));
+}

@@ -15,12 +15,16 @@ use crate::duration::Dur;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
-    /// Namespaces to watch; empty means all (minus the protected ones). RBAC:
-    /// `deploy/overlays/namespaced` grants the job calls in these namespaces only (a Role
-    /// each), `deploy/overlays/cluster` in all. The Job and Pod watches and the orphan pass's
-    /// lists are still cluster-wide, applying this list to what arrives, so as yet they need
-    /// the `cluster` overlay's grant.
+    /// Namespaces to watch; empty means all (minus the protected ones). With namespaces
+    /// listed, every list and watch is made in each of them, never cluster-wide, so a Role in
+    /// each is all RBAC must grant (`deploy/overlays/namespaced`); empty needs the ClusterRole
+    /// of `deploy/overlays/cluster`.
     pub namespaces: Vec<String>,
+    /// Which labelled objects besides pods jobwarden lists and deletes (the TTL cleanup of a
+    /// Job's objects and the orphan pass): `persistentvolumeclaims`, `secrets`, `configmaps`.
+    /// Leave out `secrets` (and `configmaps`) where jobwarden must not be able to read them:
+    /// RBAC cannot grant `list` on only the labelled Secrets, and a list returns their data.
+    pub clean_kinds: Vec<String>,
     /// Namespaces never touched, whatever their objects carry.
     pub protected_namespaces: Vec<String>,
     /// The label whose value is the job id; objects without it are never touched.
@@ -57,6 +61,7 @@ impl Default for KubernetesConfig {
                 "kube-public".to_owned(),
                 "kube-node-lease".to_owned(),
             ],
+            clean_kinds: CLEAN_KINDS.iter().map(|k| (*k).to_owned()).collect(),
             job_id_label: "job-id".to_owned(),
             lease_namespace: None,
             lease_name: "jobwarden-leader".to_owned(),
@@ -68,6 +73,9 @@ impl Default for KubernetesConfig {
         }
     }
 }
+
+/// The values `[kubernetes] clean_kinds` accepts (and its default).
+pub const CLEAN_KINDS: [&str; 3] = ["persistentvolumeclaims", "secrets", "configmaps"];
 
 /// `[kubernetes.orphan_min_age]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,6 +129,17 @@ impl KubernetesConfig {
                     &format!("namespaces[{i}]"),
                     format!(
                         "{ns:?} is also in kubernetes.protected_namespaces; remove it from one of them"
+                    ),
+                );
+            }
+        }
+        for (i, kind) in self.clean_kinds.iter().enumerate() {
+            if !CLEAN_KINDS.contains(&kind.as_str()) {
+                return bad(
+                    &format!("clean_kinds[{i}]"),
+                    format!(
+                        "{kind:?} is not a kind jobwarden cleans (expected some of: {})",
+                        CLEAN_KINDS.join(", ")
                     ),
                 );
             }
@@ -283,6 +302,9 @@ mod tests {
             problem("destructive_calls_per_minute = 0", None).0,
             "kubernetes.destructive_calls_per_minute"
         );
+        let (k, p) = problem("clean_kinds = [\"persistentvolumeclaims\", \"pods\"]", None);
+        assert_eq!(k, "kubernetes.clean_kinds[1]");
+        assert!(p.contains("\"pods\"") && p.contains("secrets"), "{p}");
         assert!(label_key_problem("flowforge.io/job-id").is_none());
         assert!(label_key_problem("-x").is_some());
     }

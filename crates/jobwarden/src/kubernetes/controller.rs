@@ -2,11 +2,11 @@
 //! [`Scheduler`], and a [`Reconciler`] run for every Job that changed or fell due, while this
 //! replica leads.
 //!
-//! - Jobs and Pods are watched cluster-wide with the job-id label selector (`job-id` exists);
-//!   `[kubernetes] namespaces` and the protected namespaces are applied by
-//!   [`super::observe::Scope`] on what arrives. kube-rs' watcher re-lists on a 410 Gone or a
-//!   broken watch, with backoff; a Job's deadline lives in the scheduler, so a re-list never
-//!   loses it.
+//! - Jobs and Pods are watched with the job-id label selector (`job-id` exists): cluster-wide,
+//!   or in each of `[kubernetes] namespaces` when some are listed ([`super::watch`]); the
+//!   protected namespaces are applied by [`super::observe::Scope`] on what arrives. kube-rs'
+//!   watcher re-lists on a 410 Gone or a broken watch, with backoff; a Job's deadline lives in
+//!   the scheduler, so a re-list never loses it.
 //! - A Pod event reconciles its controlling Job (diagnosis, hard kill targets).
 //! - The scheduler wakes a Job at the time the engine returned; a reconcile re-arms it.
 //! - Leadership ([`super::leader`]) gates acting, not watching: every replica keeps its
@@ -24,9 +24,9 @@
 //!
 //! - Gone Jobs: a DELETED event hands the Job's last state to
 //!   [`Reconciler::reconcile_deleted`] (settled, or re-created by dead-job recovery); after
-//!   every complete (re-)listing and on becoming leader, [`Reconciler::sweep_gone`] settles
-//!   the active records whose Job is missing from it (a DELETED event lost to a re-list, or
-//!   deleted while no replica watched).
+//!   every complete (re-)listing (of that namespace's watch) and on becoming leader,
+//!   [`Reconciler::sweep_gone_in`] settles the active records whose Job is missing from it (a
+//!   DELETED event lost to a re-list, or deleted while no replica watched).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -36,9 +36,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::Client;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::model::{Timestamp, add, since};
@@ -47,6 +47,7 @@ use crate::scheduler::Scheduler;
 use super::observe::controlled_by;
 use super::orphans::{LiveJobs, OrphanPass};
 use super::reconcile::{Reconciled, Reconciler};
+use super::watch::{Cache, watch};
 
 /// Jobs reconciled at once (each batch's Jobs are distinct).
 pub const RECONCILE_CONCURRENCY: usize = 16;
@@ -95,27 +96,20 @@ pub async fn run_with_orphans(
     clock: impl Fn() -> Timestamp,
 ) {
     let selector = watcher::Config::default().labels(&job_id_label);
-    let (jobs, jobs_writer) = reflector::store::<Job>();
-    let (pods, pods_writer) = reflector::store::<Pod>();
+    let namespaces = reconciler.scope().list_namespaces();
     // Raw events, not touched objects: a DELETED event carries the Job's last state (a Job
     // gone while its record is active), and the end of each (re-)list says the cache is
     // complete, so records whose Job is missing from it can be settled.
-    let job_events = reflector::reflector(
-        jobs_writer,
-        watcher(Api::<Job>::all(client.clone()), selector.clone()),
-    )
-    .default_backoff()
-    .boxed();
-    let pod_events = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client), selector))
-        .default_backoff()
-        .boxed();
+    let (jobs, job_events) = watch::<Job>(&client, namespaces.clone(), &selector);
+    let (pods, pod_events) = watch::<Pod>(&client, namespaces, &selector);
     let mut job_events = job_events.fuse();
     let mut pod_events = pod_events.fuse();
     let mut scheduler: Scheduler<Key> = Scheduler::new();
     let mut dirty: BTreeSet<Key> = BTreeSet::new();
-    // Jobs deleted (their last state), and whether to look for records whose Job is missing.
+    // Jobs deleted (their last state), and the namespaces (None: all) in which to look for
+    // records whose Job is missing.
     let mut gone: Vec<Job> = Vec::new();
-    let mut sweep = false;
+    let mut sweep: BTreeSet<Option<String>> = BTreeSet::new();
     let (jobs_ready, pods_ready) = (jobs.clone(), pods.clone());
     let mut ready_wait = Box::pin(async move {
         let _ = jobs_ready.wait_until_ready().await;
@@ -148,8 +142,8 @@ pub async fn run_with_orphans(
                 if now_leader && !is_leader {
                     // Whatever happened while another replica led (or none did): the store
                     // and the engine say what is due now.
-                    mark_all(&jobs, &mut dirty);
-                    sweep = true;
+                    mark_all(&jobs, None, &mut dirty);
+                    sweep.insert(None);
                     tracing::debug!(jobs = dirty.len(), "leading: reconciling every Job in the cache");
                 } else if !now_leader && is_leader {
                     scheduler = Scheduler::new();
@@ -160,41 +154,41 @@ pub async fn run_with_orphans(
                 is_leader = now_leader;
             }
             ev = job_events.next() => match ev {
-                Some(Ok(watcher::Event::Apply(job))) => dirty.extend(key_of(&job)),
-                Some(Ok(watcher::Event::Delete(job))) => gone.push(job),
+                Some((_, Ok(watcher::Event::Apply(job)))) => dirty.extend(key_of(&job)),
+                Some((_, Ok(watcher::Event::Delete(job)))) => gone.push(job),
                 // A (re-)listing: the reflector's cache takes its objects only at InitDone, so
                 // each one is looked at then (a Job reconciled from InitApply would not be in
                 // the cache yet, and would be dropped until it next changed).
-                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
-                Some(Ok(watcher::Event::InitDone)) => {
-                    mark_all(&jobs, &mut dirty);
-                    sweep = true;
+                Some((_, Ok(watcher::Event::Init | watcher::Event::InitApply(_)))) => {}
+                Some((ns, Ok(watcher::Event::InitDone))) => {
+                    mark_all(&jobs, ns.as_deref(), &mut dirty);
+                    sweep.insert(ns);
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "watching Jobs failed; re-listing after a backoff"),
+                Some((_, Err(e))) => tracing::warn!(error = %e, "watching Jobs failed; re-listing after a backoff"),
                 None => break,
             },
             ev = pod_events.next() => match ev {
                 // As for Jobs: a re-listing's pods reach the cache at InitDone; every Job is
                 // then looked at with them.
-                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
-                Some(Ok(watcher::Event::InitDone)) => {
-                    mark_all(&jobs, &mut dirty);
+                Some((_, Ok(watcher::Event::Init | watcher::Event::InitApply(_)))) => {}
+                Some((ns, Ok(watcher::Event::InitDone))) => {
+                    mark_all(&jobs, ns.as_deref(), &mut dirty);
                 }
-                Some(Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod))) => {
+                Some((_, Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)))) => {
                     let owner = pod.metadata.owner_references.iter().flatten()
                         .find(|r| r.controller == Some(true) && r.kind == "Job");
                     if let (Some(ns), Some(owner)) = (pod.metadata.namespace.clone(), owner) {
                         dirty.insert((ns, owner.name.clone()));
                     }
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "watching Pods failed; re-listing after a backoff"),
+                Some((_, Err(e))) => tracing::warn!(error = %e, "watching Pods failed; re-listing after a backoff"),
                 None => break,
             },
             () = &mut orphan_passes => {}
             () = tokio::time::sleep(sleep) => {
                 for (key, _) in scheduler.pop_due(clock(), 1024) {
                     if key == sweep_key() {
-                        sweep = true;
+                        sweep.insert(None);
                     } else {
                         dirty.insert(key);
                     }
@@ -209,19 +203,34 @@ pub async fn run_with_orphans(
             // Becoming leader reconciles everything; nothing to remember meanwhile.
             dirty.clear();
             gone.clear();
-            sweep = false;
+            sweep.clear();
             continue;
         }
-        if !gone.is_empty() || sweep {
+        if !gone.is_empty() || !sweep.is_empty() {
             let deleted = std::mem::take(&mut gone);
-            let listed = std::mem::take(&mut sweep).then(|| {
-                jobs.state()
-                    .iter()
-                    .filter_map(|j| Some((j.metadata.namespace.clone()?, j.metadata.uid.clone()?)))
-                    .collect::<std::collections::HashSet<_>>()
-            });
+            // A sweep of everything covers the namespaces' own.
+            let namespaces = std::mem::take(&mut sweep);
+            let namespaces: Vec<Option<String>> = if namespaces.contains(&None) {
+                vec![None]
+            } else {
+                namespaces.into_iter().collect()
+            };
+            let listed: Vec<(Option<String>, std::collections::HashSet<(String, String)>)> =
+                namespaces
+                    .into_iter()
+                    .map(|ns| {
+                        let present = jobs
+                            .state_in(ns.as_deref())
+                            .iter()
+                            .filter_map(|j| {
+                                Some((j.metadata.namespace.clone()?, j.metadata.uid.clone()?))
+                            })
+                            .collect();
+                        (ns, present)
+                    })
+                    .collect();
             let now = clock();
-            let work = gone_jobs(&reconciler, &deleted, listed.as_ref(), now);
+            let work = gone_jobs(&reconciler, &deleted, &listed, now);
             let done = tokio::select! {
                 biased;
                 _ = leading.wait_for(|l| !*l) => false,
@@ -315,9 +324,9 @@ fn key_of(job: &Job) -> Option<Key> {
     Some((job.metadata.namespace.clone()?, job.metadata.name.clone()?))
 }
 
-/// Marks every Job in the cache to be reconciled.
-fn mark_all(jobs: &reflector::Store<Job>, dirty: &mut BTreeSet<Key>) {
-    dirty.extend(jobs.state().iter().filter_map(|j| key_of(j)));
+/// Marks every Job in the cache (of one namespace, or all) to be reconciled.
+fn mark_all(jobs: &Cache<Job>, namespace: Option<&str>, dirty: &mut BTreeSet<Key>) {
+    dirty.extend(jobs.state_in(namespace).iter().filter_map(|j| key_of(j)));
 }
 
 /// The scheduler key that stands for "sweep again" (no Job has an empty namespace).
@@ -325,13 +334,13 @@ fn sweep_key() -> Key {
     (String::new(), String::new())
 }
 
-/// Jobs deleted while watched (their last states) and, after a complete listing (`listed`:
-/// the namespace/UID of every Job in it), the active records whose Job is missing from it.
-/// False when the store failed (the caller sweeps again later).
+/// Jobs deleted while watched (their last states) and, after complete listings (`listed`:
+/// per namespace, None for all, the namespace/UID of every Job in it), the active records
+/// whose Job is missing from them. False when the store failed (the caller sweeps again).
 async fn gone_jobs(
     reconciler: &Reconciler,
     deleted: &[Job],
-    listed: Option<&std::collections::HashSet<(String, String)>>,
+    listed: &[(Option<String>, std::collections::HashSet<(String, String)>)],
     now: Timestamp,
 ) -> bool {
     let mut ok = true;
@@ -341,8 +350,11 @@ async fn gone_jobs(
             ok = false;
         }
     }
-    if let Some(listed) = listed {
-        match reconciler.sweep_gone(listed, now).await {
+    for (namespace, present) in listed {
+        match reconciler
+            .sweep_gone_in(present, namespace.as_deref(), now)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "settled records whose Job is gone"),
             Err(e) => {
@@ -358,7 +370,7 @@ async fn gone_jobs(
 /// `interval`. Never completes.
 async fn orphan_loop(
     pass: Option<OrphanPass>,
-    jobs: reflector::Store<Job>,
+    jobs: Cache<Job>,
     mut leading: watch::Receiver<bool>,
     clock: &impl Fn() -> Timestamp,
 ) {

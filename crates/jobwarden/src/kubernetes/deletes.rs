@@ -15,7 +15,7 @@ use super::observe::{Ignored, pod_is_terminal};
 
 impl Actions {
     /// After a successful TTL delete: the job's own PersistentVolumeClaims, Secrets and
-    /// ConfigMaps in the Job's namespace, found by the job-id label with the job's id, are
+    /// ConfigMaps (those of `[kubernetes] clean_kinds`) in the Job's namespace, found by the job-id label with the job's id, are
     /// deleted with their UID as precondition. Left alone: objects already being deleted, and
     /// objects a *different* Job controls or owns (a re-created Job's). A PVC still mounted by
     /// a terminating pod goes once the pod is gone (`kubernetes.io/pvc-protection`). One audit
@@ -32,31 +32,40 @@ impl Actions {
             return Ok(report);
         }
         let selector = format!("{}={}", self.scope().job_id_label, t.id);
-        if !self
-            .delete_labelled_kind::<PersistentVolumeClaim>(
-                &t,
-                "persistentvolumeclaim",
-                &selector,
-                reason,
-                now,
-                &mut report,
-            )
-            .await
-            || !self
-                .delete_labelled_kind::<Secret>(&t, "secret", &selector, reason, now, &mut report)
-                .await
-        {
-            return Ok(report);
-        }
-        self.delete_labelled_kind::<ConfigMap>(
-            &t,
-            "configmap",
-            &selector,
-            reason,
-            now,
-            &mut report,
-        )
-        .await;
+        let cleans = |kind| self.scope().cleans(kind);
+        let _ = (!cleans("persistentvolumeclaims")
+            || self
+                .delete_labelled_kind::<PersistentVolumeClaim>(
+                    &t,
+                    "persistentvolumeclaim",
+                    &selector,
+                    reason,
+                    now,
+                    &mut report,
+                )
+                .await)
+            && (!cleans("secrets")
+                || self
+                    .delete_labelled_kind::<Secret>(
+                        &t,
+                        "secret",
+                        &selector,
+                        reason,
+                        now,
+                        &mut report,
+                    )
+                    .await)
+            && (!cleans("configmaps")
+                || self
+                    .delete_labelled_kind::<ConfigMap>(
+                        &t,
+                        "configmap",
+                        &selector,
+                        reason,
+                        now,
+                        &mut report,
+                    )
+                    .await);
         Ok(report)
     }
 

@@ -15,6 +15,7 @@
 //! - [`orphans`]: labelled Pods, PVCs, Secrets and ConfigMaps whose Job is gone (pure
 //!   selection, and the leader's periodic pass that deletes them).
 //! - [`leader`]: leader election on one coordination.k8s.io/v1 Lease; only the leader acts.
+//! - [`watch`]: the reflectors, cluster-wide or one per watched namespace, as one cache.
 //! - [`controller`]: the watch loop (Job and Pod reflectors, the deadline scheduler), acting
 //!   only while [`leader`] says this replica leads.
 //! - [`api`]: the job API in this mode (the shared read routes, heartbeats; 501 for the
@@ -39,6 +40,7 @@ pub mod observe;
 pub mod orphans;
 pub mod reconcile;
 pub mod runtime;
+pub mod watch;
 
 use crate::model::Timestamp;
 

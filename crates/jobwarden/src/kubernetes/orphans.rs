@@ -432,13 +432,17 @@ impl OrphanPass {
         now: Timestamp,
         mono: Instant,
     ) -> PassReport {
-        let listed = vec![
-            self.list::<Pod>(Kind::Pod).await,
-            self.list::<PersistentVolumeClaim>(Kind::PersistentVolumeClaim)
-                .await,
-            self.list::<Secret>(Kind::Secret).await,
-            self.list::<ConfigMap>(Kind::ConfigMap).await,
-        ];
+        let mut listed = vec![self.list::<Pod>(Kind::Pod).await];
+        for kind in [Kind::PersistentVolumeClaim, Kind::Secret, Kind::ConfigMap] {
+            if !self.scope.cleans(kind.resource()) {
+                continue;
+            }
+            listed.push(match kind {
+                Kind::PersistentVolumeClaim => self.list::<PersistentVolumeClaim>(kind).await,
+                Kind::Secret => self.list::<Secret>(kind).await,
+                _ => self.list::<ConfigMap>(kind).await,
+            });
+        }
         let live = live();
         let mut report = PassReport {
             listed: listed
@@ -501,24 +505,42 @@ impl OrphanPass {
             + serde::de::DeserializeOwned
             + fmt::Debug,
     {
-        let api: Api<K> = Api::all(self.client.clone());
-        let mut lp = ListParams::default()
-            .labels(&self.scope.job_id_label)
-            .limit(PAGE_SIZE);
+        // One paginated list cluster-wide, or one in each watched namespace; any failure
+        // fails the kind (fail closed).
+        let apis: Vec<Api<K>> = match self.scope.list_namespaces() {
+            None => vec![Api::all(self.client.clone())],
+            Some(namespaces) => namespaces
+                .iter()
+                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .collect(),
+        };
         let mut items = Vec::new();
-        let items = loop {
-            match api.list_metadata(&lp).await {
-                Ok(page) => {
-                    items.extend(page.items.into_iter().map(|o| o.metadata));
-                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                        Some(token) => lp = lp.continue_token(&token),
-                        None => break Ok(items),
+        for api in apis {
+            let mut lp = ListParams::default()
+                .labels(&self.scope.job_id_label)
+                .limit(PAGE_SIZE);
+            loop {
+                match api.list_metadata(&lp).await {
+                    Ok(page) => {
+                        items.extend(page.items.into_iter().map(|o| o.metadata));
+                        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                            Some(token) => lp = lp.continue_token(&token),
+                            None => break,
+                        }
+                    }
+                    Err(e) => {
+                        return Listed {
+                            kind,
+                            items: Err(e.to_string()),
+                        };
                     }
                 }
-                Err(e) => break Err(e.to_string()),
             }
-        };
-        Listed { kind, items }
+        }
+        Listed {
+            kind,
+            items: Ok(items),
+        }
     }
 
     async fn delete(&self, o: &Orphan) -> CallResult {

@@ -152,6 +152,11 @@ impl Reconciler {
         self.executor.store()
     }
 
+    /// Which Jobs are ours.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
     /// Reconciles one Job (with the pods the caller knows; other Jobs' pods are ignored).
     #[tracing::instrument(skip_all, fields(job = job.metadata.name.as_deref().unwrap_or_default()))]
     pub async fn reconcile(
@@ -640,6 +645,17 @@ impl Reconciler {
         present: &std::collections::HashSet<(String, String)>,
         now: Timestamp,
     ) -> Result<usize, ReconcileError> {
+        self.sweep_gone_in(present, None, now).await
+    }
+
+    /// [`Reconciler::sweep_gone`] for the records of one namespace (None: all): after one
+    /// namespace's watch re-listed, only its records can be judged against the listing.
+    pub async fn sweep_gone_in(
+        &self,
+        present: &std::collections::HashSet<(String, String)>,
+        namespace: Option<&str>,
+        now: Timestamp,
+    ) -> Result<usize, ReconcileError> {
         let filter = crate::store::JobFilter {
             active_only: true,
             runtime: Some(crate::model::RuntimeKind::Kubernetes),
@@ -651,7 +667,9 @@ impl Reconciler {
             let Some(ns) = record.namespace.clone() else {
                 continue;
             };
-            if !self.scope.namespace_allowed(&ns) || present.contains(&(ns, record.run_id.clone()))
+            if !self.scope.namespace_allowed(&ns)
+                || namespace.is_some_and(|only| only != ns)
+                || present.contains(&(ns, record.run_id.clone()))
             {
                 continue;
             }

@@ -330,8 +330,11 @@ impl Daemon {
         let deadline = Instant::now() + WAIT;
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if let Some(rest) = text.split("jobwarden listening on http://").nth(1) {
-                let addr = rest.split_whitespace().next().expect("address").to_owned();
+            // Only a whole line: the log may be read while the line is half written.
+            if let Some(rest) = text.split("jobwarden listening on http://").nth(1)
+                && let Some((line, _)) = rest.split_once('\n')
+            {
+                let addr = line.split_whitespace().next().expect("address").to_owned();
                 let port = addr.rsplit(':').next().expect("port").to_owned();
                 self.addr = format!("127.0.0.1:{port}");
                 self.url = format!("http://{}", self.addr);

@@ -50,6 +50,9 @@ pub struct Scope {
     pub protected: BTreeSet<String>,
     /// Namespaces watched; empty = all.
     pub namespaces: BTreeSet<String>,
+    /// The labelled kinds besides pods that are listed and deleted (`[kubernetes]
+    /// clean_kinds`, plural resource names).
+    pub clean_kinds: BTreeSet<String>,
     /// Annotation names.
     pub keys: AnnotationKeys,
     /// `<prefix>terminated-by`.
@@ -70,12 +73,25 @@ impl Scope {
             job_id_label: k.job_id_label.clone(),
             protected: k.protected(),
             namespaces: k.namespaces.iter().cloned().collect(),
+            clean_kinds: k.clean_kinds.iter().cloned().collect(),
             keys: AnnotationKeys::new(annotation_prefix),
             terminated_by: format!("{annotation_prefix}{TERMINATED_BY}"),
             termination_reason: format!("{annotation_prefix}{TERMINATION_REASON}"),
             termination_outcome: format!("{annotation_prefix}{TERMINATION_OUTCOME}"),
             recovery_attempt: format!("{annotation_prefix}{RECOVERY_ATTEMPT}"),
         }
+    }
+
+    /// The namespaces every list and watch is made in: `None` for all (one cluster-wide call),
+    /// else each watched namespace.
+    pub fn list_namespaces(&self) -> Option<Vec<String>> {
+        (!self.namespaces.is_empty()).then(|| self.namespaces.iter().cloned().collect())
+    }
+
+    /// Whether labelled objects of `resource` (plural) are listed and deleted: pods always,
+    /// the others as `[kubernetes] clean_kinds` says.
+    pub fn cleans(&self, resource: &str) -> bool {
+        resource == "pods" || self.clean_kinds.contains(resource)
     }
 
     /// Whether objects in `namespace` may be touched at all.
