@@ -58,6 +58,9 @@ pub const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 /// `(namespace, name)` of a Job.
 type Key = (String, String);
 
+/// A complete listing of one namespace (None: all): the namespace/UID of every Job in it.
+type Listing = (Option<String>, std::collections::HashSet<(String, String)>);
+
 /// Runs until `shutdown` turns true. `ready` turns true once both watches have listed. Jobs
 /// are reconciled only while `leading` is true (a dropped sender counts as false). No orphan
 /// passes: see [`run_with_orphans`].
@@ -215,20 +218,19 @@ pub async fn run_with_orphans(
             } else {
                 namespaces.into_iter().collect()
             };
-            let listed: Vec<(Option<String>, std::collections::HashSet<(String, String)>)> =
-                namespaces
-                    .into_iter()
-                    .map(|ns| {
-                        let present = jobs
-                            .state_in(ns.as_deref())
-                            .iter()
-                            .filter_map(|j| {
-                                Some((j.metadata.namespace.clone()?, j.metadata.uid.clone()?))
-                            })
-                            .collect();
-                        (ns, present)
-                    })
-                    .collect();
+            let listed: Vec<Listing> = namespaces
+                .into_iter()
+                .map(|ns| {
+                    let present = jobs
+                        .state_in(ns.as_deref())
+                        .iter()
+                        .filter_map(|j| {
+                            Some((j.metadata.namespace.clone()?, j.metadata.uid.clone()?))
+                        })
+                        .collect();
+                    (ns, present)
+                })
+                .collect();
             let now = clock();
             let work = gone_jobs(&reconciler, &deleted, &listed, now);
             let done = tokio::select! {
@@ -340,7 +342,7 @@ fn sweep_key() -> Key {
 async fn gone_jobs(
     reconciler: &Reconciler,
     deleted: &[Job],
-    listed: &[(Option<String>, std::collections::HashSet<(String, String)>)],
+    listed: &[Listing],
     now: Timestamp,
 ) -> bool {
     let mut ok = true;
