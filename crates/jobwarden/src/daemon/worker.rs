@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::clock;
 use crate::config::Config;
 use crate::daemon::Shared;
+use crate::daemon::orphans::LocalKind;
 use crate::engine::retention::{cleanup_applies, ttl_for};
 use crate::model::{AuditAction, AuditEntry, JobId, JobRecord, Stage, Timestamp};
 use crate::runtime::local::{LocalRuntime, remove_file, remove_tree};
@@ -382,6 +383,36 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
             })
         }
         "orphan_workspace" | "orphan_log" => {
+            let (path, local) = if task.kind == "orphan_workspace" {
+                (runtime.workspace(&job_id), LocalKind::Workspace)
+            } else {
+                (runtime.log_path(&job_id), LocalKind::Log)
+            };
+            let rtype = local.as_str();
+            // Re-check at execution time what the scan checked: only a real directory (or
+            // regular file) named by an id jobwarden generates, never a symlink or a name it
+            // could not have made (a task queued by an older version, a swapped entry).
+            let ours = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => path
+                    .file_name()
+                    .and_then(|name| local.job_id(name, meta.file_type()))
+                    .is_some_and(|id| id == job_id),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(format!("checking {}: {e}", path.display())),
+            };
+            if !ours {
+                return Ok(Done {
+                    audit: vec![audit(
+                        AuditAction::OrphanCleanup,
+                        rtype,
+                        path.display().to_string(),
+                        format!(
+                            "skipped: not a job's {rtype} (jobwarden only removes what it could have created: a real directory or file named by an id it generates)"
+                        ),
+                        0,
+                    )],
+                });
+            }
             // Re-check at execution time: the job may have appeared since the scan. A store
             // error fails the task (retried later), never deletes.
             let known = shared
@@ -389,11 +420,6 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
                 .known_job_ids(&[job_id.to_string()])
                 .await
                 .map_err(|e| format!("checking job {job_id}: {e}"))?;
-            let (path, rtype) = if task.kind == "orphan_workspace" {
-                (runtime.workspace(&job_id), "workspace")
-            } else {
-                (runtime.log_path(&job_id), "log")
-            };
             if known.contains(job_id.as_str()) {
                 return Ok(Done {
                     audit: vec![audit(
