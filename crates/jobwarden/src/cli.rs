@@ -248,6 +248,10 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
                 ttl: a.ttl,
                 heartbeat_timeout: a.heartbeat_timeout,
             };
+            // The server's own rules, checked before anything is sent: bad usage exits 2
+            // naming the flag, not 1 with the server's 400.
+            crate::daemon::api::validate_submit(&req)
+                .map_err(|e| fail(2, format!("{}: {}", e.flag(), e.problem)))?;
             let job: JobView = Client::new(&a.server)?.post("/v1/jobs", &req).await?;
             println!("{}", job.id);
             Ok(())

@@ -76,7 +76,7 @@ pub fn name_problem(s: &str) -> Option<&'static str> {
 
 /// A name that breaks [`NAME_RULE`]: which kind of name, the input, and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} {input:?}: {problem} (a {what} is {rule})", rule = NAME_RULE)]
+#[error("invalid {what} {input:?}: {problem}; {what} names are {rule}", rule = NAME_RULE)]
 pub struct NameError {
     /// `organisation`, `job type`.
     pub what: &'static str,

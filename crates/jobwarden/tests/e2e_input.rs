@@ -176,6 +176,56 @@ fn bad_http_bodies_are_400_naming_the_field() {
     assert_eq!(status, 200);
 }
 
+/// One naming rule for organisations and job types, at every way in: the API answers 400
+/// naming the field, `submit` exits 2 naming the flag without sending anything, a config entry
+/// is refused naming its key. Nothing is created.
+#[test]
+fn org_and_type_names_are_checked_at_submit_and_in_the_config() {
+    let Some(d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    for (body, field) in [
+        (r#"{"command":["true"],"org":"../../x"}"#, "org"),
+        (r#"{"command":["true"],"org":"ünïcode-org"}"#, "org"),
+        (r#"{"command":["true"],"org":"_"}"#, "org"),
+        (r#"{"command":["true"],"type":".hidden"}"#, "type"),
+    ] {
+        let (status, resp) = d.http("POST", "/v1/jobs", &[], Some(body.as_bytes()));
+        assert_eq!(status, 400, "{body}: {resp}");
+        assert!(
+            resp.contains(&format!("field `{field}`: invalid ")),
+            "{body}: {resp}"
+        );
+    }
+    for (flag, value) in [
+        ("--org", "ünïcode-org"),
+        ("--org", "../../x"),
+        ("--type", "a b"),
+    ] {
+        let out = d.cli(&["submit", flag, value, "--", "true"]);
+        assert_eq!(out.code, 2, "submit {flag} {value:?}: {out:?}");
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains(&format!("{value:?}")),
+            "submit {flag} {value:?}: {}",
+            out.stderr
+        );
+    }
+    assert!(d.jobs().is_empty(), "a refused name created a job");
+    let id = d.submit(&["--org", "acme-1", "--type", "build.fast"], &["true"]);
+    assert_eq!(d.get(&id).org.as_deref(), Some("acme-1"));
+
+    let bad = d.root.path().join("names.toml");
+    std::fs::write(&bad, "[policy.organization_max]\n\"../../x\" = \"1h\"\n").expect("write");
+    let out = run_cli(&["config", "check", &bad.display().to_string()], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("policy.organization_max.\"../../x\"")
+            && out.stderr.contains("invalid organisation"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn non_loopback_listen_needs_a_token_and_enforces_it() {
     let dir = tempfile::tempdir().expect("tempdir");

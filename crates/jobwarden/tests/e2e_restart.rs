@@ -275,8 +275,58 @@ fn graceful_shutdown_leaves_jobs_running() {
     assert_term_seen_near(&d.ws(&id).join("term_at"), deadline(&j));
 }
 
+/// A job stored with an organisation that cannot be part of an object key (by an older
+/// version, or edited by hand) is not left in silence: its `jobs/<org>/` artifacts get a
+/// failed `ttl_cleanup` audit row naming the problem and `jobwarden_errors_total{kind=
+/// "artifact_key"}`; its `partial/` and `logs/` prefixes are still queued.
+fn a_stored_org_that_cannot_be_a_key_is_audited(backend: Backend) {
+    let Some(mut d) = Daemon::start(backend, &config("")) else {
+        return;
+    };
+    let id = d.submit_sh(&["--org", "acme", "--timeout", "1h"], "sleep 2");
+    d.wait_job(&id, "running", |j| j.stage == Stage::Running);
+    d.kill9();
+    d.store_sql(&format!(
+        "UPDATE jobs SET org = '../../x' WHERE id = '{id}'"
+    ));
+    d.restart();
+    let audit = d.wait_audit(&id, "the refused artifacts prefix", |r| {
+        r.action == AuditAction::TtlCleanup && !r.success && r.resource_type == "object_prefix"
+    });
+    let row = audit
+        .iter()
+        .find(|r| r.action == AuditAction::TtlCleanup && r.resource_type == "object_prefix")
+        .expect("row");
+    assert!(
+        row.resource_name.contains("\"../../x\"") && row.reason.contains("not cleaned"),
+        "{row:#?}"
+    );
+    assert!(
+        row.error_message
+            .as_deref()
+            .is_some_and(|e| e.contains("organisation \"../../x\"")),
+        "{row:#?}"
+    );
+    let (status, metrics) = d.http("GET", "/metrics", &[], None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("jobwarden_errors_total{kind=\"artifact_key\"} 1"),
+        "{metrics}"
+    );
+    let queued = d.store_sql(&format!(
+        "SELECT resource_name FROM cleanup_tasks WHERE job_id = '{id}' AND kind = 'artifact_prefix' ORDER BY resource_name"
+    ));
+    let queued: Vec<&str> = queued.lines().collect();
+    assert_eq!(
+        queued,
+        [format!("logs/{id}"), format!("partial/{id}")],
+        "partial/ and logs/ are still cleaned"
+    );
+}
+
 both_stores!(
     restart_mid_ladder,
     stale_pid_is_never_signalled,
-    interrupted_cleanup_resumes_after_restart
+    interrupted_cleanup_resumes_after_restart,
+    a_stored_org_that_cannot_be_a_key_is_audited
 );

@@ -96,17 +96,31 @@ impl RetentionTask {
 /// for a job that has not finished. Fails only for an organisation that cannot be a key
 /// segment (the job's artifacts prefix could not be built safely).
 pub fn tasks_for_job(job: &JobRecord, retention: &ArtifactRetention) -> Result<Vec<RetentionTask>> {
+    match plan_for_job(job, retention) {
+        (tasks, None) => Ok(tasks),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// [`tasks_for_job`], kind by kind: the tasks of every kind whose prefix can be built, and the
+/// error of the one that cannot (only `artifacts`, `jobs/<org>/<id>`, depends on the
+/// organisation). A job stored with an organisation that breaks the naming rule (by an older
+/// version, or by hand) still has its `partial/` and `logs/` cleaned.
+pub fn plan_for_job(
+    job: &JobRecord,
+    retention: &ArtifactRetention,
+) -> (Vec<RetentionTask>, Option<super::error::Error>) {
     let Some(finished_at) = job.finished_at else {
-        return Ok(Vec::new());
+        return (Vec::new(), None);
     };
     if job.stage.is_active() {
-        return Ok(Vec::new());
+        return (Vec::new(), None);
     }
-    ArtifactKind::ALL
-        .iter()
-        .map(|&kind| {
-            let prefix = keys::prefix_for(kind, job.org.as_deref(), &job.id)?;
-            Ok(RetentionTask {
+    let mut tasks = Vec::new();
+    let mut refused = None;
+    for &kind in ArtifactKind::ALL {
+        match keys::prefix_for(kind, job.org.as_deref(), &job.id) {
+            Ok(prefix) => tasks.push(RetentionTask {
                 kind,
                 job_id: job.id.clone(),
                 run_id: job.run_id.clone(),
@@ -114,9 +128,11 @@ pub fn tasks_for_job(job: &JobRecord, retention: &ArtifactRetention) -> Result<V
                 finished_at,
                 prefix: prefix.to_string(),
                 due_at: crate::model::add(finished_at, retention.for_kind(kind)),
-            })
-        })
-        .collect()
+            }),
+            Err(e) => refused = refused.or(Some(e)),
+        }
+    }
+    (tasks, refused)
 }
 
 #[cfg(test)]
@@ -189,6 +205,21 @@ mod tests {
             partial.is_due(partial.due_at),
             "due exactly at finish + retention"
         );
+    }
+
+    #[test]
+    fn an_org_that_cannot_be_a_key_still_gets_partial_and_logs_cleaned() {
+        let r = ArtifactRetention::default();
+        let mut j = job("j1", Stage::Failed, Some(ts(10_000)));
+        j.org = Some("../../x".into());
+        let (tasks, refused) = plan_for_job(&j, &r);
+        let prefixes: Vec<_> = tasks.iter().map(|t| t.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["partial/j1", "logs/j1"]);
+        let e = refused
+            .expect("the artifacts prefix is refused")
+            .to_string();
+        assert!(e.contains("organisation \"../../x\""), "{e}");
+        assert!(tasks_for_job(&j, &r).is_err());
     }
 
     #[test]

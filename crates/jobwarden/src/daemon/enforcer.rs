@@ -1173,8 +1173,11 @@ impl Enforcer {
         // TTL already expired) never had its log and artifact retention queued: queue it
         // with the cleanup. (Pending duplicates are merged by the queue.)
         let key = (job.id.clone(), job.run_id.clone());
+        let mut refused = None;
         if !self.retention_queued.contains(&key) {
-            tasks.extend(self.retention_tasks(&job, now));
+            let (more, r) = self.retention_plan(&job, now);
+            tasks.extend(more);
+            refused = r.map(|e| super::worker::refused_prefix_audit(&job, &e, false, now));
         }
         job.stage = Stage::Cleanup;
         // Stage first, then tasks: a crash in between leaves a `cleanup` job whose tasks
@@ -1188,6 +1191,10 @@ impl Enforcer {
             job.stage = self.jobs.get(id).map(|j| j.stage).unwrap_or(Stage::Failed);
             let _ = self.shared.store.update_job(&job).await;
             return false;
+        }
+        if let Some(a) = refused {
+            self.shared.metrics.error("artifact_key");
+            self.append_audit(vec![a]).await;
         }
         self.fire_hooks("cleanup", &job, None, now);
         self.shared.queue_kick.notify_waiters();
@@ -1218,10 +1225,21 @@ impl Enforcer {
     /// log file (`[retention.artifacts] logs`) and the object-storage prefixes. They do not
     /// wait for the workspace TTL, which may be longer or shorter.
     fn retention_tasks(&self, job: &JobRecord, now: Timestamp) -> Vec<NewTask> {
+        self.retention_plan(job, now).0
+    }
+
+    /// [`Self::retention_tasks`], with the refusal of a `jobs/<org>/` prefix that cannot be
+    /// built ([`super::worker::ArtifactPlan`]).
+    fn retention_plan(
+        &self,
+        job: &JobRecord,
+        now: Timestamp,
+    ) -> (Vec<NewTask>, Option<crate::artifacts::Error>) {
         let id = &job.id;
         let finished = job.finished_at.unwrap_or(now);
         let log_at = add(finished, self.shared.config.retention.artifacts.logs.0);
-        let mut tasks = super::worker::artifact_tasks(job, &self.shared.config, now);
+        let plan = super::worker::artifact_plan(job, &self.shared.config, now);
+        let mut tasks = plan.tasks;
         tasks.push(NewTask {
             dedup_key: format!("log:{id}"),
             job_id: Some(id.to_string()),
@@ -1232,7 +1250,7 @@ impl Enforcer {
             scheduled_at: log_at.max(now),
             max_attempts: self.shared.config.queue.max_attempts,
         });
-        tasks
+        (tasks, plan.refused)
     }
 
     /// Queues a finished run's retention tasks once per daemon lifetime (the queue
@@ -1246,6 +1264,7 @@ impl Enforcer {
     async fn queue_retention_of(&mut self, ids: &[JobId], now: Timestamp) {
         let mut keys = Vec::new();
         let mut tasks = Vec::new();
+        let mut refusals = Vec::new();
         for id in ids {
             let Some(job) = self.jobs.get(id) else {
                 continue;
@@ -1259,7 +1278,11 @@ impl Enforcer {
             {
                 continue;
             }
-            tasks.extend(self.retention_tasks(job, now));
+            let (job_tasks, refused) = self.retention_plan(job, now);
+            tasks.extend(job_tasks);
+            if let Some(e) = refused {
+                refusals.push(super::worker::refused_prefix_audit(job, &e, false, now));
+            }
             keys.push(key);
         }
         if keys.is_empty() {
@@ -1270,7 +1293,19 @@ impl Enforcer {
                 self.retention_queued.extend(keys);
                 self.shared.queue_kick.notify_waiters();
             }
-            Err(e) => self.store_error("queueing log and artifact retention", &e),
+            Err(e) => {
+                self.store_error("queueing log and artifact retention", &e);
+                return;
+            }
+        }
+        // Never silence: a job whose artifacts can never be cleaned says so in the audit
+        // log (once per run and daemon start) and in `jobwarden_errors_total{kind="artifact_key"}`.
+        for a in &refusals {
+            self.shared.metrics.error("artifact_key");
+            tracing::error!(job = %a.job_id, "{}: {}", a.reason, a.error_message.as_deref().unwrap_or_default());
+        }
+        if !refusals.is_empty() {
+            self.append_audit(refusals).await;
         }
     }
 

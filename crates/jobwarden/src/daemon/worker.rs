@@ -41,9 +41,29 @@ const STATS_EVERY: Duration = Duration::from_secs(5);
 /// (`[retention.artifacts]`; `artifacts` defaults to the job's TTL for its outcome), with the
 /// dedupe key `artifacts:<root>:<job id>:<run id>`. Both runtimes queue these, so a second
 /// queueing of the same run merges with the pending tasks. None for a run that has not
-/// finished, or whose organisation cannot be a key segment (its artifacts cannot be ours
-/// either; logged).
+/// finished. A job whose organisation cannot be a key segment gets no `jobs/<org>/<id>/` task
+/// (logged here; [`artifact_plan`] returns the refusal for an audit row).
 pub fn artifact_tasks(job: &JobRecord, config: &Config, now: Timestamp) -> Vec<NewTask> {
+    let plan = artifact_plan(job, config, now);
+    if let Some(e) = &plan.refused {
+        tracing::warn!(job = %job.id, "no artifact retention for jobs/<org>/: {e}");
+    }
+    plan.tasks
+}
+
+/// A finished run's artifact retention ([`artifact_tasks`]), with the prefix that cannot be
+/// cleaned, if any.
+#[derive(Debug)]
+pub struct ArtifactPlan {
+    /// The tasks to queue.
+    pub tasks: Vec<NewTask>,
+    /// Why the `jobs/<org>/<id>/` prefix gets no task: the stored organisation breaks the
+    /// naming rule (stored by an older version or by hand), so no key can be built from it.
+    pub refused: Option<crate::artifacts::Error>,
+}
+
+/// See [`ArtifactPlan`].
+pub fn artifact_plan(job: &JobRecord, config: &Config, now: Timestamp) -> ArtifactPlan {
     let r = &config.retention.artifacts;
     let retention = crate::artifacts::retention::ArtifactRetention {
         artifacts: r
@@ -52,14 +72,8 @@ pub fn artifact_tasks(job: &JobRecord, config: &Config, now: Timestamp) -> Vec<N
         partial: r.partial,
         logs: r.logs,
     };
-    let planned = match crate::artifacts::retention::tasks_for_job(job, &retention) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(job = %job.id, "no artifact retention: {e}");
-            return Vec::new();
-        }
-    };
-    planned
+    let (planned, refused) = crate::artifacts::retention::plan_for_job(job, &retention);
+    let tasks = planned
         .into_iter()
         .map(|t| NewTask {
             dedup_key: format!("artifacts:{}:{}:{}", t.kind.root(), job.id, job.run_id),
@@ -71,7 +85,36 @@ pub fn artifact_tasks(job: &JobRecord, config: &Config, now: Timestamp) -> Vec<N
             scheduled_at: t.due_at.max(now),
             max_attempts: config.queue.max_attempts,
         })
-        .collect()
+        .collect();
+    ArtifactPlan { tasks, refused }
+}
+
+/// The audit row saying a job's `jobs/<org>/<id>/` artifacts are never cleaned, and why
+/// (`ttl_cleanup`, failed, `object_prefix`).
+pub fn refused_prefix_audit(
+    job: &JobRecord,
+    err: &crate::artifacts::Error,
+    dry_run: bool,
+    now: Timestamp,
+) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        timestamp: now,
+        job_id: job.id.to_string(),
+        resource_type: "object_prefix".into(),
+        resource_name: format!(
+            "jobs/{}/{}",
+            job.org.as_deref().map(|o| format!("{o:?}")).unwrap_or_default(),
+            job.id
+        ),
+        action: AuditAction::TtlCleanup,
+        reason: "artifacts under jobs/<org>/ are not cleaned: the job's organisation cannot be part of an object key (partial/ and logs/ are cleaned as usual)".into(),
+        initiated_by: "jobwarden".into(),
+        success: false,
+        error_message: Some(err.to_string()),
+        dry_run,
+        details: None,
+    }
 }
 
 /// Starts `[queue] workers` workers named `<name>-w<i>` (the name must differ between
