@@ -392,7 +392,7 @@ retries = 0
         r#"
 [[hooks]]
 on = "soft_kill"
-command = ["sh", "-c", "mkdir -p hooks && echo $JOBWARDEN_JOB_ID > hooks/soft_kill-$JOBWARDEN_JOB_ID"]
+command = ["sh", "-c", "mkdir -p hooks && echo $JOBWARDEN_JOB_ID > hooks/soft_kill-$JOBWARDEN_JOB_ID && printf %s \"$JOBWARDEN_REASON\" > hooks/soft_kill-reason-$JOBWARDEN_JOB_ID"]
 
 [[hooks]]
 on = "soft_kill"
@@ -434,6 +434,26 @@ retries = 0
         std::fs::read_to_string(&marker).expect("marker").trim(),
         job
     );
+    // The command hook's JOBWARDEN_REASON is the reason of the step's audit row.
+    let reason_file = d
+        .root
+        .path()
+        .join("hooks")
+        .join(format!("soft_kill-reason-{job}"));
+    wait_until("the soft_kill hook's reason file", || reason_file.exists());
+    let hook_reason = std::fs::read_to_string(&reason_file).expect("reason");
+    let audited = rows(&d.audit(&job), AuditAction::SoftKill)
+        .first()
+        .map(|r| r.reason.clone())
+        .expect("a soft_kill row");
+    assert!(
+        !hook_reason.is_empty(),
+        "JOBWARDEN_REASON is empty for soft_kill"
+    );
+    assert_eq!(
+        hook_reason, audited,
+        "JOBWARDEN_REASON differs from the audit row"
+    );
     // Both failing hooks (the command on soft_kill, the unreachable webhook on hard_kill) are
     // audited as failures; the working ones as successes.
     d.wait_audit(&job, "the failing command hook", |r| {
@@ -462,6 +482,15 @@ retries = 0
     // The webhook saw the warning (due at the start: the timeout is shorter than warn_before).
     let body = sink.next();
     assert_eq!(body["event"], "warn", "{body}");
+    let warned = rows(&d.audit(&job), AuditAction::Warn)
+        .first()
+        .map(|r| r.reason.clone())
+        .expect("a warn row");
+    assert_eq!(
+        body["reason"],
+        warned.as_str(),
+        "the webhook's reason: {body}"
+    );
     assert_eq!(body["job"]["id"], job.as_str(), "{body}");
     assert_eq!(body["job"]["name"], "ladder", "{body}");
 }

@@ -1114,7 +1114,8 @@ impl Enforcer {
         if terminating {
             self.fire_hooks("terminating", &job, Some(why), now);
         }
-        self.fire_hooks(step.as_str(), &job, None, now);
+        // The step's hooks get the reason its audit row has (`JOBWARDEN_REASON`, `reason`).
+        self.fire_hooks(step.as_str(), &job, Some(write.audit.reason.clone()), now);
         if let Some(err) = failure {
             let a = self.audit(&job, step.into(), "step failed".into(), Some(err), now);
             self.append_audit(vec![a]).await;
