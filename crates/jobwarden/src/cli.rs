@@ -145,7 +145,7 @@ pub struct RunArgs {
     #[arg(long, env = "JOBWARDEN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Workspaces, logs, the SQLite store and file:// artifacts.
-    #[arg(long, default_value = "./jobwarden-data")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Listen address [default: [server] listen, i.e. 127.0.0.1:7800].
     #[arg(long)]
@@ -230,13 +230,18 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
             .map_err(|(code, message)| fail(code, message)),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
-        } => match Config::load(&file) {
-            Ok(_) => {
-                println!("ok");
-                Ok(())
-            }
-            Err(e) => Err(fail(2, e.to_string())),
-        },
+        } => {
+            // The checks `run` makes, no fewer: a file called ok here starts.
+            let config = Config::load(&file).map_err(|e| fail(2, e.to_string()))?;
+            preflight(
+                &config,
+                &file.display().to_string(),
+                &absolute(Path::new(DEFAULT_DATA_DIR)),
+                &Overrides::default(),
+            )?;
+            println!("ok");
+            Ok(())
+        }
         Cmd::Submit(a) => {
             let req = SubmitRequest {
                 command: a.command,
@@ -398,13 +403,44 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Merges flags, config and defaults into daemon options.
-pub fn daemon_options(
-    args: &RunArgs,
-    config: Config,
+/// `run`'s default `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "./jobwarden-data";
+
+/// The flags of `run` that override the config; none for `config check`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--store`.
+    pub store: Option<&'a str>,
+    /// `--artifacts`.
+    pub artifacts: Option<&'a str>,
+}
+
+/// What `run` derives from its config and flags before it opens anything, checked.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    /// The listen address.
+    pub listen: SocketAddr,
+    /// The API's bearer token (read from `[server] token_file`), if any.
+    pub token: Option<String>,
+    /// The store URL.
+    pub store_url: String,
+    /// The artifacts URL.
+    pub artifacts_url: String,
+}
+
+/// The one validation path of `run` (both runtimes) and `config check`, beyond the file's own
+/// validation ([`Config::load`]): the listen address, the token file (readable, at least 16
+/// characters; required off loopback), the store URL's scheme and the artifacts URL. Every
+/// problem is exit 2, naming the file (`source`) and the key or the flag.
+pub fn preflight(
+    config: &Config,
     source: &str,
-) -> Result<crate::daemon::DaemonOptions, Failure> {
-    let listen: SocketAddr = match args.listen {
+    data_dir: &Path,
+    flags: &Overrides<'_>,
+) -> Result<Preflight, Failure> {
+    let listen: SocketAddr = match flags.listen {
         Some(a) => a,
         None => config.server.listen.parse().map_err(|e| {
             fail(
@@ -413,28 +449,79 @@ pub fn daemon_options(
             )
         })?,
     };
-    let token = api_token(&config, listen, source).map_err(|(code, m)| fail(code, m))?;
+    let token = api_token(config, listen, source).map_err(|(code, m)| fail(code, m))?;
+    let store_url = match (flags.store, &config.store.url) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(url)) => {
+            check_store_url(url).map_err(|e| fail(2, format!("{source}: store.url: {e}")))?;
+            url.clone()
+        }
+        (None, None) => format!("sqlite://{}", data_dir.join("jobwarden.db").display()),
+    };
+    if let Some(url) = flags.store {
+        check_store_url(url).map_err(|e| fail(2, format!("--store: {e}")))?;
+    }
+    let artifacts_url = match (flags.artifacts, &config.artifacts.url) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => format!("file://{}", data_dir.join("artifacts").display()),
+    };
+    crate::artifacts::config::parse_url(&artifacts_url).map_err(|e| {
+        let key = if flags.artifacts.is_some() {
+            "--artifacts".to_owned()
+        } else {
+            format!("{source}: artifacts.url")
+        };
+        fail(2, format!("{key}: {e}"))
+    })?;
+    Ok(Preflight {
+        listen,
+        token,
+        store_url,
+        artifacts_url,
+    })
+}
+
+/// The store URL schemes [`crate::store::Store::open`] takes.
+fn check_store_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?}: not a store URL (sqlite://PATH or postgres://…)",
+            crate::store::redact_url(url)
+        ))
+    }
+}
+
+/// Merges flags, config and defaults into daemon options.
+pub fn daemon_options(
+    args: &RunArgs,
+    config: Config,
+    source: &str,
+) -> Result<crate::daemon::DaemonOptions, Failure> {
     let data_dir = absolute(&args.data_dir);
-    let store_url = args
-        .store
-        .clone()
-        .or_else(|| config.store.url.clone())
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("jobwarden.db").display()));
-    let artifacts_url = args
-        .artifacts
-        .clone()
-        .or_else(|| config.artifacts.url.clone())
-        .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()));
-    crate::artifacts::config::parse_url(&artifacts_url)
-        .map_err(|e| fail(2, format!("--artifacts / artifacts.url: {e}")))?;
+    let checked = preflight(
+        &config,
+        source,
+        &data_dir,
+        &Overrides {
+            listen: args.listen,
+            store: args.store.as_deref(),
+            artifacts: args.artifacts.as_deref(),
+        },
+    )?;
     Ok(crate::daemon::DaemonOptions {
         config,
         data_dir,
-        listen,
-        store_url,
-        artifacts_url,
+        listen: checked.listen,
+        store_url: checked.store_url,
+        artifacts_url: checked.artifacts_url,
         dry_run: args.dry_run,
-        token,
+        token: checked.token,
     })
 }
 

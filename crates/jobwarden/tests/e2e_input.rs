@@ -104,6 +104,86 @@ fn bad_config_exits_2_naming_file_and_key() {
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
+/// `config check` and `run` share one validation path: a file `config check` calls ok is one
+/// `run` accepts, and what `run` refuses `config check` refuses with the same message (the
+/// token file, the listen address, the store and artifacts URLs, not only the TOML).
+#[test]
+fn config_check_refuses_what_run_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short-token");
+    std::fs::write(&short, "abcde\n").expect("write");
+    let good_token = dir.path().join("token");
+    std::fs::write(&good_token, "0123456789abcdef\n").expect("write");
+    let missing = dir.path().join("no-such-token");
+    let cases = [
+        (
+            format!("[server]\ntoken_file = {:?}\n", short.display().to_string()),
+            "server.token_file",
+        ),
+        (
+            format!(
+                "[server]\ntoken_file = {:?}\n",
+                missing.display().to_string()
+            ),
+            "server.token_file",
+        ),
+        (
+            "[server]\nlisten = \"0.0.0.0:7800\"\n".to_owned(),
+            "token_file",
+        ),
+        (
+            "[server]\nlisten = \"localhost-ish\"\n".to_owned(),
+            "server.listen",
+        ),
+        ("[store]\nurl = \"mysql://db/jw\"\n".to_owned(), "store.url"),
+        (
+            "[artifacts]\nurl = \"ftp://bucket\"\n".to_owned(),
+            "artifacts.url",
+        ),
+    ];
+    let file = dir.path().join("jw.toml");
+    let data = dir.path().join("data");
+    for (text, key) in cases {
+        std::fs::write(&file, &text).expect("write");
+        let path = file.display().to_string();
+        let check = run_cli(&["config", "check", &path], &[]);
+        let run = run_cli(
+            &[
+                "run",
+                "--config",
+                &path,
+                "--data-dir",
+                &data.display().to_string(),
+            ],
+            &[],
+        );
+        assert_eq!(check.code, 2, "config check accepted {text:?}: {check:?}");
+        assert_eq!(run.code, 2, "run accepted {text:?}: {run:?}");
+        assert!(
+            check.stderr.contains(&path) || !key.contains('.'),
+            "{text:?}: {}",
+            check.stderr
+        );
+        assert!(check.stderr.contains(key), "{text:?}: {}", check.stderr);
+        assert_eq!(check.stderr, run.stderr, "{text:?}: one message for both");
+        assert!(
+            !data.join("jobwarden.db").exists(),
+            "run opened a store for {text:?}"
+        );
+    }
+    // A valid token file off loopback: both accept it (run is not started here).
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"0.0.0.0:7800\"\ntoken_file = {:?}\n",
+            good_token.display().to_string()
+        ),
+    )
+    .expect("write");
+    let check = run_cli(&["config", "check", &file.display().to_string()], &[]);
+    assert_eq!((check.code, check.stdout.trim()), (0, "ok"), "{check:?}");
+}
+
 #[test]
 fn bad_http_bodies_are_400_naming_the_field() {
     let Some(d) = Daemon::start(Backend::Sqlite, &config("")) else {

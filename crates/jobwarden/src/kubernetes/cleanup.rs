@@ -35,14 +35,6 @@ use crate::metrics::Metrics;
 use crate::runtime::local::LocalRuntime;
 use crate::store::Store;
 
-/// The artifacts URL: `--artifacts`, else `[artifacts] url`, else `file://<data-dir>/artifacts`
-/// (as for the local runtime).
-pub fn artifacts_url(flag: Option<&str>, config: &Config, data_dir: &Path) -> String {
-    flag.map(str::to_owned)
-        .or_else(|| config.artifacts.url.clone())
-        .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()))
-}
-
 /// Opens the artifact store at `url` with the `[artifacts]` settings (no call is made: an
 /// unreachable store shows in the workers' retries, never stops the controller).
 pub fn open_artifacts(url: &str, config: &Config) -> Result<Artifacts, String> {
