@@ -674,16 +674,17 @@ fn print_json<T: serde::Serialize>(v: &T) {
     }
 }
 
+/// `in 3s` / `4s ago`, to the nearest second (2.9 s ahead is `in 3s`, not `in 2s`).
 fn ago(now: Timestamp, t: Timestamp) -> String {
     if t >= now {
         format!(
             "in {}",
-            crate::duration::format_duration(crate::model::since(t, now))
+            crate::duration::format_rounded(crate::model::since(t, now))
         )
     } else {
         format!(
             "{} ago",
-            crate::duration::format_duration(crate::model::since(now, t))
+            crate::duration::format_rounded(crate::model::since(now, t))
         )
     }
 }

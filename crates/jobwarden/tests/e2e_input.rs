@@ -22,6 +22,28 @@ fn bad_cli_flags_exit_2_naming_the_flag() {
     let out = run_cli(&["submit", "--grace=-1", "--", "true"], &env);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--grace"), "{}", out.stderr);
+    // The grammar shared with jobwarden-init: each unit at most once, largest first.
+    for bad in ["1h1h", "30m1h"] {
+        let out = run_cli(&["submit", "--timeout", bad, "--", "true"], &env);
+        assert_eq!(out.code, 2, "--timeout {bad}: {out:?}");
+        assert!(
+            out.stderr.contains("--timeout") && out.stderr.contains("repeated or out of order"),
+            "{}",
+            out.stderr
+        );
+    }
+    // A zero timeout is bad usage (2), refused before anything is sent, not the server's
+    // 400 (1).
+    for flag in ["--timeout", "--heartbeat-timeout"] {
+        let out = run_cli(&["submit", flag, "0", "--", "true"], &env);
+        assert_eq!(out.code, 2, "{flag} 0: {out:?}");
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains("greater than 0"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("cannot reach"), "{}", out.stderr);
+    }
     let out = run_cli(&["submit", "--timeout", "5s"], &env);
     assert_eq!(out.code, 2, "submit without a command: {out:?}");
     let out = run_cli(&["submit", "--timeout", "5s", "--"], &env);
@@ -58,6 +80,7 @@ fn bad_config_exits_2_naming_file_and_key() {
             "hooks[0].on",
         ),
         ("[policy\n", "line 1"),
+        ("[policy]\nwarn_before = \"1h1h\"\n", "warn_before"),
     ];
     for (text, key) in cases {
         std::fs::write(&bad, text).expect("write");

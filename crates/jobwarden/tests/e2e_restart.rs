@@ -275,6 +275,42 @@ fn graceful_shutdown_leaves_jobs_running() {
     assert_term_seen_near(&d.ws(&id).join("term_at"), deadline(&j));
 }
 
+/// The warning says how long is left, to the nearest second ("1s left" for `warn_before =
+/// "1s"`, taken a few milliseconds after its due time, not "0s left"), and a warning taken
+/// after the deadline (jobwarden was down) says "overdue by", not "0s left".
+#[test]
+fn warnings_say_the_time_left_or_overdue() {
+    let Some(mut d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    let on_time = d.submit_sh(&["--timeout", "3s", "--grace", "1s"], SAVES_WORK);
+    let late = d.submit_sh(&["--timeout", "6s", "--grace", "1s"], SAVES_WORK);
+    let rows = d.wait_audit(&on_time, "the warning", |r| r.action == AuditAction::Warn);
+    let warn = &rows
+        .iter()
+        .find(|r| r.action == AuditAction::Warn)
+        .expect("warn row")
+        .reason;
+    assert!(warn.starts_with("1s left before the deadline"), "{warn}");
+    // The daemon is down through the late job's warning and deadline, back 4 s after it.
+    let deadline = d.get(&late).deadline.expect("deadline");
+    d.kill9();
+    sleep_until(deadline + chrono::TimeDelta::seconds(4));
+    d.restart();
+    let rows = d.wait_audit(&late, "the late warning", |r| r.action == AuditAction::Warn);
+    let warn = &rows
+        .iter()
+        .find(|r| r.action == AuditAction::Warn)
+        .expect("warn row")
+        .reason;
+    let overdue: u64 = warn
+        .strip_prefix("overdue by ")
+        .and_then(|r| r.split_once("s:"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("not an overdue warning: {warn}"));
+    assert!((4..=6).contains(&overdue), "{warn}");
+}
+
 /// A job stored with an organisation that cannot be part of an object key (by an older
 /// version, or edited by hand) is not left in silence: its `jobs/<org>/` artifacts get a
 /// failed `ttl_cleanup` audit row naming the problem and `jobwarden_errors_total{kind=

@@ -750,13 +750,16 @@ proptest! {
             "d" => 86_400,
             _ => 604_800,
         };
+        // Each unit at most once, largest first (the grammar shared with jobwarden-init).
+        let ordered = parts.windows(2).all(|w| unit(&w[0].1) > unit(&w[1].1));
         let total = parts
             .iter()
-            .try_fold(0u64, |acc, (n, u)| n.checked_mul(unit(u)).and_then(|x| acc.checked_add(x)));
-        match (total, parse_duration(&text)) {
-            (Some(t), Ok(d)) => prop_assert_eq!(d.as_secs(), t, "{}", text),
-            (Some(t), Err(e)) => prop_assert!(t > MAX_SECONDS, "{text} rejected: {e}"),
-            (None, r) => prop_assert!(r.is_err(), "{text}: overflow accepted: {r:?}"),
+            .try_fold(0u64, |acc, (n, u)| n.checked_mul(unit(u)).and_then(|v| acc.checked_add(v)));
+        match (ordered, total, parse_duration(&text)) {
+            (false, _, r) => prop_assert!(r.is_err(), "{text}: a repeated or out-of-order unit accepted"),
+            (true, Some(t), Ok(d)) => prop_assert_eq!(d.as_secs(), t, "{}", text),
+            (true, Some(t), Err(e)) => prop_assert!(t > MAX_SECONDS, "{text} rejected: {e}"),
+            (true, None, r) => prop_assert!(r.is_err(), "{text}: overflow accepted: {r:?}"),
         }
     }
 }

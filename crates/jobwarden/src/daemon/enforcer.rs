@@ -912,12 +912,9 @@ impl Enforcer {
     ) -> PlannedStep {
         let dry = self.shared.dry_run || job.dry_run;
         let reason = match step {
-            Step::Warn => format!(
-                "{} left before the deadline {} (timeout {})",
-                crate::duration::format_duration(since(job.deadline.unwrap_or(now), now)),
-                job.deadline.map(fmt_ts).unwrap_or_default(),
-                crate::duration::format_duration(job.timeout)
-            ),
+            Step::Warn => {
+                crate::duration::deadline_note(job.deadline.unwrap_or(now), now, job.timeout)
+            }
             Step::SoftKill => format!(
                 "{why}: deadline {} reached; SIGTERM to the process group, grace {}",
                 job.deadline.map(fmt_ts).unwrap_or_default(),
