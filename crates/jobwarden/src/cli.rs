@@ -689,11 +689,13 @@ fn ago(now: Timestamp, t: Timestamp) -> String {
     }
 }
 
-/// The `jobs` table.
+/// The `jobs` table: STAGE says where the job is (`completed`: its process exited 0,
+/// `failed`: it did not), OUTCOME who ended it (`succeeded`, `terminated`, …), NEXT STEP what
+/// jobwarden does next and when (a ladder step, or the cleanup after the TTL).
 pub fn jobs_table(jobs: &[JobView], now: Timestamp) -> String {
     let mut out = format!(
-        "{:<26}  {:<16} {:<8} {:<8} {:<11} {:>8} {:>8}  {}\n",
-        "ID", "NAME", "ORG", "TYPE", "STAGE", "ELAPSED", "TIMEOUT", "NEXT STEP"
+        "{:<26}  {:<16} {:<8} {:<8} {:<11} {:<10} {:>8} {:>8}  {}\n",
+        "ID", "NAME", "ORG", "TYPE", "STAGE", "OUTCOME", "ELAPSED", "TIMEOUT", "NEXT STEP"
     );
     for j in jobs {
         let elapsed = match (j.started_at, j.finished_at) {
@@ -701,28 +703,32 @@ pub fn jobs_table(jobs: &[JobView], now: Timestamp) -> String {
             (Some(s), None) => crate::duration::format_duration(crate::model::since(now, s)),
             _ => "-".into(),
         };
-        let next = match &j.next_step {
-            Some(n) => format!("{} {}", n.step, ago(now, n.due_at)),
-            None => j
-                .outcome
-                .map(|o| o.to_string())
-                .unwrap_or_else(|| "-".into()),
-        };
         let mut name = j.name.clone();
         name.truncate(16);
         out.push_str(&format!(
-            "{:<26}  {:<16} {:<8} {:<8} {:<11} {:>8} {:>8}  {}\n",
+            "{:<26}  {:<16} {:<8} {:<8} {:<11} {:<10} {:>8} {:>8}  {}\n",
             j.id,
             name,
             j.org.as_deref().unwrap_or("-"),
             j.job_type.as_deref().unwrap_or("-"),
             j.stage.as_str(),
+            j.outcome.map_or("-", |o| o.as_str()),
             elapsed,
             crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)),
-            next
+            next_step(j, now)
         ));
     }
     out
+}
+
+/// The NEXT STEP cell: the next ladder step, or a finished job's cleanup, with when.
+fn next_step(j: &JobView, now: Timestamp) -> String {
+    match (&j.next_step, j.cleanup_at) {
+        (Some(n), _) => format!("{} {}", n.step, ago(now, n.due_at)),
+        (None, Some(at)) if at > now => format!("cleanup {}", ago(now, at)),
+        (None, Some(_)) => "cleanup now".to_owned(),
+        (None, None) => "-".to_owned(),
+    }
 }
 
 fn print_jobs(jobs: &[JobView], now: Timestamp) {
@@ -768,6 +774,9 @@ fn print_job(j: &JobView) {
     }
     if let Some(n) = &j.next_step {
         println!("next:      {} at {}", n.step, fmt_ts(n.due_at));
+    }
+    if let Some(at) = j.cleanup_at {
+        println!("cleanup:   at {} (its TTL)", fmt_ts(at));
     }
 }
 

@@ -773,7 +773,7 @@ impl Enforcer {
         now: Timestamp,
     ) {
         job.outcome = Some(outcome);
-        job.stage = lifecycle::stage_after(outcome);
+        job.stage = lifecycle::stage_after_exit(outcome, exit_code, signal);
         job.finished_at = Some(now);
         job.exit_code = exit_code;
         job.signal = signal;
