@@ -344,20 +344,33 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
                 for s in &r.skipped {
                     println!("skipped {s}");
                 }
-                println!(
-                    "{:<10} {:<28} {:>10} {:>10}  PATH",
-                    "KIND", "JOB", "BYTES", "AGE"
+                let rows: Vec<Vec<String>> = r
+                    .orphans
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.kind.clone(),
+                            o.job_id.clone(),
+                            o.bytes.to_string(),
+                            crate::duration::format_duration(Duration::from_secs(o.age_seconds)),
+                            o.name.clone(),
+                        ]
+                    })
+                    .collect();
+                use Align::{Left as L, Right as R};
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            ("KIND", L),
+                            ("JOB", L),
+                            ("BYTES", R),
+                            ("AGE", R),
+                            ("PATH", L)
+                        ],
+                        &rows
+                    )
                 );
-                for o in &r.orphans {
-                    println!(
-                        "{:<10} {:<28} {:>10} {:>10}  {}",
-                        o.kind,
-                        o.job_id,
-                        o.bytes,
-                        crate::duration::format_duration(Duration::from_secs(o.age_seconds)),
-                        o.name
-                    );
-                }
                 if clean {
                     println!("{} removal task(s) queued", r.queued);
                 }
@@ -397,7 +410,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         running.addr
     );
     wait_for_signal().await;
-    eprintln!("jobwarden: shutting down; jobs keep running and are re-adopted on the next start");
+    eprintln!("jobwarden: shutting down (running jobs keep running)");
     let _ = running.shutdown.send(true);
     let _ = running.done.await;
     Ok(())
@@ -691,33 +704,103 @@ fn ago(now: Timestamp, t: Timestamp) -> String {
 
 /// The `jobs` table: STAGE says where the job is (`completed`: its process exited 0,
 /// `failed`: it did not), OUTCOME who ended it (`succeeded`, `terminated`, …), NEXT STEP what
-/// jobwarden does next and when (a ladder step, or the cleanup after the TTL).
+/// jobwarden does next and when (a ladder step, or the cleanup after the TTL). Every column is
+/// as wide as its widest cell, so long organisations, types and Kubernetes job ids line up.
 pub fn jobs_table(jobs: &[JobView], now: Timestamp) -> String {
-    let mut out = format!(
-        "{:<26}  {:<16} {:<8} {:<8} {:<11} {:<10} {:>8} {:>8}  {}\n",
-        "ID", "NAME", "ORG", "TYPE", "STAGE", "OUTCOME", "ELAPSED", "TIMEOUT", "NEXT STEP"
-    );
-    for j in jobs {
-        let elapsed = match (j.started_at, j.finished_at) {
-            (Some(s), Some(f)) => crate::duration::format_duration(crate::model::since(f, s)),
-            (Some(s), None) => crate::duration::format_duration(crate::model::since(now, s)),
-            _ => "-".into(),
-        };
-        let mut name = j.name.clone();
-        name.truncate(16);
-        out.push_str(&format!(
-            "{:<26}  {:<16} {:<8} {:<8} {:<11} {:<10} {:>8} {:>8}  {}\n",
-            j.id,
-            name,
-            j.org.as_deref().unwrap_or("-"),
-            j.job_type.as_deref().unwrap_or("-"),
-            j.stage.as_str(),
-            j.outcome.map_or("-", |o| o.as_str()),
-            elapsed,
-            crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)),
-            next_step(j, now)
-        ));
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let elapsed = match (j.started_at, j.finished_at) {
+                (Some(s), Some(f)) => crate::duration::format_duration(crate::model::since(f, s)),
+                (Some(s), None) => crate::duration::format_duration(crate::model::since(now, s)),
+                _ => "-".into(),
+            };
+            vec![
+                j.id.clone(),
+                clip(&j.name, 24),
+                j.org.clone().unwrap_or_else(|| "-".into()),
+                j.job_type.clone().unwrap_or_else(|| "-".into()),
+                j.stage.as_str().to_owned(),
+                j.outcome.map_or("-", |o| o.as_str()).to_owned(),
+                elapsed,
+                crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)),
+                next_step(j, now),
+            ]
+        })
+        .collect();
+    use Align::{Left as L, Right as R};
+    table(
+        &[
+            ("ID", L),
+            ("NAME", L),
+            ("ORG", L),
+            ("TYPE", L),
+            ("STAGE", L),
+            ("OUTCOME", L),
+            ("ELAPSED", R),
+            ("TIMEOUT", R),
+            ("NEXT STEP", L),
+        ],
+        &rows,
+    )
+}
+
+/// How a table column is aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// `rows` under a header, each column as wide as its widest cell (in characters), two spaces
+/// apart; the last column is not padded.
+fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let width = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .map(|c| c.chars().count())
+            .chain([columns[i].0.chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..columns.len()).map(width).collect();
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate().take(columns.len()) {
+            let last = i + 1 == columns.len();
+            if i > 0 {
+                out.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            match columns[i].1 {
+                Align::Right => {
+                    out.push_str(&" ".repeat(pad));
+                    out.push_str(cell);
+                }
+                Align::Left if last => out.push_str(cell),
+                Align::Left => {
+                    out.push_str(cell);
+                    out.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut columns.iter().map(|c| c.0));
+    for r in rows {
+        out.push_str(&line(&mut r.iter().map(String::as_str)));
     }
+    out
+}
+
+/// `s` cut to at most `max` characters (never inside a character), `…` marking a cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
     out
 }
 
@@ -781,49 +864,165 @@ fn print_job(j: &JobView) {
 }
 
 fn print_audit(rows: &[AuditEntry]) {
-    println!(
-        "{:<24}  {:<26}  {:<14} {:<5} {:<4}  REASON",
-        "TIME", "JOB", "ACTION", "OK", "DRY"
-    );
-    for r in rows {
-        println!(
-            "{:<24}  {:<26}  {:<14} {:<5} {:<4}  {}{}",
-            fmt_ts(r.timestamp),
-            r.job_id,
-            r.action.as_str(),
-            r.success,
-            if r.dry_run { "yes" } else { "" },
-            r.reason,
-            r.error_message
-                .as_deref()
-                .map(|e| format!(" (error: {e})"))
-                .unwrap_or_default()
-        );
-    }
+    print!("{}", audit_table(rows));
+}
+
+/// The `audit` table.
+fn audit_table(rows: &[AuditEntry]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                fmt_ts(r.timestamp),
+                r.job_id.clone(),
+                r.action.as_str().to_owned(),
+                r.success.to_string(),
+                if r.dry_run { "yes" } else { "" }.to_owned(),
+                format!(
+                    "{}{}",
+                    r.reason,
+                    r.error_message
+                        .as_deref()
+                        .map(|e| format!(" (error: {e})"))
+                        .unwrap_or_default()
+                ),
+            ]
+        })
+        .collect();
+    use Align::Left as L;
+    table(
+        &[
+            ("TIME", L),
+            ("JOB", L),
+            ("ACTION", L),
+            ("OK", L),
+            ("DRY", L),
+            ("REASON", L),
+        ],
+        &cells,
+    )
 }
 
 fn print_plan(plan: &[PlanEntry], now: Timestamp) {
-    println!(
-        "{:<26}  {:<16} {:<11} {:<12} WHEN",
-        "JOB", "NAME", "STAGE", "ACTION"
+    let cells: Vec<Vec<String>> = plan
+        .iter()
+        .map(|p| {
+            let when = match (p.due_now, p.due_at) {
+                (true, _) => "now".to_owned(),
+                (false, Some(t)) => ago(now, t),
+                (false, None) => "-".to_owned(),
+            };
+            vec![
+                p.job_id.clone(),
+                clip(&p.name, 24),
+                p.stage.as_str().to_owned(),
+                p.action.clone(),
+                format!(
+                    "{when}{}",
+                    p.detail
+                        .as_deref()
+                        .map(|d| format!("  ({d})"))
+                        .unwrap_or_default()
+                ),
+            ]
+        })
+        .collect();
+    use Align::Left as L;
+    print!(
+        "{}",
+        table(
+            &[
+                ("JOB", L),
+                ("NAME", L),
+                ("STAGE", L),
+                ("ACTION", L),
+                ("WHEN", L)
+            ],
+            &cells
+        )
     );
-    for p in plan {
-        let when = match (p.due_now, p.due_at) {
-            (true, _) => "now".to_owned(),
-            (false, Some(t)) => ago(now, t),
-            (false, None) => "-".to_owned(),
-        };
-        println!(
-            "{:<26}  {:<16} {:<11} {:<12} {}{}",
-            p.job_id,
-            p.name,
-            p.stage.as_str(),
-            p.action,
-            when,
-            p.detail
-                .as_deref()
-                .map(|d| format!("  ({d})"))
-                .unwrap_or_default()
-        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobId, JobRecord, Outcome, RuntimeKind, Stage};
+
+    fn job(id: &str, name: &str, org: Option<&str>, stage: Stage) -> JobView {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("ts");
+        JobView::from(&JobRecord {
+            id: JobId::parse(id).expect("id"),
+            run_id: "r".into(),
+            attempt: 0,
+            runtime: RuntimeKind::Local,
+            namespace: None,
+            name: name.into(),
+            org: org.map(Into::into),
+            job_type: None,
+            stage,
+            outcome: (stage == Stage::Completed).then_some(Outcome::Terminated),
+            reason: None,
+            created_at: t,
+            started_at: Some(t),
+            finished_at: None,
+            timeout: Duration::from_secs(3600),
+            grace: Duration::from_secs(30),
+            ttl: None,
+            deadline: None,
+            steps: vec![],
+            heartbeat_timeout: None,
+            last_heartbeat: None,
+            recovery_attempts: 0,
+            pid: None,
+            pid_start_ticks: None,
+            exit_code: None,
+            signal: None,
+            spec: serde_json::Value::Null,
+            dry_run: false,
+        })
+    }
+
+    /// Where each header word starts in `line`'s columns: every row must put a cell there.
+    fn column_starts(header: &str) -> Vec<usize> {
+        let chars: Vec<char> = header.chars().collect();
+        (0..chars.len())
+            .filter(|&i| {
+                chars[i] != ' ' && (i == 0 || chars[i - 1] == ' ' && (i < 2 || chars[i - 2] == ' '))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_jobs_table_stays_aligned_with_long_names_orgs_and_ids() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_060, 0).expect("ts");
+        let jobs = [
+            job("01aaaaaaaaaaaaaaaaaaaaaaaa", "short", None, Stage::Running),
+            job(
+                "a-kubernetes-job-id-that-is-far-longer-than-a-ulid",
+                "ünïcode-nämé-that-goes-on-and-on",
+                Some("engineering-platform"),
+                Stage::Completed,
+            ),
+        ];
+        let text = jobs_table(&jobs, now);
+        let lines: Vec<&str> = text.lines().collect();
+        let starts = column_starts(lines[0]);
+        assert_eq!(starts.len(), 9, "{text}");
+        for row in &lines[1..] {
+            let chars: Vec<char> = row.chars().collect();
+            // Left-aligned columns (all but ELAPSED and TIMEOUT) start where their header does.
+            for (col, &at) in starts
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| ![6, 7].contains(c))
+            {
+                assert!(
+                    chars.get(at).is_some_and(|c| *c != ' ') && (at == 0 || chars[at - 1] == ' '),
+                    "column {col} misaligned in:\n{text}"
+                );
+            }
+        }
+        assert!(text.contains("engineering-platform  -"), "{text}");
+        assert!(text.contains("ünïcode-nämé-that-goes-…"), "{text}");
     }
 }

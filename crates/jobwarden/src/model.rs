@@ -189,6 +189,18 @@ impl<'de> Deserialize<'de> for JobId {
     }
 }
 
+/// A type's name in words, for messages: `AuditAction` is `audit action`.
+pub fn type_words(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 /// Defines a string-valued enum with `as_str`, `FromStr`, `Display` and serde in snake_case.
 macro_rules! string_enum {
     ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)+ }) => {
@@ -219,7 +231,7 @@ macro_rules! string_enum {
                     $($s => Ok($name::$v),)+
                     _ => Err(format!(
                         "unknown {} {:?} (expected one of: {})",
-                        stringify!($name).to_ascii_lowercase(),
+                        $crate::model::type_words(stringify!($name)),
                         s,
                         [$($s),+].join(", ")
                     )),
@@ -551,6 +563,12 @@ mod tests {
                 .expect_err("unknown")
                 .contains("soft_kill")
         );
+        let e = "explode".parse::<AuditAction>().expect_err("unknown");
+        assert!(
+            e.starts_with("unknown audit action \"explode\" (expected one of: warn, "),
+            "{e}"
+        );
+        assert_eq!(type_words("ArtifactKind"), "artifact kind");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use jobwarden::model::Stage;
 
 #[test]
 fn bad_cli_flags_exit_2_naming_the_flag() {
@@ -326,6 +327,59 @@ fn org_and_type_names_are_checked_at_submit_and_in_the_config() {
             && out.stderr.contains("invalid organisation"),
         "{}",
         out.stderr
+    );
+}
+
+/// The CLI's tables stay aligned whatever the width of an organisation (over 8 characters)
+/// or a type, and an unknown audit action is named in words ("audit action").
+#[test]
+fn tables_stay_aligned_and_errors_read_cleanly() {
+    let Some(d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    let long = d.submit(
+        &[
+            "--org",
+            "engineering-platform",
+            "--type",
+            "nightly-build",
+            "--timeout",
+            "1h",
+        ],
+        &["sleep", "30"],
+    );
+    let short = d.submit(&["--org", "acme", "--timeout", "1h"], &["sleep", "30"]);
+    d.wait_job(&long, "running", |j| j.stage == Stage::Running);
+    d.wait_job(&short, "running", |j| j.stage == Stage::Running);
+    let table = d.ok(&["jobs"]);
+    let lines: Vec<&str> = table.lines().collect();
+    let stage_at = lines[0].find("STAGE").expect("STAGE column");
+    for id in [&long, &short] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{table}"));
+        assert_eq!(
+            row.get(stage_at..stage_at + "running".len()),
+            Some("running"),
+            "the STAGE column is misaligned:\n{table}"
+        );
+    }
+    let out = d.cli(&["audit", "--action", "explode"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("unknown audit action \"explode\""),
+        "{}",
+        out.stderr
+    );
+    let audit = d.ok(&["audit"]);
+    let lines: Vec<&str> = audit.lines().collect();
+    let action_at = lines[0].find("ACTION").expect("ACTION column");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.get(action_at - 2..action_at) == Some("  ")),
+        "the ACTION column is misaligned:\n{audit}"
     );
 }
 

@@ -118,6 +118,20 @@ acme = "2s"
             .trim(),
         "progress"
     );
+    // The log gives the enforcement delay in whole milliseconds.
+    let logs = d.logs();
+    let delays: Vec<&str> = logs
+        .split("delay_ms=")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(!delays.is_empty(), "no delay_ms in the log:\n{logs}");
+    for v in &delays {
+        assert!(
+            v.parse::<i64>().is_ok(),
+            "delay_ms={v} is not whole milliseconds"
+        );
+    }
     // Give a hard_kill that should not happen the chance to show up.
     std::thread::sleep(Duration::from_millis(300));
     let audit = d.audit(&saves);
@@ -476,7 +490,7 @@ retries = 0
     assert_eq!(so(&j), (Stage::Failed, Some(Outcome::Failed)), "{j:#?}");
     let reason = j.reason.clone().unwrap_or_default();
     assert!(
-        reason.contains("policy forbids this job"),
+        reason.contains("sh exited with status 1: policy forbids this job"),
         "veto reason: {reason:?}"
     );
     assert_eq!(j.pid, None, "a vetoed job was started: {j:#?}");
@@ -528,7 +542,7 @@ retries = 0
             .error_message
             .as_deref()
             .unwrap_or_default()
-            .contains("hook-broke")),
+            .contains("sh exited with status 3: hook-broke")),
         "{failed:#?}"
     );
     assert_eq!(

@@ -266,13 +266,60 @@ fn graceful_shutdown_leaves_jobs_running() {
         started.elapsed()
     );
     assert!(alive(pid), "the job died with the daemon");
-    assert!(d.logs().contains("jobs keep running"), "{}", d.logs());
+    assert!(
+        d.logs()
+            .contains("1 job is still running and is re-adopted on the next start"),
+        "{}",
+        d.logs()
+    );
     d.restart();
     let j = d.wait_finished(&id);
     assert_eq!(j.pid, Some(pid));
     assert_eq!(so(&j), (Stage::Failed, Some(Outcome::Terminated)), "{j:#?}");
     assert_step_on_time(&j, Step::SoftKill, deadline(&j));
     assert_term_seen_near(&d.ws(&id).join("term_at"), deadline(&j));
+}
+
+/// Jobs past their TTL are counted in `jobwarden_jobs{stage}` (before and after a restart),
+/// and shutdown says how many jobs are still running: none, when the only jobs have finished.
+#[test]
+fn cleaned_jobs_are_counted_and_shutdown_counts_only_running_jobs() {
+    let Some(mut d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    let cleaned = d.submit(&["--ttl", "1s"], &["true"]);
+    let kept = d.submit(&["--ttl", "1h"], &["true"]);
+    d.wait_job(&cleaned, "cleaned", |j| j.stage == Stage::Cleaned);
+    d.wait_finished(&kept);
+    let gauge = |d: &Daemon, stage: &str| {
+        let (status, text) = d.http("GET", "/metrics", &[], None);
+        assert_eq!(status, 200, "{text}");
+        let prefix = format!("jobwarden_jobs{{stage=\"{stage}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in {text}"))
+    };
+    // The gauges refresh within half a second of a change.
+    wait_until("the gauges", || {
+        (
+            gauge(&d, "cleaned"),
+            gauge(&d, "completed"),
+            gauge(&d, "running"),
+        ) == (1, 1, 0)
+    });
+    assert_eq!(d.stop(), Some(0));
+    let logs = d.logs();
+    assert!(
+        logs.contains("enforcer stopped; no job is running"),
+        "{logs}"
+    );
+    assert!(!logs.contains("still running"), "{logs}");
+    d.restart();
+    d.wait_loaded();
+    wait_until("the gauges after a restart", || {
+        (gauge(&d, "cleaned"), gauge(&d, "completed")) == (1, 1)
+    });
 }
 
 /// The warning says how long is left, to the nearest second ("1s left" for `warn_before =

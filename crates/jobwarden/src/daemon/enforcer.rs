@@ -191,10 +191,18 @@ impl Enforcer {
             }
             self.run_due().await;
         }
-        tracing::info!(
-            jobs = self.jobs.len(),
-            "enforcer stopped; jobs keep running"
-        );
+        let running = self.jobs.values().filter(|j| j.stage.is_active()).count();
+        match running {
+            0 => tracing::info!(running, "enforcer stopped; no job is running"),
+            1 => tracing::info!(
+                running,
+                "enforcer stopped; 1 job is still running and is re-adopted on the next start"
+            ),
+            n => tracing::info!(
+                running,
+                "enforcer stopped; {n} jobs are still running and are re-adopted on the next start"
+            ),
+        }
     }
 
     /// Acts on every due job. The escalation steps of all of them are recorded in one write
@@ -229,7 +237,12 @@ impl Enforcer {
         self.stage_metrics_at = Some(tokio::time::Instant::now());
         self.stage_metrics_stale = false;
         let mut counts: HashMap<Stage, u64> = HashMap::new();
-        for j in self.jobs.values() {
+        // Jobs past their TTL leave memory; their counts are kept by the metrics themselves.
+        for j in self
+            .jobs
+            .values()
+            .filter(|j| !matches!(j.stage, Stage::Cleanup | Stage::Cleaned))
+        {
             *counts.entry(j.stage).or_default() += 1;
         }
         self.shared.metrics.set_jobs_by_stage(counts);
@@ -258,6 +271,10 @@ impl Enforcer {
         self.shared.set_store_ok(true);
         let now = clock::now();
         let mut requeue = Vec::new();
+        let settled = |stage| jobs.iter().filter(|j| j.stage == stage).count() as u64;
+        self.shared
+            .metrics
+            .set_settled_jobs(settled(Stage::Cleanup), settled(Stage::Cleaned));
         for job in jobs {
             if job.stage == Stage::Cleanup && !job.dry_run {
                 // A crash may have fallen between the stage change and the enqueue; the
@@ -1080,7 +1097,8 @@ impl Enforcer {
             if let Some(sig) = signal {
                 match self.runtime.signal(&job, sig) {
                     Ok(SignalResult::Sent) => {
-                        tracing::info!(job = %job.id, step = %step, delay_ms = delay * 1e3, "sent {}", sig_name(sig));
+                        let delay_ms = (delay * 1e3).round() as i64;
+                        tracing::info!(job = %job.id, step = %step, delay_ms, "sent {}", sig_name(sig));
                     }
                     Ok(SignalResult::Gone) => {
                         tracing::info!(job = %job.id, step = %step, "process already gone");
@@ -1162,6 +1180,7 @@ impl Enforcer {
                 self.store_error("recording a dry-run cleanup", &e);
                 return false;
             }
+            self.shared.metrics.job_to_cleanup();
             self.jobs.remove(id);
             self.sched.cancel(id);
             return true;
@@ -1194,6 +1213,7 @@ impl Enforcer {
             self.shared.metrics.error("artifact_key");
             self.append_audit(vec![a]).await;
         }
+        self.shared.metrics.job_to_cleanup();
         self.fire_hooks("cleanup", &job, None, now);
         self.shared.queue_kick.notify_waiters();
         self.jobs.remove(id);

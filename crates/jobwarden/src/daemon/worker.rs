@@ -414,6 +414,7 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
                     .update_job(&job)
                     .await
                     .map_err(|e| e.to_string())?;
+                shared.metrics.job_cleaned();
             }
             Ok(Done {
                 audit: vec![audit(
