@@ -1,6 +1,6 @@
 //! jobwarden: job timeouts, escalation and cleanup for local processes and Kubernetes Jobs.
 //!
-//! Layout (`../shared/DESIGN.md`): [`engine`] decides without I/O; [`scheduler`] wakes the
+//! Layout: [`engine`] decides without I/O; [`scheduler`] wakes the
 //! engine when something is due; [`store`] persists jobs, the cleanup queue and the audit log;
 //! the runtimes and the daemon carry decisions out. [`clock`] is the only reader of the clock.
 

@@ -243,7 +243,7 @@ macro_rules! string_enum {
 pub(crate) use string_enum;
 
 string_enum! {
-    /// Lifecycle stage of a job (`../shared/DESIGN.md` §1).
+    /// Lifecycle stage of a job (the README's Concepts, "Stages").
     pub enum Stage {
         /// Accepted, not yet started (pending, pulling images, pre_start hooks).
         PreStart => "pre_start",
