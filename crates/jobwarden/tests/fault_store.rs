@@ -4,8 +4,8 @@
 //!
 //! While it is down: `/readyz` says not-ready and names the store, a submit is refused with a
 //! clear 503 (not a hang), and no escalation step is carried out: a job sees no signal, since
-//! none could be recorded (the README's "When things fail": only a recorded step is carried out). Once
-//! it is back: ready again, every step that fell due is taken once and recorded once (one audit
+//! none could be recorded (the README's "When things fail": only a recorded step is carried
+//! out). Once it is back: ready again, every step that fell due is taken once and recorded once (one audit
 //! row each), each job received SIGTERM exactly once and only after the store returned, the jobs
 //! finish with the right outcome, and a job that exited on its own during the outage has that
 //! outcome recorded.
