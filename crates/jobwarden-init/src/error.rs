@@ -30,10 +30,7 @@ pub enum Error {
     },
 
     /// A duration did not parse.
-    #[error(
-        "invalid duration {value:?} from {key}: {source}; use whole seconds (300) or a number \
-         with units w, d, h, m, s in that order (90s, 30m, 1h30m, 7d)"
-    )]
+    #[error("invalid duration {value:?} from {key}: {source}; use {grammar}", grammar = crate::duration::GRAMMAR)]
     InvalidDuration {
         key: String,
         value: String,

@@ -19,7 +19,8 @@ use crate::clock;
 use crate::engine::decide::{Decision, Policy, decide};
 use crate::engine::ladder;
 use crate::engine::recovery::Diagnosis;
-use crate::model::{AuditAction, JobId, JobRecord, sub};
+use crate::engine::retention::{self, Expiry};
+use crate::model::{AuditAction, JobId, JobRecord, Stage, sub};
 use crate::store::{AuditQuery, JobFilter, Store};
 
 /// What the read routes need from a router's state: the store, the policy (next steps and the
@@ -93,13 +94,19 @@ pub fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, Resp
     JobId::parse(&id).map_err(|e| error(StatusCode::NOT_FOUND, e.to_string()))
 }
 
-/// A job as the API shows it, with its next escalation step under `policy`.
+/// A job as the API shows it, with its next escalation step under `policy`, or when a finished
+/// one is cleaned up.
 pub fn view(policy: &Policy, job: &JobRecord) -> JobView {
     let mut v = JobView::from(job);
     v.next_step = ladder::next_step(job, &policy.warn_before).map(|s| NextStepView {
         step: s.step,
         due_at: s.due_at,
     });
+    if matches!(job.stage, Stage::Completed | Stage::Failed)
+        && let Expiry::At { at, .. } = retention::job_expiry(job, &policy.retention, clock::now())
+    {
+        v.cleanup_at = Some(at);
+    }
     v
 }
 

@@ -107,6 +107,10 @@ pub struct JobView {
     /// Next ladder step (filled by the daemon).
     #[serde(default)]
     pub next_step: Option<NextStepView>,
+    /// When a finished job's TTL expires and its resources are removed (filled by the daemon;
+    /// absent while it runs and once cleanup started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_at: Option<Timestamp>,
     /// Decisions recorded but not carried out.
     pub dry_run: bool,
     /// Kubernetes namespace (absent for local jobs).
@@ -149,6 +153,7 @@ impl From<&JobRecord> for JobView {
             signal: j.signal,
             recovery_attempts: j.recovery_attempts,
             next_step: None,
+            cleanup_at: None,
             dry_run: j.dry_run,
             namespace: j.namespace.clone(),
         }

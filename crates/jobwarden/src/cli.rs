@@ -145,7 +145,7 @@ pub struct RunArgs {
     #[arg(long, env = "JOBWARDEN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Workspaces, logs, the SQLite store and file:// artifacts.
-    #[arg(long, default_value = "./jobwarden-data")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Listen address [default: [server] listen, i.e. 127.0.0.1:7800].
     #[arg(long)]
@@ -230,13 +230,18 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
             .map_err(|(code, message)| fail(code, message)),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
-        } => match Config::load(&file) {
-            Ok(_) => {
-                println!("ok");
-                Ok(())
-            }
-            Err(e) => Err(fail(2, e.to_string())),
-        },
+        } => {
+            // The checks `run` makes, no fewer: a file called ok here starts.
+            let config = Config::load(&file).map_err(|e| fail(2, e.to_string()))?;
+            preflight(
+                &config,
+                &file.display().to_string(),
+                &absolute(Path::new(DEFAULT_DATA_DIR)),
+                &Overrides::default(),
+            )?;
+            println!("ok");
+            Ok(())
+        }
         Cmd::Submit(a) => {
             let req = SubmitRequest {
                 command: a.command,
@@ -248,6 +253,10 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
                 ttl: a.ttl,
                 heartbeat_timeout: a.heartbeat_timeout,
             };
+            // The server's own rules, checked before anything is sent: bad usage exits 2
+            // naming the flag, not 1 with the server's 400.
+            crate::daemon::api::validate_submit(&req)
+                .map_err(|e| fail(2, format!("{}: {}", e.flag(), e.problem)))?;
             let job: JobView = Client::new(&a.server)?.post("/v1/jobs", &req).await?;
             println!("{}", job.id);
             Ok(())
@@ -335,20 +344,33 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
                 for s in &r.skipped {
                     println!("skipped {s}");
                 }
-                println!(
-                    "{:<10} {:<28} {:>10} {:>10}  PATH",
-                    "KIND", "JOB", "BYTES", "AGE"
+                let rows: Vec<Vec<String>> = r
+                    .orphans
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.kind.clone(),
+                            o.job_id.clone(),
+                            o.bytes.to_string(),
+                            crate::duration::format_duration(Duration::from_secs(o.age_seconds)),
+                            o.name.clone(),
+                        ]
+                    })
+                    .collect();
+                use Align::{Left as L, Right as R};
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            ("KIND", L),
+                            ("JOB", L),
+                            ("BYTES", R),
+                            ("AGE", R),
+                            ("PATH", L)
+                        ],
+                        &rows
+                    )
                 );
-                for o in &r.orphans {
-                    println!(
-                        "{:<10} {:<28} {:>10} {:>10}  {}",
-                        o.kind,
-                        o.job_id,
-                        o.bytes,
-                        crate::duration::format_duration(Duration::from_secs(o.age_seconds)),
-                        o.name
-                    );
-                }
                 if clean {
                     println!("{} removal task(s) queued", r.queued);
                 }
@@ -388,19 +410,50 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         running.addr
     );
     wait_for_signal().await;
-    eprintln!("jobwarden: shutting down; jobs keep running and are re-adopted on the next start");
+    eprintln!("jobwarden: shutting down (running jobs keep running)");
     let _ = running.shutdown.send(true);
     let _ = running.done.await;
     Ok(())
 }
 
-/// Merges flags, config and defaults into daemon options.
-pub fn daemon_options(
-    args: &RunArgs,
-    config: Config,
+/// `run`'s default `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "./jobwarden-data";
+
+/// The flags of `run` that override the config; none for `config check`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--store`.
+    pub store: Option<&'a str>,
+    /// `--artifacts`.
+    pub artifacts: Option<&'a str>,
+}
+
+/// What `run` derives from its config and flags before it opens anything, checked.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    /// The listen address.
+    pub listen: SocketAddr,
+    /// The API's bearer token (read from `[server] token_file`), if any.
+    pub token: Option<String>,
+    /// The store URL.
+    pub store_url: String,
+    /// The artifacts URL.
+    pub artifacts_url: String,
+}
+
+/// The one validation path of `run` (both runtimes) and `config check`, beyond the file's own
+/// validation ([`Config::load`]): the listen address, the token file (readable, at least 16
+/// characters; required off loopback), the store URL's scheme and the artifacts URL. Every
+/// problem is exit 2, naming the file (`source`) and the key or the flag.
+pub fn preflight(
+    config: &Config,
     source: &str,
-) -> Result<crate::daemon::DaemonOptions, Failure> {
-    let listen: SocketAddr = match args.listen {
+    data_dir: &Path,
+    flags: &Overrides<'_>,
+) -> Result<Preflight, Failure> {
+    let listen: SocketAddr = match flags.listen {
         Some(a) => a,
         None => config.server.listen.parse().map_err(|e| {
             fail(
@@ -409,28 +462,79 @@ pub fn daemon_options(
             )
         })?,
     };
-    let token = api_token(&config, listen, source).map_err(|(code, m)| fail(code, m))?;
+    let token = api_token(config, listen, source).map_err(|(code, m)| fail(code, m))?;
+    let store_url = match (flags.store, &config.store.url) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(url)) => {
+            check_store_url(url).map_err(|e| fail(2, format!("{source}: store.url: {e}")))?;
+            url.clone()
+        }
+        (None, None) => format!("sqlite://{}", data_dir.join("jobwarden.db").display()),
+    };
+    if let Some(url) = flags.store {
+        check_store_url(url).map_err(|e| fail(2, format!("--store: {e}")))?;
+    }
+    let artifacts_url = match (flags.artifacts, &config.artifacts.url) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => format!("file://{}", data_dir.join("artifacts").display()),
+    };
+    crate::artifacts::config::parse_url(&artifacts_url).map_err(|e| {
+        let key = if flags.artifacts.is_some() {
+            "--artifacts".to_owned()
+        } else {
+            format!("{source}: artifacts.url")
+        };
+        fail(2, format!("{key}: {e}"))
+    })?;
+    Ok(Preflight {
+        listen,
+        token,
+        store_url,
+        artifacts_url,
+    })
+}
+
+/// The store URL schemes [`crate::store::Store::open`] takes.
+fn check_store_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?}: not a store URL (sqlite://PATH or postgres://…)",
+            crate::store::redact_url(url)
+        ))
+    }
+}
+
+/// Merges flags, config and defaults into daemon options.
+pub fn daemon_options(
+    args: &RunArgs,
+    config: Config,
+    source: &str,
+) -> Result<crate::daemon::DaemonOptions, Failure> {
     let data_dir = absolute(&args.data_dir);
-    let store_url = args
-        .store
-        .clone()
-        .or_else(|| config.store.url.clone())
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("jobwarden.db").display()));
-    let artifacts_url = args
-        .artifacts
-        .clone()
-        .or_else(|| config.artifacts.url.clone())
-        .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()));
-    crate::artifacts::config::parse_url(&artifacts_url)
-        .map_err(|e| fail(2, format!("--artifacts / artifacts.url: {e}")))?;
+    let checked = preflight(
+        &config,
+        source,
+        &data_dir,
+        &Overrides {
+            listen: args.listen,
+            store: args.store.as_deref(),
+            artifacts: args.artifacts.as_deref(),
+        },
+    )?;
     Ok(crate::daemon::DaemonOptions {
         config,
         data_dir,
-        listen,
-        store_url,
-        artifacts_url,
+        listen: checked.listen,
+        store_url: checked.store_url,
+        artifacts_url: checked.artifacts_url,
         dry_run: args.dry_run,
-        token,
+        token: checked.token,
     })
 }
 
@@ -583,54 +687,131 @@ fn print_json<T: serde::Serialize>(v: &T) {
     }
 }
 
+/// `in 3s` / `4s ago`, to the nearest second (2.9 s ahead is `in 3s`, not `in 2s`).
 fn ago(now: Timestamp, t: Timestamp) -> String {
     if t >= now {
         format!(
             "in {}",
-            crate::duration::format_duration(crate::model::since(t, now))
+            crate::duration::format_rounded(crate::model::since(t, now))
         )
     } else {
         format!(
             "{} ago",
-            crate::duration::format_duration(crate::model::since(now, t))
+            crate::duration::format_rounded(crate::model::since(now, t))
         )
     }
 }
 
-/// The `jobs` table.
+/// The `jobs` table: STAGE says where the job is (`completed`: its process exited 0,
+/// `failed`: it did not), OUTCOME who ended it (`succeeded`, `terminated`, …), NEXT STEP what
+/// jobwarden does next and when (a ladder step, or the cleanup after the TTL). Every column is
+/// as wide as its widest cell, so long organisations, types and Kubernetes job ids line up.
 pub fn jobs_table(jobs: &[JobView], now: Timestamp) -> String {
-    let mut out = format!(
-        "{:<26}  {:<16} {:<8} {:<8} {:<11} {:>8} {:>8}  {}\n",
-        "ID", "NAME", "ORG", "TYPE", "STAGE", "ELAPSED", "TIMEOUT", "NEXT STEP"
-    );
-    for j in jobs {
-        let elapsed = match (j.started_at, j.finished_at) {
-            (Some(s), Some(f)) => crate::duration::format_duration(crate::model::since(f, s)),
-            (Some(s), None) => crate::duration::format_duration(crate::model::since(now, s)),
-            _ => "-".into(),
-        };
-        let next = match &j.next_step {
-            Some(n) => format!("{} {}", n.step, ago(now, n.due_at)),
-            None => j
-                .outcome
-                .map(|o| o.to_string())
-                .unwrap_or_else(|| "-".into()),
-        };
-        let mut name = j.name.clone();
-        name.truncate(16);
-        out.push_str(&format!(
-            "{:<26}  {:<16} {:<8} {:<8} {:<11} {:>8} {:>8}  {}\n",
-            j.id,
-            name,
-            j.org.as_deref().unwrap_or("-"),
-            j.job_type.as_deref().unwrap_or("-"),
-            j.stage.as_str(),
-            elapsed,
-            crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)),
-            next
-        ));
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let elapsed = match (j.started_at, j.finished_at) {
+                (Some(s), Some(f)) => crate::duration::format_duration(crate::model::since(f, s)),
+                (Some(s), None) => crate::duration::format_duration(crate::model::since(now, s)),
+                _ => "-".into(),
+            };
+            vec![
+                j.id.clone(),
+                clip(&j.name, 24),
+                j.org.clone().unwrap_or_else(|| "-".into()),
+                j.job_type.clone().unwrap_or_else(|| "-".into()),
+                j.stage.as_str().to_owned(),
+                j.outcome.map_or("-", |o| o.as_str()).to_owned(),
+                elapsed,
+                crate::duration::format_duration(Duration::from_secs(j.effective_timeout_seconds)),
+                next_step(j, now),
+            ]
+        })
+        .collect();
+    use Align::{Left as L, Right as R};
+    table(
+        &[
+            ("ID", L),
+            ("NAME", L),
+            ("ORG", L),
+            ("TYPE", L),
+            ("STAGE", L),
+            ("OUTCOME", L),
+            ("ELAPSED", R),
+            ("TIMEOUT", R),
+            ("NEXT STEP", L),
+        ],
+        &rows,
+    )
+}
+
+/// How a table column is aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// `rows` under a header, each column as wide as its widest cell (in characters), two spaces
+/// apart; the last column is not padded.
+fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let width = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .map(|c| c.chars().count())
+            .chain([columns[i].0.chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..columns.len()).map(width).collect();
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate().take(columns.len()) {
+            let last = i + 1 == columns.len();
+            if i > 0 {
+                out.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            match columns[i].1 {
+                Align::Right => {
+                    out.push_str(&" ".repeat(pad));
+                    out.push_str(cell);
+                }
+                Align::Left if last => out.push_str(cell),
+                Align::Left => {
+                    out.push_str(cell);
+                    out.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut columns.iter().map(|c| c.0));
+    for r in rows {
+        out.push_str(&line(&mut r.iter().map(String::as_str)));
     }
     out
+}
+
+/// `s` cut to at most `max` characters (never inside a character), `…` marking a cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The NEXT STEP cell: the next ladder step, or a finished job's cleanup, with when.
+fn next_step(j: &JobView, now: Timestamp) -> String {
+    match (&j.next_step, j.cleanup_at) {
+        (Some(n), _) => format!("{} {}", n.step, ago(now, n.due_at)),
+        (None, Some(at)) if at > now => format!("cleanup {}", ago(now, at)),
+        (None, Some(_)) => "cleanup now".to_owned(),
+        (None, None) => "-".to_owned(),
+    }
 }
 
 fn print_jobs(jobs: &[JobView], now: Timestamp) {
@@ -677,52 +858,171 @@ fn print_job(j: &JobView) {
     if let Some(n) = &j.next_step {
         println!("next:      {} at {}", n.step, fmt_ts(n.due_at));
     }
-}
-
-fn print_audit(rows: &[AuditEntry]) {
-    println!(
-        "{:<24}  {:<26}  {:<14} {:<5} {:<4}  REASON",
-        "TIME", "JOB", "ACTION", "OK", "DRY"
-    );
-    for r in rows {
-        println!(
-            "{:<24}  {:<26}  {:<14} {:<5} {:<4}  {}{}",
-            fmt_ts(r.timestamp),
-            r.job_id,
-            r.action.as_str(),
-            r.success,
-            if r.dry_run { "yes" } else { "" },
-            r.reason,
-            r.error_message
-                .as_deref()
-                .map(|e| format!(" (error: {e})"))
-                .unwrap_or_default()
-        );
+    if let Some(at) = j.cleanup_at {
+        println!("cleanup:   at {} (its TTL)", fmt_ts(at));
     }
 }
 
+fn print_audit(rows: &[AuditEntry]) {
+    print!("{}", audit_table(rows));
+}
+
+/// The `audit` table.
+fn audit_table(rows: &[AuditEntry]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                fmt_ts(r.timestamp),
+                r.job_id.clone(),
+                r.action.as_str().to_owned(),
+                r.success.to_string(),
+                if r.dry_run { "yes" } else { "" }.to_owned(),
+                format!(
+                    "{}{}",
+                    r.reason,
+                    r.error_message
+                        .as_deref()
+                        .map(|e| format!(" (error: {e})"))
+                        .unwrap_or_default()
+                ),
+            ]
+        })
+        .collect();
+    use Align::Left as L;
+    table(
+        &[
+            ("TIME", L),
+            ("JOB", L),
+            ("ACTION", L),
+            ("OK", L),
+            ("DRY", L),
+            ("REASON", L),
+        ],
+        &cells,
+    )
+}
+
 fn print_plan(plan: &[PlanEntry], now: Timestamp) {
-    println!(
-        "{:<26}  {:<16} {:<11} {:<12} WHEN",
-        "JOB", "NAME", "STAGE", "ACTION"
+    let cells: Vec<Vec<String>> = plan
+        .iter()
+        .map(|p| {
+            let when = match (p.due_now, p.due_at) {
+                (true, _) => "now".to_owned(),
+                (false, Some(t)) => ago(now, t),
+                (false, None) => "-".to_owned(),
+            };
+            vec![
+                p.job_id.clone(),
+                clip(&p.name, 24),
+                p.stage.as_str().to_owned(),
+                p.action.clone(),
+                format!(
+                    "{when}{}",
+                    p.detail
+                        .as_deref()
+                        .map(|d| format!("  ({d})"))
+                        .unwrap_or_default()
+                ),
+            ]
+        })
+        .collect();
+    use Align::Left as L;
+    print!(
+        "{}",
+        table(
+            &[
+                ("JOB", L),
+                ("NAME", L),
+                ("STAGE", L),
+                ("ACTION", L),
+                ("WHEN", L)
+            ],
+            &cells
+        )
     );
-    for p in plan {
-        let when = match (p.due_now, p.due_at) {
-            (true, _) => "now".to_owned(),
-            (false, Some(t)) => ago(now, t),
-            (false, None) => "-".to_owned(),
-        };
-        println!(
-            "{:<26}  {:<16} {:<11} {:<12} {}{}",
-            p.job_id,
-            p.name,
-            p.stage.as_str(),
-            p.action,
-            when,
-            p.detail
-                .as_deref()
-                .map(|d| format!("  ({d})"))
-                .unwrap_or_default()
-        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobId, JobRecord, Outcome, RuntimeKind, Stage};
+
+    fn job(id: &str, name: &str, org: Option<&str>, stage: Stage) -> JobView {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("ts");
+        JobView::from(&JobRecord {
+            id: JobId::parse(id).expect("id"),
+            run_id: "r".into(),
+            attempt: 0,
+            runtime: RuntimeKind::Local,
+            namespace: None,
+            name: name.into(),
+            org: org.map(Into::into),
+            job_type: None,
+            stage,
+            outcome: (stage == Stage::Completed).then_some(Outcome::Terminated),
+            reason: None,
+            created_at: t,
+            started_at: Some(t),
+            finished_at: None,
+            timeout: Duration::from_secs(3600),
+            grace: Duration::from_secs(30),
+            ttl: None,
+            deadline: None,
+            steps: vec![],
+            heartbeat_timeout: None,
+            last_heartbeat: None,
+            recovery_attempts: 0,
+            pid: None,
+            pid_start_ticks: None,
+            exit_code: None,
+            signal: None,
+            spec: serde_json::Value::Null,
+            dry_run: false,
+        })
+    }
+
+    /// Where each header word starts in `line`'s columns: every row must put a cell there.
+    fn column_starts(header: &str) -> Vec<usize> {
+        let chars: Vec<char> = header.chars().collect();
+        (0..chars.len())
+            .filter(|&i| {
+                chars[i] != ' ' && (i == 0 || chars[i - 1] == ' ' && (i < 2 || chars[i - 2] == ' '))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_jobs_table_stays_aligned_with_long_names_orgs_and_ids() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_060, 0).expect("ts");
+        let jobs = [
+            job("01aaaaaaaaaaaaaaaaaaaaaaaa", "short", None, Stage::Running),
+            job(
+                "a-kubernetes-job-id-that-is-far-longer-than-a-ulid",
+                "ünïcode-nämé-that-goes-on-and-on",
+                Some("engineering-platform"),
+                Stage::Completed,
+            ),
+        ];
+        let text = jobs_table(&jobs, now);
+        let lines: Vec<&str> = text.lines().collect();
+        let starts = column_starts(lines[0]);
+        assert_eq!(starts.len(), 9, "{text}");
+        for row in &lines[1..] {
+            let chars: Vec<char> = row.chars().collect();
+            // Left-aligned columns (all but ELAPSED and TIMEOUT) start where their header does.
+            for (col, &at) in starts
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| ![6, 7].contains(c))
+            {
+                assert!(
+                    chars.get(at).is_some_and(|c| *c != ' ') && (at == 0 || chars[at - 1] == ' '),
+                    "column {col} misaligned in:\n{text}"
+                );
+            }
+        }
+        assert!(text.contains("engineering-platform  -"), "{text}");
+        assert!(text.contains("ünïcode-nämé-that-goes-…"), "{text}");
     }
 }

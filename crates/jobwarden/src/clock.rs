@@ -1,4 +1,4 @@
-//! The one place that reads the wall clock (`../shared/STYLE.md` §2).
+//! The one place that reads the wall clock (`clippy.toml` forbids it elsewhere).
 //!
 //! Every decision takes `now` as an argument; the daemon, workers and CLI call [`now`] once per
 //! activation and pass the value down. `clippy.toml` bans the clock everywhere else.

@@ -420,6 +420,31 @@ impl Config {
                     .into(),
             );
         }
+        // Organisations and job types: the one naming rule (an entry that breaks it could
+        // never match a job, whose org and type are checked the same way).
+        for (table, what, names) in [
+            (
+                "policy.organization_max",
+                "organisation",
+                p.organization_max.keys().collect::<Vec<_>>(),
+            ),
+            (
+                "policy.job_type_overrides",
+                "job type",
+                p.job_type_overrides.keys().collect(),
+            ),
+            (
+                "policy.job_type_grace",
+                "job type",
+                p.job_type_grace.keys().collect(),
+            ),
+        ] {
+            for name in names {
+                if let Err(e) = crate::model::check_name(what, name) {
+                    return bad(&format!("{table}.{}", toml_key(name)), e.to_string());
+                }
+            }
+        }
         for (org, d) in &p.organization_max {
             if d.0.is_zero() {
                 return bad(
@@ -547,6 +572,19 @@ impl Config {
     }
 }
 
+/// `name` as a TOML key in a dotted path: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,6 +681,29 @@ partial = "3d"
         assert!(e.contains("hooks[0].webhook"), "{e}");
         let e = err("[policy\n");
         assert!(e.contains("jw.toml") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn org_and_type_names_follow_the_naming_rule() {
+        let e = err("[policy.organization_max]\n\"../../x\" = \"1h\"\n");
+        assert!(
+            e.contains("jw.toml: policy.organization_max.\"../../x\": invalid organisation"),
+            "{e}"
+        );
+        let e = err("[policy.organization_max]\n\"ünïcode-org\" = \"1h\"\n");
+        assert!(e.contains("invalid organisation \"ünïcode-org\""), "{e}");
+        let e = err("[policy.job_type_overrides]\n\"-build\" = \"1h\"\n");
+        assert!(
+            e.contains("policy.job_type_overrides.-build: invalid job type"),
+            "{e}"
+        );
+        let e = err("[policy.job_type_grace]\n\"a b\" = \"1m\"\n");
+        assert!(e.contains("policy.job_type_grace.\"a b\""), "{e}");
+        Config::parse(
+            "[policy.organization_max]\nacme-1 = \"1h\"\n\"team.x\" = \"2h\"\n[policy.job_type_overrides]\nBuild_2 = \"1h\"\n",
+            "ok.toml",
+        )
+        .expect("valid names");
     }
 
     #[test]

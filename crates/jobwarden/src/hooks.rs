@@ -271,8 +271,8 @@ impl Hooks {
             }
             text.truncate(1000);
             Err(format!(
-                "{prog} exited with {}{}",
-                out.status,
+                "{prog} {}{}",
+                describe_exit(out.status),
                 if text.is_empty() {
                     String::new()
                 } else {
@@ -280,6 +280,16 @@ impl Hooks {
                 }
             ))
         }
+    }
+}
+
+/// How a hook's process ended, in words: `exited with status 3`, `was killed by signal 9`.
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        (None, None) => "ended without a status".to_owned(),
     }
 }
 

@@ -1,12 +1,13 @@
 //! jobwarden: job timeouts, escalation and cleanup for local processes and Kubernetes Jobs.
 //!
-//! Layout (`../shared/DESIGN.md`): [`engine`] decides without I/O; [`scheduler`] wakes the
+//! Layout: [`engine`] decides without I/O; [`scheduler`] wakes the
 //! engine when something is due; [`store`] persists jobs, the cleanup queue and the audit log;
 //! the runtimes and the daemon carry decisions out. [`clock`] is the only reader of the clock.
 
 pub mod api_read;
 pub mod api_types;
 pub mod artifacts;
+pub mod cleanup;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod demo;
 pub mod duration;
 pub mod engine;
 pub mod executor;
+pub mod health;
 pub mod hooks;
 pub mod kubernetes;
 pub mod metrics;

@@ -19,6 +19,9 @@ pub const DELAY_BUCKETS: &[f64] = &[
 #[derive(Debug, Default)]
 pub struct Metrics {
     jobs_by_stage: Mutex<BTreeMap<&'static str, u64>>,
+    /// Jobs in `cleanup` and `cleaned`, which the enforcer no longer holds: counted at load,
+    /// then moved along as jobs go to cleanup and get cleaned.
+    jobs_settled: Mutex<Settled>,
     steps: [AtomicU64; 4],
     delay_buckets: [AtomicU64; 15],
     delay_count: AtomicU64,
@@ -32,6 +35,13 @@ pub struct Metrics {
     leader: Mutex<Option<bool>>,
 }
 
+/// Counts of the jobs past their TTL.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Settled {
+    cleanup: u64,
+    cleaned: u64,
+}
+
 fn step_index(s: Step) -> usize {
     match s {
         Step::Warn => 0,
@@ -42,7 +52,29 @@ fn step_index(s: Step) -> usize {
 }
 
 impl Metrics {
-    /// Replaces the jobs-by-stage gauge.
+    /// The stored jobs in `cleanup` and `cleaned` (the enforcer's load): the rest of the
+    /// jobs-by-stage gauge, which [`Metrics::set_jobs_by_stage`] does not see.
+    pub fn set_settled_jobs(&self, cleanup: u64, cleaned: u64) {
+        *self.jobs_settled.lock().unwrap_or_else(|e| e.into_inner()) = Settled { cleanup, cleaned };
+    }
+
+    /// A job moved to `cleanup` (its TTL expired).
+    pub fn job_to_cleanup(&self) {
+        self.jobs_settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cleanup += 1;
+    }
+
+    /// A job moved from `cleanup` to `cleaned`.
+    pub fn job_cleaned(&self) {
+        let mut s = self.jobs_settled.lock().unwrap_or_else(|e| e.into_inner());
+        s.cleanup = s.cleanup.saturating_sub(1);
+        s.cleaned += 1;
+    }
+
+    /// Replaces the jobs-by-stage gauge with the jobs the enforcer holds (every stage before
+    /// `cleanup`; the two after it come from [`Metrics::set_settled_jobs`] and its updates).
     pub fn set_jobs_by_stage(&self, counts: impl IntoIterator<Item = (Stage, u64)>) {
         let mut m = self.jobs_by_stage.lock().unwrap_or_else(|e| e.into_inner());
         m.clear();
@@ -107,12 +139,19 @@ impl Metrics {
         let mut o = String::new();
         let _ = writeln!(o, "# HELP jobwarden_jobs Jobs by lifecycle stage.");
         let _ = writeln!(o, "# TYPE jobwarden_jobs gauge");
+        let settled = *self.jobs_settled.lock().unwrap_or_else(|e| e.into_inner());
+        // Rendered once the enforcer filled the gauge (the Kubernetes runtime does not).
         for (stage, n) in self
             .jobs_by_stage
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
+            let n = n + match *stage {
+                "cleanup" => settled.cleanup,
+                "cleaned" => settled.cleaned,
+                _ => 0,
+            };
             let _ = writeln!(o, "jobwarden_jobs{{stage=\"{stage}\"}} {n}");
         }
         let _ = writeln!(
@@ -247,5 +286,23 @@ mod tests {
         assert!(m.render().contains("\njobwarden_leader 1\n"));
         m.set_leader(false);
         assert!(m.render().contains("\njobwarden_leader 0\n"));
+    }
+
+    #[test]
+    fn jobs_by_stage_count_the_jobs_past_their_ttl() {
+        let m = Metrics::default();
+        m.set_settled_jobs(1, 5);
+        m.set_jobs_by_stage([(Stage::Running, 2), (Stage::Completed, 1)]);
+        m.job_to_cleanup();
+        m.job_cleaned();
+        let text = m.render();
+        for line in [
+            "jobwarden_jobs{stage=\"running\"} 2",
+            "jobwarden_jobs{stage=\"completed\"} 1",
+            "jobwarden_jobs{stage=\"cleanup\"} 1",
+            "jobwarden_jobs{stage=\"cleaned\"} 6",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 }

@@ -38,6 +38,67 @@ pub fn fmt_ts(ts: Timestamp) -> String {
     ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The longest job id, organisation or job-type name: a Kubernetes label value's limit.
+pub const NAME_MAX: usize = 63;
+
+/// The rule every job id, organisation name and job-type name follows, in words (for error
+/// messages and the README): a valid Kubernetes label value.
+pub const NAME_RULE: &str =
+    "1 to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit";
+
+/// Why `s` breaks the one naming rule for job ids, organisations and job types ([`NAME_RULE`]),
+/// or `None` when it follows it. No allocation (called once per listed object key).
+///
+/// The rule is a Kubernetes label value's (job ids and organisations are label values there),
+/// and it keeps every such name safe as one path segment, object-key segment, git ref part and
+/// URL segment: no `/`, no `..`/`.` on their own, no leading dot (no hidden files), nothing
+/// outside ASCII.
+pub fn name_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        return Some("it is empty");
+    }
+    if s.len() > NAME_MAX {
+        return Some("it is longer than 63 characters");
+    }
+    let bytes = s.as_bytes();
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Some("only letters, digits, '-', '_' and '.' are allowed");
+    }
+    let ends_ok = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    if !ends_ok(bytes.first()) || !ends_ok(bytes.last()) {
+        return Some("it must begin and end with a letter or digit");
+    }
+    None
+}
+
+/// A name that breaks [`NAME_RULE`]: which kind of name, the input, and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {input:?}: {problem}; {what} names are {rule}", rule = NAME_RULE)]
+pub struct NameError {
+    /// `organisation`, `job type`.
+    pub what: &'static str,
+    /// The rejected input.
+    pub input: String,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
+/// Checks an organisation or job-type name (`what` names it in the error) against
+/// [`NAME_RULE`].
+pub fn check_name(what: &'static str, s: &str) -> Result<(), NameError> {
+    match name_problem(s) {
+        None => Ok(()),
+        Some(problem) => Err(NameError {
+            what,
+            input: s.to_owned(),
+            problem,
+        }),
+    }
+}
+
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid job id {input:?}: {problem}")]
@@ -48,10 +109,11 @@ pub struct IdError {
     pub problem: &'static str,
 }
 
-/// A job id: 1–128 characters of `[A-Za-z0-9._-]`, never `.` or `..`.
+/// A job id: [`NAME_RULE`] (1–63 of `[A-Za-z0-9._-]`, a letter or digit at both ends).
 ///
 /// It is used verbatim in file names, object keys, git refs, URLs and Kubernetes label values,
-/// so anything that could escape a path prefix or inject into a ref is refused here, once.
+/// so anything that could escape a path prefix, hide as a dot-file or inject into a ref is
+/// refused here, once.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct JobId(String);
@@ -59,26 +121,18 @@ pub struct JobId(String);
 impl JobId {
     /// Validates `s` as a job id.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let err = |problem| IdError {
-            input: s.to_owned(),
-            problem,
-        };
-        if s.is_empty() {
-            return Err(err("it is empty"));
+        match name_problem(s) {
+            None => Ok(JobId(s.to_owned())),
+            Some(problem) => Err(IdError {
+                input: s.to_owned(),
+                problem,
+            }),
         }
-        if s.len() > 128 {
-            return Err(err("it is longer than 128 characters"));
-        }
-        if s == "." || s == ".." {
-            return Err(err("it would escape its directory"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(err("only letters, digits, '.', '_' and '-' are allowed"));
-        }
-        Ok(JobId(s.to_owned()))
+    }
+
+    /// Whether `s` is a valid job id (as [`JobId::parse`], without allocating).
+    pub fn is_valid(s: &str) -> bool {
+        name_problem(s).is_none()
     }
 
     /// A fresh id: a lowercase ULID (26 characters, sortable by creation time, unique).
@@ -88,10 +142,31 @@ impl JobId {
         JobId(ulid.to_string().to_ascii_lowercase())
     }
 
+    /// Whether this id has the form of one [`JobId::generate`] makes: 26 characters of
+    /// lowercase Crockford base32 (`0-9 a-z` without `i l o u`), the first at most `7`.
+    ///
+    /// The local runtime only ever creates jobs with such ids, so its orphan passes
+    /// (workspaces, log files, object keys) never consider any other name: a directory
+    /// called `not-a-job` or `cache` is not a job's, whatever the store says.
+    pub fn is_generated(&self) -> bool {
+        is_generated_id(&self.0)
+    }
+
     /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// See [`JobId::is_generated`].
+pub fn is_generated_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 26
+        && b[0] <= b'7'
+        && b.iter().all(|c| {
+            (c.is_ascii_digit() || c.is_ascii_lowercase())
+                && !matches!(c, b'i' | b'l' | b'o' | b'u')
+        })
 }
 
 impl fmt::Display for JobId {
@@ -112,6 +187,18 @@ impl<'de> Deserialize<'de> for JobId {
         let s = String::deserialize(d)?;
         JobId::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// A type's name in words, for messages: `AuditAction` is `audit action`.
+pub fn type_words(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// Defines a string-valued enum with `as_str`, `FromStr`, `Display` and serde in snake_case.
@@ -144,7 +231,7 @@ macro_rules! string_enum {
                     $($s => Ok($name::$v),)+
                     _ => Err(format!(
                         "unknown {} {:?} (expected one of: {})",
-                        stringify!($name).to_ascii_lowercase(),
+                        $crate::model::type_words(stringify!($name)),
                         s,
                         [$($s),+].join(", ")
                     )),
@@ -156,7 +243,7 @@ macro_rules! string_enum {
 pub(crate) use string_enum;
 
 string_enum! {
-    /// Lifecycle stage of a job (`../shared/DESIGN.md` §1).
+    /// Lifecycle stage of a job (the README's Concepts, "Stages").
     pub enum Stage {
         /// Accepted, not yet started (pending, pulling images, pre_start hooks).
         PreStart => "pre_start",
@@ -166,9 +253,12 @@ string_enum! {
         /// `SuccessCriteriaMet` (not ended by jobwarden) whose pods are still terminating.
         /// Active: the ladder goes on until no pod is left.
         Completing => "completing",
-        /// Finished successfully; waiting for its TTL.
+        /// Finished: its process exited 0 (a local job that saved its work and exited 0 after
+        /// jobwarden's SIGTERM too: outcome `terminated`) or its Job completed; waiting for its
+        /// TTL.
         Completed => "completed",
-        /// Finished unsuccessfully (including lost and terminated); waiting for its TTL.
+        /// Finished any other way (a non-zero exit, a signal, lost, ended by jobwarden);
+        /// waiting for its TTL.
         Failed => "failed",
         /// jobwarden is ending it (soft_kill sent, grace running).
         Terminating => "terminating",
@@ -394,14 +484,24 @@ mod tests {
     #[test]
     fn job_ids_refuse_path_and_ref_escapes() {
         for bad in [
-            "", ".", "..", "a/b", "../x", "a b", "a\nb", "a\0b", "ä", "x:y", "a~1", "a^",
+            "", ".", "..", "a/b", "../x", "a b", "a\nb", "a\0b", "ä", "x:y", "a~1", "a^", ".cache",
+            "_ab.", "-x", "x-", "x.", "_",
         ] {
             assert!(JobId::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(!JobId::is_valid(bad), "{bad:?} valid");
         }
-        for good in ["a", "job-1", "J.O_B-9", "01jds2k3...x", &"a".repeat(128)] {
+        for good in [
+            "a",
+            "job-1",
+            "J.O_B-9",
+            "01jds2k3...x",
+            "not-a-job",
+            &"a".repeat(63),
+        ] {
             assert!(JobId::parse(good).is_ok(), "{good:?} refused");
         }
-        assert!(JobId::parse(&"a".repeat(129)).is_err());
+        let e = JobId::parse(&"a".repeat(64)).expect_err("64 characters");
+        assert!(e.to_string().contains("longer than 63"), "{e}");
     }
 
     #[test]
@@ -413,6 +513,48 @@ mod tests {
         assert!(a.as_str().len() >= 10);
         assert_eq!(a.as_str(), a.as_str().to_ascii_lowercase());
         assert!(JobId::parse(a.as_str()).is_ok());
+        assert!(a.is_generated() && b.is_generated(), "{a} {b}");
+    }
+
+    #[test]
+    fn only_ulid_shaped_ids_are_generated_ones() {
+        for not in [
+            "not-a-job",
+            ".cache",
+            "01aaaaaaaaaaaaaaaaaaaaaaa",   // 25
+            "01aaaaaaaaaaaaaaaaaaaaaaaaa", // 27
+            "01AAAAAAAAAAAAAAAAAAAAAAAA",  // upper case: never what submit prints
+            "01orphan000000000000000000",  // o is not Crockford base32
+            "81aaaaaaaaaaaaaaaaaaaaaaaa",  // above the largest ULID
+            "01aaaaaaaaaaaaaaaaaaaaaa-a",
+        ] {
+            assert!(!is_generated_id(not), "{not:?}");
+        }
+        assert!(is_generated_id("01aaaaaaaaaaaaaaaaaaaaaaaa"));
+        assert!(is_generated_id("7zzzzzzzzzzzzzzzzzzzzzzzzz"));
+    }
+
+    #[test]
+    fn names_follow_the_label_value_rule_and_say_what_they_name() {
+        for good in ["acme", "ACME-1", "a", "x.y_z", &"o".repeat(63)] {
+            assert_eq!(check_name("organisation", good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "ünïcode-org",
+            "_",
+            "a b",
+            "-a",
+            "a.",
+            &"o".repeat(64),
+        ] {
+            let e = check_name("organisation", bad).expect_err(bad);
+            let msg = e.to_string();
+            assert!(msg.starts_with("invalid organisation"), "{msg}");
+            assert!(msg.contains(&format!("{bad:?}")), "{msg}");
+            assert!(msg.contains(NAME_RULE), "{msg}");
+        }
     }
 
     #[test]
@@ -429,6 +571,12 @@ mod tests {
                 .expect_err("unknown")
                 .contains("soft_kill")
         );
+        let e = "explode".parse::<AuditAction>().expect_err("unknown");
+        assert!(
+            e.starts_with("unknown audit action \"explode\" (expected one of: warn, "),
+            "{e}"
+        );
+        assert_eq!(type_words("ArtifactKind"), "artifact kind");
     }
 
     #[test]

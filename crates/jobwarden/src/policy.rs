@@ -1,6 +1,6 @@
 //! Policy resolution (pure): which timeout, grace period and TTL apply to a job.
 //!
-//! Precedence (`../shared/DESIGN.md` §1, with the seed's bug fixed): job override >
+//! Precedence (with the seed's bug fixed): job override >
 //! job-type override > global default, then **capped** by the organisation maximum and the
 //! platform hard maximum. A job's own setting can never exceed its organisation's maximum
 //! (invariant 6). The grace period resolves job > type > global and is capped by `grace_max`.
@@ -228,17 +228,41 @@ pub fn settings_from_annotations(
         false,
         "no heartbeat check (the job is never judged dead)",
     );
-    let text = |key: &str| {
-        labels
+    // Organisation and job type: the label wins over the annotation; an empty value means
+    // none; a value that breaks the naming rule is dropped with a warning, like a malformed
+    // duration (it could match no `organization_max` entry, and could not be an object key).
+    let mut name = |key: &str, what: &'static str, fallback: &str| -> Option<String> {
+        let value = labels
             .get(key)
             .or_else(|| annotations.get(key))
-            .filter(|v| !v.is_empty())
-            .cloned()
+            .filter(|v| !v.is_empty())?;
+        match crate::model::check_name(what, value) {
+            Ok(()) => Some(value.clone()),
+            Err(e) => {
+                warnings.push(SettingWarning {
+                    job: job.to_owned(),
+                    key: key.to_owned(),
+                    value: value.clone(),
+                    problem: format!("{e}; using {fallback}"),
+                });
+                None
+            }
+        }
     };
+    let org = name(
+        &keys.org,
+        "organisation",
+        "no organisation (no organisation maximum applies)",
+    );
+    let job_type = name(
+        &keys.job_type,
+        "job type",
+        "no job type (the global timeout and grace apply)",
+    );
     (
         JobSettings {
-            org: text(&keys.org),
-            job_type: text(&keys.job_type),
+            org,
+            job_type,
             timeout,
             active_deadline: None,
             grace,
@@ -382,6 +406,29 @@ mod tests {
         assert_eq!(s.ttl, Some(Duration::ZERO));
         assert_eq!(w.len(), 1);
         assert!(w[0].problem.contains("greater than 0"));
+    }
+
+    #[test]
+    fn org_and_type_that_break_the_naming_rule_are_dropped_with_a_named_warning() {
+        let keys = AnnotationKeys::new("flowforge.io/");
+        let ann = BTreeMap::from([
+            (
+                "flowforge.io/organization-id".to_owned(),
+                "../../x".to_owned(),
+            ),
+            ("flowforge.io/job-type".to_owned(), "ünïcode".to_owned()),
+        ]);
+        let (s, w) = settings_from_annotations("ns/j", &ann, &BTreeMap::new(), &keys);
+        assert_eq!((s.org, s.job_type), (None, None));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w[0].key, "flowforge.io/organization-id");
+        assert_eq!(w[0].value, "../../x");
+        assert!(
+            w[0].problem.contains("invalid organisation") && w[0].problem.contains("using no"),
+            "{}",
+            w[0].problem
+        );
+        assert_eq!(w[1].key, "flowforge.io/job-type");
     }
 
     #[test]

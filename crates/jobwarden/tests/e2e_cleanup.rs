@@ -23,6 +23,20 @@ fn age(path: &Path) {
     );
 }
 
+/// `touch -h -d '2 hours ago' LINK`: ages the symlink itself, not its target.
+fn age_link(path: &Path) {
+    let out = Command::new("touch")
+        .args(["-h", "-d", "2 hours ago"])
+        .arg(path)
+        .output()
+        .expect("touch");
+    assert!(
+        out.status.success(),
+        "touch -h: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// TTL removes exactly that job's workspace; its log follows the log retention.
 fn ttl_cleanup(backend: Backend) {
     let cfg = config(
@@ -104,8 +118,9 @@ logs = "3s"
     assert!(d.jobs().iter().any(|j| j.id == short));
 }
 
-/// Orphans: old unknown ids are reported and removed; live jobs, young entries and
-/// invalid names are never touched.
+/// Orphans: old unknown ids are reported and removed; live jobs, young entries and names
+/// jobwarden could not have created (dot-dirs, names that are not generated ids, files where
+/// a workspace directory would be, symlinks) are never touched, however old.
 fn orphans(backend: Backend) {
     let cfg = config(
         r#"
@@ -121,21 +136,43 @@ local_min_age = "1h"
     let wsdir = d.data.join("workspaces");
     let orphan = "01aaaaaaaaaaaaaaaaaaaaaaaa";
     let young = "01bbbbbbbbbbbbbbbbbbbbbbbb";
-    let invalid = "not an id!";
-    for name in [orphan, young, invalid] {
+    // What an administrator or a tool leaves next to the workspaces: never a job's.
+    let not_jobs = [
+        "not an id!",
+        ".cache",
+        "not-a-job",
+        ".01aaaaaaaaaaaaaaaaaaaaaaaa",
+    ];
+    for name in [orphan, young].into_iter().chain(not_jobs) {
         std::fs::create_dir_all(wsdir.join(name)).expect("mkdir");
         std::fs::write(wsdir.join(name).join("file"), "x").expect("write");
     }
+    // Named like a job id, but a plain file and a symlink to a directory elsewhere.
+    let file_named_like_a_job = wsdir.join("01cccccccccccccccccccccccc");
+    std::fs::write(&file_named_like_a_job, "x").expect("write");
+    let elsewhere = d.root.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    std::fs::write(elsewhere.join("precious"), "x").expect("write");
+    let link = wsdir.join("01dddddddddddddddddddddddd");
+    std::os::unix::fs::symlink(&elsewhere, &link).expect("symlink");
     let orphan_log = d.log(orphan);
     std::fs::write(&orphan_log, "old log\n").expect("write log");
+    let not_job_log = d.data.join("logs").join("not-a-job.log");
+    std::fs::write(&not_job_log, "someone else's log\n").expect("write log");
     for p in [
         wsdir.join(orphan),
-        wsdir.join(invalid),
         d.ws(&live),
         orphan_log.clone(),
-    ] {
+        not_job_log.clone(),
+        file_named_like_a_job.clone(),
+        elsewhere.clone(),
+    ]
+    .into_iter()
+    .chain(not_jobs.iter().map(|n| wsdir.join(n)))
+    {
         age(&p);
     }
+    age_link(&link);
 
     let report: jobwarden::api_types::OrphanReport =
         serde_json::from_str(&d.ok(&["orphans", "--json"])).expect("orphans --json");
@@ -183,9 +220,33 @@ local_min_age = "1h"
         wsdir.join(young).join("file").exists(),
         "a young entry was removed"
     );
+    for name in not_jobs {
+        assert!(
+            wsdir.join(name).join("file").exists(),
+            "{name:?} is not a job's workspace and was removed"
+        );
+    }
     assert!(
-        wsdir.join(invalid).join("file").exists(),
-        "an invalid name was removed"
+        file_named_like_a_job.is_file(),
+        "a file named like a job id was removed"
+    );
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()),
+        "a symlink named like a job id was removed"
+    );
+    assert!(
+        elsewhere.join("precious").exists(),
+        "the symlink's target was removed"
+    );
+    assert!(
+        not_job_log.exists(),
+        "a log that is not a job's was removed"
+    );
+    assert!(
+        rows(&d.audit_all(), AuditAction::OrphanCleanup)
+            .iter()
+            .all(|r| r.job_id == orphan),
+        "an orphan_cleanup row for something that is not the orphan"
     );
     assert!(d.ws(&live).exists(), "a live job's workspace was removed");
     assert_eq!(d.get(&live).stage, Stage::Running);
@@ -306,8 +367,12 @@ artifact_min_age = "0s"
     let partial = put(&format!("partial/{id}/artifacts.tar.gz"));
     let finals = put(&format!("jobs/acme/{id}/out.txt"));
     let logs = put(&format!("logs/{id}/run.log"));
-    let orphan = put("partial/01orphan0000000000000000000/artifacts.tar.gz");
+    let orphan_id = "01hxzzzzzzzzzzzzzzzzzzzzzz";
+    let orphan = put(&format!("partial/{orphan_id}/artifacts.tar.gz"));
     let odd = put("partial/not-an-id!/x");
+    // Valid names, but not ids jobwarden generates: another system's, never this daemon's.
+    let foreign = [put("partial/not-a-job/x"), put("logs/example-0001/run.log")];
+    let dot = put("logs/.cache/x");
     d.wait_finished(&id);
 
     let rows = d.wait_audit(&id, "partial prefix deleted", |r| {
@@ -338,19 +403,25 @@ artifact_min_age = "0s"
     );
 
     let out = d.ok(&["orphans", "--json"]);
-    assert!(out.contains("01orphan0000000000000000000"), "{out}");
+    assert!(out.contains(orphan_id), "{out}");
+    assert!(
+        !out.contains("not-a-job") && !out.contains("example-0001") && !out.contains(".cache"),
+        "a name jobwarden did not generate reported as orphan: {out}"
+    );
     assert!(
         !out.contains(&format!("\"{id}\"")),
         "a live job's prefix reported as orphan: {out}"
     );
     d.ok(&["orphans", "--clean"]);
-    d.wait_audit(
-        "01orphan0000000000000000000",
-        "orphan prefix deleted",
-        |r| r.action == AuditAction::OrphanCleanup && r.success,
-    );
+    d.wait_audit(orphan_id, "orphan prefix deleted", |r| {
+        r.action == AuditAction::OrphanCleanup && r.success
+    });
     assert!(!orphan.exists(), "the orphan prefix is still there");
     assert!(odd.exists(), "a key that is not a job prefix was deleted");
+    assert!(dot.exists(), "a dot-file key was deleted");
+    for f in &foreign {
+        assert!(f.exists(), "{} was deleted", f.display());
+    }
     assert!(
         finals.exists() && logs.exists(),
         "a known job's artifacts were deleted as orphans"

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use jobwarden::model::Stage;
 
 #[test]
 fn bad_cli_flags_exit_2_naming_the_flag() {
@@ -22,6 +23,28 @@ fn bad_cli_flags_exit_2_naming_the_flag() {
     let out = run_cli(&["submit", "--grace=-1", "--", "true"], &env);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--grace"), "{}", out.stderr);
+    // The grammar shared with jobwarden-init: each unit at most once, largest first.
+    for bad in ["1h1h", "30m1h"] {
+        let out = run_cli(&["submit", "--timeout", bad, "--", "true"], &env);
+        assert_eq!(out.code, 2, "--timeout {bad}: {out:?}");
+        assert!(
+            out.stderr.contains("--timeout") && out.stderr.contains("repeated or out of order"),
+            "{}",
+            out.stderr
+        );
+    }
+    // A zero timeout is bad usage (2), refused before anything is sent, not the server's
+    // 400 (1).
+    for flag in ["--timeout", "--heartbeat-timeout"] {
+        let out = run_cli(&["submit", flag, "0", "--", "true"], &env);
+        assert_eq!(out.code, 2, "{flag} 0: {out:?}");
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains("greater than 0"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("cannot reach"), "{}", out.stderr);
+    }
     let out = run_cli(&["submit", "--timeout", "5s"], &env);
     assert_eq!(out.code, 2, "submit without a command: {out:?}");
     let out = run_cli(&["submit", "--timeout", "5s", "--"], &env);
@@ -58,6 +81,7 @@ fn bad_config_exits_2_naming_file_and_key() {
             "hooks[0].on",
         ),
         ("[policy\n", "line 1"),
+        ("[policy]\nwarn_before = \"1h1h\"\n", "warn_before"),
     ];
     for (text, key) in cases {
         std::fs::write(&bad, text).expect("write");
@@ -102,6 +126,86 @@ fn bad_config_exits_2_naming_file_and_key() {
     assert!(out.stderr.contains("global_default"), "{}", out.stderr);
     assert!(!out.stderr.contains("listening"), "{}", out.stderr);
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// `config check` and `run` share one validation path: a file `config check` calls ok is one
+/// `run` accepts, and what `run` refuses `config check` refuses with the same message (the
+/// token file, the listen address, the store and artifacts URLs, not only the TOML).
+#[test]
+fn config_check_refuses_what_run_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short-token");
+    std::fs::write(&short, "abcde\n").expect("write");
+    let good_token = dir.path().join("token");
+    std::fs::write(&good_token, "0123456789abcdef\n").expect("write");
+    let missing = dir.path().join("no-such-token");
+    let cases = [
+        (
+            format!("[server]\ntoken_file = {:?}\n", short.display().to_string()),
+            "server.token_file",
+        ),
+        (
+            format!(
+                "[server]\ntoken_file = {:?}\n",
+                missing.display().to_string()
+            ),
+            "server.token_file",
+        ),
+        (
+            "[server]\nlisten = \"0.0.0.0:7800\"\n".to_owned(),
+            "token_file",
+        ),
+        (
+            "[server]\nlisten = \"localhost-ish\"\n".to_owned(),
+            "server.listen",
+        ),
+        ("[store]\nurl = \"mysql://db/jw\"\n".to_owned(), "store.url"),
+        (
+            "[artifacts]\nurl = \"ftp://bucket\"\n".to_owned(),
+            "artifacts.url",
+        ),
+    ];
+    let file = dir.path().join("jw.toml");
+    let data = dir.path().join("data");
+    for (text, key) in cases {
+        std::fs::write(&file, &text).expect("write");
+        let path = file.display().to_string();
+        let check = run_cli(&["config", "check", &path], &[]);
+        let run = run_cli(
+            &[
+                "run",
+                "--config",
+                &path,
+                "--data-dir",
+                &data.display().to_string(),
+            ],
+            &[],
+        );
+        assert_eq!(check.code, 2, "config check accepted {text:?}: {check:?}");
+        assert_eq!(run.code, 2, "run accepted {text:?}: {run:?}");
+        assert!(
+            check.stderr.contains(&path) || !key.contains('.'),
+            "{text:?}: {}",
+            check.stderr
+        );
+        assert!(check.stderr.contains(key), "{text:?}: {}", check.stderr);
+        assert_eq!(check.stderr, run.stderr, "{text:?}: one message for both");
+        assert!(
+            !data.join("jobwarden.db").exists(),
+            "run opened a store for {text:?}"
+        );
+    }
+    // A valid token file off loopback: both accept it (run is not started here).
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"0.0.0.0:7800\"\ntoken_file = {:?}\n",
+            good_token.display().to_string()
+        ),
+    )
+    .expect("write");
+    let check = run_cli(&["config", "check", &file.display().to_string()], &[]);
+    assert_eq!((check.code, check.stdout.trim()), (0, "ok"), "{check:?}");
 }
 
 #[test]
@@ -174,6 +278,109 @@ fn bad_http_bodies_are_400_naming_the_field() {
     );
     let (status, _) = d.http("GET", "/readyz", &[], None);
     assert_eq!(status, 200);
+}
+
+/// One naming rule for organisations and job types, at every way in: the API answers 400
+/// naming the field, `submit` exits 2 naming the flag without sending anything, a config entry
+/// is refused naming its key. Nothing is created.
+#[test]
+fn org_and_type_names_are_checked_at_submit_and_in_the_config() {
+    let Some(d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    for (body, field) in [
+        (r#"{"command":["true"],"org":"../../x"}"#, "org"),
+        (r#"{"command":["true"],"org":"ünïcode-org"}"#, "org"),
+        (r#"{"command":["true"],"org":"_"}"#, "org"),
+        (r#"{"command":["true"],"type":".hidden"}"#, "type"),
+    ] {
+        let (status, resp) = d.http("POST", "/v1/jobs", &[], Some(body.as_bytes()));
+        assert_eq!(status, 400, "{body}: {resp}");
+        assert!(
+            resp.contains(&format!("field `{field}`: invalid ")),
+            "{body}: {resp}"
+        );
+    }
+    for (flag, value) in [
+        ("--org", "ünïcode-org"),
+        ("--org", "../../x"),
+        ("--type", "a b"),
+    ] {
+        let out = d.cli(&["submit", flag, value, "--", "true"]);
+        assert_eq!(out.code, 2, "submit {flag} {value:?}: {out:?}");
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains(&format!("{value:?}")),
+            "submit {flag} {value:?}: {}",
+            out.stderr
+        );
+    }
+    assert!(d.jobs().is_empty(), "a refused name created a job");
+    let id = d.submit(&["--org", "acme-1", "--type", "build.fast"], &["true"]);
+    assert_eq!(d.get(&id).org.as_deref(), Some("acme-1"));
+
+    let bad = d.root.path().join("names.toml");
+    std::fs::write(&bad, "[policy.organization_max]\n\"../../x\" = \"1h\"\n").expect("write");
+    let out = run_cli(&["config", "check", &bad.display().to_string()], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("policy.organization_max.\"../../x\"")
+            && out.stderr.contains("invalid organisation"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The CLI's tables stay aligned whatever the width of an organisation (over 8 characters)
+/// or a type, and an unknown audit action is named in words ("audit action").
+#[test]
+fn tables_stay_aligned_and_errors_read_cleanly() {
+    let Some(d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    let long = d.submit(
+        &[
+            "--org",
+            "engineering-platform",
+            "--type",
+            "nightly-build",
+            "--timeout",
+            "1h",
+        ],
+        &["sleep", "30"],
+    );
+    let short = d.submit(&["--org", "acme", "--timeout", "1h"], &["sleep", "30"]);
+    d.wait_job(&long, "running", |j| j.stage == Stage::Running);
+    d.wait_job(&short, "running", |j| j.stage == Stage::Running);
+    let table = d.ok(&["jobs"]);
+    let lines: Vec<&str> = table.lines().collect();
+    let stage_at = lines[0].find("STAGE").expect("STAGE column");
+    for id in [&long, &short] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{table}"));
+        assert_eq!(
+            row.get(stage_at..stage_at + "running".len()),
+            Some("running"),
+            "the STAGE column is misaligned:\n{table}"
+        );
+    }
+    let out = d.cli(&["audit", "--action", "explode"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("unknown audit action \"explode\""),
+        "{}",
+        out.stderr
+    );
+    let audit = d.ok(&["audit"]);
+    let lines: Vec<&str> = audit.lines().collect();
+    let action_at = lines[0].find("ACTION").expect("ACTION column");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.get(action_at - 2..action_at) == Some("  ")),
+        "the ACTION column is misaligned:\n{audit}"
+    );
 }
 
 #[test]

@@ -93,9 +93,15 @@ acme = "2s"
         "log: {log:?}"
     );
 
-    // 2. Traps SIGTERM and saves work: terminated at the deadline, no hard_kill.
+    // 2. Traps SIGTERM and saves work: terminated at the deadline, no hard_kill; it exited 0
+    // inside its grace, so its stage is `completed` (its outcome says jobwarden ended it).
     let j = d.wait_finished(&saves);
-    assert_eq!(so(&j), (Stage::Failed, Some(Outcome::Terminated)), "{j:#?}");
+    assert_eq!(
+        so(&j),
+        (Stage::Completed, Some(Outcome::Terminated)),
+        "{j:#?}"
+    );
+    assert_eq!((j.exit_code, j.signal), (Some(0), None), "{j:#?}");
     let dl = deadline(&j);
     assert_eq!(dl, plus(j.started_at.expect("started"), 2));
     assert_step_on_time(&j, Step::Warn, plus(j.started_at.expect("started"), 1));
@@ -112,6 +118,20 @@ acme = "2s"
             .trim(),
         "progress"
     );
+    // The log gives the enforcement delay in whole milliseconds.
+    let logs = d.logs();
+    let delays: Vec<&str> = logs
+        .split("delay_ms=")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(!delays.is_empty(), "no delay_ms in the log:\n{logs}");
+    for v in &delays {
+        assert!(
+            v.parse::<i64>().is_ok(),
+            "delay_ms={v} is not whole milliseconds"
+        );
+    }
     // Give a hard_kill that should not happen the chance to show up.
     std::thread::sleep(Duration::from_millis(300));
     let audit = d.audit(&saves);
@@ -134,7 +154,11 @@ acme = "2s"
     // 4. Asked for 1h, org max 2s: capped, SIGTERM 2s after the start.
     let j = d.wait_finished(&capped);
     assert_eq!(j.effective_timeout_seconds, 2, "{j:#?}");
-    assert_eq!(so(&j), (Stage::Failed, Some(Outcome::Terminated)), "{j:#?}");
+    assert_eq!(
+        so(&j),
+        (Stage::Completed, Some(Outcome::Terminated)),
+        "{j:#?}"
+    );
     let dl = deadline(&j);
     assert_eq!(dl, plus(j.started_at.expect("started"), 2));
     assert_step_on_time(&j, Step::SoftKill, dl);
@@ -184,6 +208,46 @@ acme = "2s"
     for id in [&finishes, &saves, &ignores, &capped] {
         assert!(listed.contains(id), "jobs --json lacks {id}: {listed:?}");
     }
+    // The table reads naturally: stage, outcome, and the next step is the cleanup after the
+    // TTL ([retention] 1h), never the outcome again.
+    let table = d.ok(&["jobs"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "ID", "NAME", "ORG", "TYPE", "STAGE", "OUTCOME", "ELAPSED", "TIMEOUT", "NEXT", "STEP"
+        ],
+        "{table}"
+    );
+    for (id, stage, outcome) in [
+        (&finishes, "completed", "succeeded"),
+        (&saves, "completed", "terminated"),
+        (&ignores, "failed", "terminated"),
+    ] {
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{table}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!((row[4], row[5]), (stage, outcome), "{table}");
+        let next = row[8..].join(" ");
+        assert!(
+            next.starts_with("cleanup in 59m") || next == "cleanup in 1h",
+            "NEXT STEP of a finished job: {next:?}\n{table}"
+        );
+    }
+    let shown = d.ok(&["job", "show", &saves]);
+    assert!(
+        shown.contains("stage:     completed") && shown.contains("outcome:   terminated"),
+        "{shown}"
+    );
+    assert!(shown.contains("cleanup:   at "), "{shown}");
 }
 
 /// `cancel`: SIGTERM now, then the ladder; unknown and finished jobs are errors.
@@ -220,7 +284,11 @@ fn cancel(backend: Backend) {
     let after = jobwarden::clock::now();
     assert!(out.starts_with(&saves), "cancel output: {out:?}");
     let j = d.wait_finished(&saves);
-    assert_eq!(so(&j), (Stage::Failed, Some(Outcome::Terminated)), "{j:#?}");
+    assert_eq!(
+        so(&j),
+        (Stage::Completed, Some(Outcome::Terminated)),
+        "{j:#?}"
+    );
     // SIGTERM now: the soft_kill was taken while the cancel request was being answered.
     let soft = step(&j, Step::SoftKill);
     assert!(
@@ -333,7 +401,11 @@ backoff_max = "1s"
     assert!(beats >= 5, "only {beats} heartbeats sent");
     let j = d.wait_finished(&beating);
     assert_eq!(deadline(&j), dl, "a heartbeat moved the deadline");
-    assert_eq!(so(&j), (Stage::Failed, Some(Outcome::Terminated)), "{j:#?}");
+    assert_eq!(
+        so(&j),
+        (Stage::Completed, Some(Outcome::Terminated)),
+        "{j:#?}"
+    );
     assert_step_on_time(&j, Step::SoftKill, dl);
     assert_term_seen_near(&d.ws(&beating).join("term_at"), dl);
     let hb = j.last_heartbeat.expect("heartbeats were recorded");
@@ -392,7 +464,7 @@ retries = 0
         r#"
 [[hooks]]
 on = "soft_kill"
-command = ["sh", "-c", "mkdir -p hooks && echo $JOBWARDEN_JOB_ID > hooks/soft_kill-$JOBWARDEN_JOB_ID"]
+command = ["sh", "-c", "mkdir -p hooks && echo $JOBWARDEN_JOB_ID > hooks/soft_kill-$JOBWARDEN_JOB_ID && printf %s \"$JOBWARDEN_REASON\" > hooks/soft_kill-reason-$JOBWARDEN_JOB_ID"]
 
 [[hooks]]
 on = "soft_kill"
@@ -418,7 +490,7 @@ retries = 0
     assert_eq!(so(&j), (Stage::Failed, Some(Outcome::Failed)), "{j:#?}");
     let reason = j.reason.clone().unwrap_or_default();
     assert!(
-        reason.contains("policy forbids this job"),
+        reason.contains("sh exited with status 1: policy forbids this job"),
         "veto reason: {reason:?}"
     );
     assert_eq!(j.pid, None, "a vetoed job was started: {j:#?}");
@@ -433,6 +505,26 @@ retries = 0
     assert_eq!(
         std::fs::read_to_string(&marker).expect("marker").trim(),
         job
+    );
+    // The command hook's JOBWARDEN_REASON is the reason of the step's audit row.
+    let reason_file = d
+        .root
+        .path()
+        .join("hooks")
+        .join(format!("soft_kill-reason-{job}"));
+    wait_until("the soft_kill hook's reason file", || reason_file.exists());
+    let hook_reason = std::fs::read_to_string(&reason_file).expect("reason");
+    let audited = rows(&d.audit(&job), AuditAction::SoftKill)
+        .first()
+        .map(|r| r.reason.clone())
+        .expect("a soft_kill row");
+    assert!(
+        !hook_reason.is_empty(),
+        "JOBWARDEN_REASON is empty for soft_kill"
+    );
+    assert_eq!(
+        hook_reason, audited,
+        "JOBWARDEN_REASON differs from the audit row"
     );
     // Both failing hooks (the command on soft_kill, the unreachable webhook on hard_kill) are
     // audited as failures; the working ones as successes.
@@ -450,7 +542,7 @@ retries = 0
             .error_message
             .as_deref()
             .unwrap_or_default()
-            .contains("hook-broke")),
+            .contains("sh exited with status 3: hook-broke")),
         "{failed:#?}"
     );
     assert_eq!(
@@ -462,6 +554,15 @@ retries = 0
     // The webhook saw the warning (due at the start: the timeout is shorter than warn_before).
     let body = sink.next();
     assert_eq!(body["event"], "warn", "{body}");
+    let warned = rows(&d.audit(&job), AuditAction::Warn)
+        .first()
+        .map(|r| r.reason.clone())
+        .expect("a warn row");
+    assert_eq!(
+        body["reason"],
+        warned.as_str(),
+        "the webhook's reason: {body}"
+    );
     assert_eq!(body["job"]["id"], job.as_str(), "{body}");
     assert_eq!(body["job"]["name"], "ladder", "{body}");
 }
@@ -558,20 +659,22 @@ fn demo_runs_to_completion() {
         "demo took {:?}",
         start.elapsed()
     );
-    for (name, outcome) in [
-        ("finishes", "succeeded"),
-        ("saves-work", "terminated"),
-        ("ignores-term", "terminated"),
-        ("capped", "terminated"),
+    for (name, stage, outcome) in [
+        ("finishes", "completed", "succeeded"),
+        ("saves-work", "completed", "terminated"),
+        ("ignores-term", "failed", "terminated"),
+        ("capped", "failed", "terminated"),
     ] {
         let tables = out.stdout.split("\naudit log (").next().unwrap_or_default();
         let last = tables
             .lines()
             .rfind(|l| l.split_whitespace().nth(1) == Some(name))
             .unwrap_or_else(|| panic!("demo output has no row for {name}:\n{}", out.stdout));
-        assert!(
-            last.split_whitespace().next_back() == Some(outcome),
-            "{name}: expected {outcome} in its last row {last:?}"
+        let cells: Vec<&str> = last.split_whitespace().collect();
+        assert_eq!(
+            (cells.get(4).copied(), cells.get(5).copied()),
+            (Some(stage), Some(outcome)),
+            "{name}: its last row {last:?}"
         );
     }
     assert!(out.stdout.contains("saves-work wrote"), "{}", out.stdout);

@@ -266,7 +266,12 @@ fn graceful_shutdown_leaves_jobs_running() {
         started.elapsed()
     );
     assert!(alive(pid), "the job died with the daemon");
-    assert!(d.logs().contains("jobs keep running"), "{}", d.logs());
+    assert!(
+        d.logs()
+            .contains("1 job is still running and is re-adopted on the next start"),
+        "{}",
+        d.logs()
+    );
     d.restart();
     let j = d.wait_finished(&id);
     assert_eq!(j.pid, Some(pid));
@@ -275,8 +280,136 @@ fn graceful_shutdown_leaves_jobs_running() {
     assert_term_seen_near(&d.ws(&id).join("term_at"), deadline(&j));
 }
 
+/// Jobs past their TTL are counted in `jobwarden_jobs{stage}` (before and after a restart),
+/// and shutdown says how many jobs are still running: none, when the only jobs have finished.
+#[test]
+fn cleaned_jobs_are_counted_and_shutdown_counts_only_running_jobs() {
+    let Some(mut d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    let cleaned = d.submit(&["--ttl", "1s"], &["true"]);
+    let kept = d.submit(&["--ttl", "1h"], &["true"]);
+    d.wait_job(&cleaned, "cleaned", |j| j.stage == Stage::Cleaned);
+    d.wait_finished(&kept);
+    let gauge = |d: &Daemon, stage: &str| {
+        let (status, text) = d.http("GET", "/metrics", &[], None);
+        assert_eq!(status, 200, "{text}");
+        let prefix = format!("jobwarden_jobs{{stage=\"{stage}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in {text}"))
+    };
+    // The gauges refresh within half a second of a change.
+    wait_until("the gauges", || {
+        (
+            gauge(&d, "cleaned"),
+            gauge(&d, "completed"),
+            gauge(&d, "running"),
+        ) == (1, 1, 0)
+    });
+    assert_eq!(d.stop(), Some(0));
+    let logs = d.logs();
+    assert!(
+        logs.contains("enforcer stopped; no job is running"),
+        "{logs}"
+    );
+    assert!(!logs.contains("still running"), "{logs}");
+    d.restart();
+    d.wait_loaded();
+    wait_until("the gauges after a restart", || {
+        (gauge(&d, "cleaned"), gauge(&d, "completed")) == (1, 1)
+    });
+}
+
+/// The warning says how long is left, to the nearest second ("1s left" for `warn_before =
+/// "1s"`, taken a few milliseconds after its due time, not "0s left"), and a warning taken
+/// after the deadline (jobwarden was down) says "overdue by", not "0s left".
+#[test]
+fn warnings_say_the_time_left_or_overdue() {
+    let Some(mut d) = Daemon::start(Backend::Sqlite, &config("")) else {
+        return;
+    };
+    let on_time = d.submit_sh(&["--timeout", "3s", "--grace", "1s"], SAVES_WORK);
+    let late = d.submit_sh(&["--timeout", "6s", "--grace", "1s"], SAVES_WORK);
+    let rows = d.wait_audit(&on_time, "the warning", |r| r.action == AuditAction::Warn);
+    let warn = &rows
+        .iter()
+        .find(|r| r.action == AuditAction::Warn)
+        .expect("warn row")
+        .reason;
+    assert!(warn.starts_with("1s left before the deadline"), "{warn}");
+    // The daemon is down through the late job's warning and deadline, back 4 s after it.
+    let deadline = d.get(&late).deadline.expect("deadline");
+    d.kill9();
+    sleep_until(deadline + chrono::TimeDelta::seconds(4));
+    d.restart();
+    let rows = d.wait_audit(&late, "the late warning", |r| r.action == AuditAction::Warn);
+    let warn = &rows
+        .iter()
+        .find(|r| r.action == AuditAction::Warn)
+        .expect("warn row")
+        .reason;
+    let overdue: u64 = warn
+        .strip_prefix("overdue by ")
+        .and_then(|r| r.split_once("s:"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("not an overdue warning: {warn}"));
+    assert!((4..=6).contains(&overdue), "{warn}");
+}
+
+/// A job stored with an organisation that cannot be part of an object key (by an older
+/// version, or edited by hand) is not left in silence: its `jobs/<org>/` artifacts get a
+/// failed `ttl_cleanup` audit row naming the problem and `jobwarden_errors_total{kind=
+/// "artifact_key"}`; its `partial/` and `logs/` prefixes are still queued.
+fn a_stored_org_that_cannot_be_a_key_is_audited(backend: Backend) {
+    let Some(mut d) = Daemon::start(backend, &config("")) else {
+        return;
+    };
+    let id = d.submit_sh(&["--org", "acme", "--timeout", "1h"], "sleep 2");
+    d.wait_job(&id, "running", |j| j.stage == Stage::Running);
+    d.kill9();
+    d.store_sql(&format!(
+        "UPDATE jobs SET org = '../../x' WHERE id = '{id}'"
+    ));
+    d.restart();
+    let audit = d.wait_audit(&id, "the refused artifacts prefix", |r| {
+        r.action == AuditAction::TtlCleanup && !r.success && r.resource_type == "object_prefix"
+    });
+    let row = audit
+        .iter()
+        .find(|r| r.action == AuditAction::TtlCleanup && r.resource_type == "object_prefix")
+        .expect("row");
+    assert!(
+        row.resource_name.contains("\"../../x\"") && row.reason.contains("not cleaned"),
+        "{row:#?}"
+    );
+    assert!(
+        row.error_message
+            .as_deref()
+            .is_some_and(|e| e.contains("organisation \"../../x\"")),
+        "{row:#?}"
+    );
+    let (status, metrics) = d.http("GET", "/metrics", &[], None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("jobwarden_errors_total{kind=\"artifact_key\"} 1"),
+        "{metrics}"
+    );
+    let queued = d.store_sql(&format!(
+        "SELECT resource_name FROM cleanup_tasks WHERE job_id = '{id}' AND kind = 'artifact_prefix' ORDER BY resource_name"
+    ));
+    let queued: Vec<&str> = queued.lines().collect();
+    assert_eq!(
+        queued,
+        [format!("logs/{id}"), format!("partial/{id}")],
+        "partial/ and logs/ are still cleaned"
+    );
+}
+
 both_stores!(
     restart_mid_ladder,
     stale_pid_is_never_signalled,
-    interrupted_cleanup_resumes_after_restart
+    interrupted_cleanup_resumes_after_restart,
+    a_stored_org_that_cannot_be_a_key_is_audited
 );

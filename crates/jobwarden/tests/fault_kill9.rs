@@ -1,4 +1,4 @@
-//! Crash safety (`../shared/DESIGN.md` §4, invariant 7: no task is lost or repeated harmfully
+//! Crash safety (the README's "When things fail": no task is lost or repeated harmfully
 //! across a crash of jobwarden at any point), end to end with real processes.
 //!
 //! One run: a daemon with 200 jobs whose escalation ladders (warn, soft_kill, hard_kill) fall

@@ -4,8 +4,8 @@
 //!
 //! While it is down: `/readyz` says not-ready and names the store, a submit is refused with a
 //! clear 503 (not a hang), and no escalation step is carried out: a job sees no signal, since
-//! none could be recorded (`../shared/DESIGN.md` §2: only a recorded step is carried out). Once
-//! it is back: ready again, every step that fell due is taken once and recorded once (one audit
+//! none could be recorded (the README's "When things fail": only a recorded step is carried
+//! out). Once it is back: ready again, every step that fell due is taken once and recorded once (one audit
 //! row each), each job received SIGTERM exactly once and only after the store returned, the jobs
 //! finish with the right outcome, and a job that exited on its own during the outage has that
 //! outcome recorded.
@@ -438,9 +438,8 @@ fn assert_hard_kill_on_time_late(j: &jobwarden::api_types::JobView) {
 /// A store that answers slowly (the private server paused with SIGSTOP for 3.5 s just as
 /// soft_kill falls due, so recording it takes that long) must not shorten the job's grace
 /// period: SIGTERM goes out only once soft_kill is recorded, and hard_kill is due a grace
-/// period after that (`../shared/DESIGN.md` §1: "each kill step is due a grace period after
-/// the previous one actually happened"; "a job that finishes during its grace period is not
-/// killed"). A job that needs 1 s of its 2 s grace to save its work must get to save it.
+/// period after that (the README's "When things fail": "a slow store never shortens a job's
+/// grace"; its Concepts: "a job that exits inside its grace is never SIGKILLed"). A job that needs 1 s of its 2 s grace to save its work must get to save it.
 #[test]
 fn slow_store_keeps_the_grace_period() {
     let Some(pg) = PrivatePg::start() else {

@@ -156,7 +156,7 @@ fn names_a_field(msg: &str, body: &Value) -> bool {
 /// the handler uses: Ok(()) when the submission is valid, else the error.
 fn expected(bytes: &[u8]) -> Result<(), String> {
     let req: SubmitRequest = parse_body(bytes)?;
-    validate_submit(&req)
+    validate_submit(&req).map_err(|e| e.to_string())
 }
 
 proptest! {

@@ -18,7 +18,8 @@
 //! - annotation sets (random keys around the real ones, random values, labels): never a panic;
 //!   every recognised annotation is used or warned about (naming the job, key and value);
 //!   labels win over annotations; the effective timeout never exceeds the organisation's
-//!   maximum or the platform's (`../shared/DESIGN.md` §4 invariant 6).
+//!   maximum or the platform's (the README's Concepts: a job never exceeds its
+//!   organisation's maximum).
 
 mod common;
 
@@ -415,13 +416,12 @@ fn valid_doc() -> impl Strategy<Value = Doc> {
     let maps = MAPS
         .iter()
         .map(|&(t, ty)| {
-            prop::collection::btree_map("[a-z][a-z0-9-]{0,6}", valid_value(ty), 0..3).prop_map(
-                move |m| {
+            prop::collection::btree_map("[a-z]([a-z0-9-]{0,5}[a-z0-9])?", valid_value(ty), 0..3)
+                .prop_map(move |m| {
                     m.into_iter()
                         .map(|(k, v)| (t.to_owned(), k, v))
                         .collect::<Vec<_>>()
-                },
-            )
+                })
         })
         .collect::<Vec<_>>();
     let artifacts = prop_oneof![
@@ -750,13 +750,16 @@ proptest! {
             "d" => 86_400,
             _ => 604_800,
         };
+        // Each unit at most once, largest first (the grammar shared with jobwarden-init).
+        let ordered = parts.windows(2).all(|w| unit(&w[0].1) > unit(&w[1].1));
         let total = parts
             .iter()
-            .try_fold(0u64, |acc, (n, u)| n.checked_mul(unit(u)).and_then(|x| acc.checked_add(x)));
-        match (total, parse_duration(&text)) {
-            (Some(t), Ok(d)) => prop_assert_eq!(d.as_secs(), t, "{}", text),
-            (Some(t), Err(e)) => prop_assert!(t > MAX_SECONDS, "{text} rejected: {e}"),
-            (None, r) => prop_assert!(r.is_err(), "{text}: overflow accepted: {r:?}"),
+            .try_fold(0u64, |acc, (n, u)| n.checked_mul(unit(u)).and_then(|v| acc.checked_add(v)));
+        match (ordered, total, parse_duration(&text)) {
+            (false, _, r) => prop_assert!(r.is_err(), "{text}: a repeated or out-of-order unit accepted"),
+            (true, Some(t), Ok(d)) => prop_assert_eq!(d.as_secs(), t, "{}", text),
+            (true, Some(t), Err(e)) => prop_assert!(t > MAX_SECONDS, "{text} rejected: {e}"),
+            (true, None, r) => prop_assert!(r.is_err(), "{text}: overflow accepted: {r:?}"),
         }
     }
 }
@@ -828,12 +831,24 @@ proptest! {
                 None => prop_assert!(!used && warned.is_empty(), "{k} absent but used/warned"),
             }
         }
-        prop_assert!(warnings.len() <= 4);
+        prop_assert!(warnings.len() <= 6);
         // Labels win over annotations for the organisation and the job type (a label that is
-        // present wins even when empty, and an empty value means none).
+        // present wins even when empty, and an empty value means none); a value that breaks
+        // the naming rule is dropped with a warning naming the key and the value.
         for (k, got) in [(&keys.org, &s.org), (&keys.job_type, &s.job_type)] {
-            let want = labels.get(k).or_else(|| ann.get(k)).filter(|v| !v.is_empty());
-            prop_assert_eq!(got.as_ref(), want);
+            let given = labels.get(k).or_else(|| ann.get(k)).filter(|v| !v.is_empty());
+            let warned: Vec<_> = warnings.iter().filter(|w| &w.key == k).collect();
+            match given {
+                Some(v) if jobwarden::model::name_problem(v).is_none() => {
+                    prop_assert_eq!(got.as_ref(), Some(v));
+                    prop_assert!(warned.is_empty(), "{warned:?}");
+                }
+                Some(v) => {
+                    prop_assert_eq!(got, &None);
+                    prop_assert!(warned.len() == 1 && &warned[0].value == v, "{warned:?}");
+                }
+                None => prop_assert!(got.is_none() && warned.is_empty()),
+            }
         }
         // Invariant 6: whatever the annotations say, the organisation's maximum and the hard
         // maximum cap the effective timeout.

@@ -1381,3 +1381,67 @@ fn off_loopback_run_refuses_to_start_without_a_token() {
     );
     assert!(!data.join("jobwarden.db").exists());
 }
+
+/// `manifest job` refuses what the API server (or jobwarden) would reject, before rendering
+/// anything: exit 2, nothing on stdout, the flag named. A name derived from the job id is
+/// blamed on `--job-id`, never on a `--name` that was not passed.
+#[test]
+fn manifest_job_refuses_bad_input_naming_the_flag() {
+    let long_id = "a".repeat(100);
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (vec!["--job-id", &long_id], "--job-id", "longer than 63"),
+        (
+            vec!["--job-id", "_ab."],
+            "--job-id",
+            "begin and end with a letter or digit",
+        ),
+        (
+            vec!["--job-id", "Build_7"],
+            "--job-id \"Build_7\"",
+            "pass --name",
+        ),
+        (
+            vec!["--org", "../../x"],
+            "--org",
+            "invalid organisation \"../../x\"",
+        ),
+        (
+            vec!["--org", "ünïcode-org"],
+            "--org",
+            "invalid organisation",
+        ),
+        (vec!["--type=-build"], "--type", "invalid job type"),
+        (vec!["--namespace", "Team_A"], "--namespace", "DNS label"),
+        (
+            vec!["--name", "Bad_Name"],
+            "--name \"Bad_Name\"",
+            "DNS label",
+        ),
+        (vec!["--timeout", "0"], "--timeout", "greater than 0"),
+    ];
+    for (flags, flag, problem) in cases {
+        let mut args = vec!["manifest", "job", "--image", "img:1"];
+        if !flags.iter().any(|f| f.starts_with("--timeout")) {
+            args.extend(["--timeout", "1h"]);
+        }
+        if !flags.iter().any(|f| f.starts_with("--org")) {
+            args.extend(["--org", "acme"]);
+        }
+        args.extend(flags.iter().copied());
+        args.extend(["--", "true"]);
+        let out = jobwarden(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a manifest");
+        assert!(
+            stderr.contains(flag) && stderr.contains(problem),
+            "{args:?}: want {flag:?} and {problem:?} in {stderr}"
+        );
+        if !flags.contains(&"--name") {
+            assert!(
+                !stderr.contains("--name \""),
+                "{args:?} blames a --name that was not passed: {stderr}"
+            );
+        }
+    }
+}

@@ -853,3 +853,58 @@ fn the_pass_settings_come_from_orphans_safety_and_kubernetes_sections() {
     assert_eq!(s.min_age, c.kubernetes.orphan_min_age);
     assert_eq!(s.clean, c.orphans.clean);
 }
+
+// ---- arbitrary label values ----
+
+/// Whether `v` is a Kubernetes label value, written out independently of the library:
+/// `[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?`.
+fn is_label_value(v: &str) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (1..=63).contains(&v.len())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && alnum(v.chars().next())
+        && alnum(v.chars().last())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("JOBWARDEN_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    ))]
+    /// Whatever the job-id label values of old objects whose Job is gone, only those that are
+    /// job ids are ever orphans (each with its own value as job id); every other one is a
+    /// warning, never a candidate.
+    #[test]
+    fn only_label_values_that_are_job_ids_are_ever_orphans(
+        values in proptest::collection::vec(
+            proptest::prop_oneof![
+                "\\PC{0,70}",
+                "[A-Za-z0-9._-]{1,70}",
+                "[._-][a-z0-9]{0,6}",
+                "[a-z0-9]{0,6}[._-]",
+                "[a-z0-9]{1,10}",
+            ],
+            1..10,
+        ),
+    ) {
+        let items: Vec<Value> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| meta_json("team-a", &format!("s{i}"), &format!("uid-{i}"), Some(v), OLD))
+            .collect();
+        let l: Vec<Listed> = Kind::ALL
+            .iter()
+            .map(|k| listed(*k, if *k == Kind::Secret { items.clone() } else { vec![] }))
+            .collect();
+        let sel = select(&l, &live(&[]), &scope(), &min_age(), now());
+        proptest::prop_assert!(sel.skipped.is_none(), "{:?}", sel.skipped);
+        for o in &sel.orphans {
+            let i: usize = o.name.trim_start_matches('s').parse().expect("index");
+            proptest::prop_assert!(is_label_value(&values[i]), "{:?} selected", values[i]);
+            proptest::prop_assert_eq!(o.job_id.as_str(), values[i].as_str());
+        }
+        let ids = values.iter().filter(|v| is_label_value(v)).count();
+        proptest::prop_assert_eq!(sel.orphans.len(), ids, "{:?}", sel.orphans);
+        proptest::prop_assert_eq!(sel.warnings.len(), values.len() - ids, "{:?}", sel.warnings);
+    }
+}

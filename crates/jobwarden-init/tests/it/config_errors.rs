@@ -145,3 +145,26 @@ fn flags_override_the_environment() {
     assert_eq!(done.code, Some(0), "stderr:\n{}", done.stderr);
     assert_eq!(done.summary()["job_id"], "from-flag");
 }
+
+/// The duration grammar is jobwarden's (one parser for both binaries): the same inputs are
+/// refused with the same problem, and a repeated or out-of-order unit is refused.
+#[test]
+fn durations_follow_the_shared_grammar() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for value in ["1h1h", "30m1h", "1h 30m", "+5", "10ms", "1.5h"] {
+        let mut cmd = init_command("grammar");
+        cmd.args(["--timeout", value, "--"]);
+        let done = run_rejected(cmd, tmp.path());
+        let problem = jobwarden_duration::parse(value)
+            .expect_err(value)
+            .to_string();
+        assert!(
+            done.stderr.contains("--timeout")
+                && done.stderr.contains(&format!("{value:?}"))
+                && done.stderr.contains(&problem)
+                && done.stderr.contains(jobwarden_duration::GRAMMAR),
+            "{value:?}: want {problem:?}: {}",
+            done.stderr
+        );
+    }
+}

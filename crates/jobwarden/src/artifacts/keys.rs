@@ -11,9 +11,10 @@
 //! A job without an organisation uses the placeholder segment [`NO_ORG`] (`_`) for `<org>`;
 //! an organisation literally named `_` is therefore refused.
 //!
-//! Keys are built only from validated ids: a job id or organisation must match the job id rules
-//! (`[A-Za-z0-9._-]{1,128}`, not `.` or `..`, see [`JobId`]), so nothing can escape its prefix
-//! (`..`, `/`, control characters are refused). Parsing is equally strict: a listed key that does
+//! Keys are built only from validated ids: a job id or organisation must follow the one naming
+//! rule ([`crate::model::NAME_RULE`]: 1–63 of `[A-Za-z0-9._-]`, a letter or digit at both ends,
+//! see [`JobId`]), so nothing can escape its prefix (`..`, `/`, control characters, leading dots
+//! are refused). Parsing is equally strict: a listed key that does
 //! not have exactly this shape, with a valid id and at least one segment below the job's prefix,
 //! is *unrecognised*. Unrecognised keys are never attributed to a job and never deleted.
 //!
@@ -95,16 +96,11 @@ pub fn prefix_for(kind: ArtifactKind, org: Option<&str>, id: &JobId) -> Result<P
     })
 }
 
-/// Checks an organisation name for use as a key segment: the job id rules, and not [`NO_ORG`].
+/// Checks an organisation name for use as a key segment: the naming rule
+/// ([`crate::model::check_name`]), which also refuses [`NO_ORG`] (`_` does not begin with a
+/// letter or digit).
 pub fn check_org(org: &str) -> Result<()> {
-    if org == NO_ORG {
-        return Err(Error::InvalidId {
-            what: "organisation",
-            input: org.to_owned(),
-            problem: "\"_\" is reserved for jobs without an organisation",
-        });
-    }
-    JobId::parse(org).map(drop).map_err(|e| Error::InvalidId {
+    crate::model::check_name("organisation", org).map_err(|e| Error::InvalidId {
         what: "organisation",
         input: org.to_owned(),
         problem: e.problem,
@@ -175,14 +171,9 @@ pub(crate) fn split_key(key: &str) -> Option<KeyParts<'_>> {
     })
 }
 
-/// The job id rules of [`JobId::parse`], without allocating (called once per listed key).
+/// The rules of [`JobId::parse`], without allocating (called once per listed key).
 fn valid_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    JobId::is_valid(s)
 }
 
 #[cfg(test)]
@@ -265,8 +256,17 @@ mod tests {
         ] {
             assert_eq!(split_key(key), None, "{key:?}");
         }
-        let long = format!("logs/{}/x", "a".repeat(129));
+        let long = format!("logs/{}/x", "a".repeat(64));
         assert_eq!(split_key(&long), None);
+        // Names that are not job ids (dot-files, edges that are not letters or digits).
+        for key in [
+            "logs/.cache/x",
+            "partial/_ab./x",
+            "jobs/_/-x/y",
+            "jobs/.org/j-1/x",
+        ] {
+            assert_eq!(split_key(key), None, "{key:?}");
+        }
     }
 
     #[test]
@@ -307,12 +307,10 @@ mod tests {
         #[test]
         fn prefix_round_trips(
             kind in prop::sample::select(ArtifactKind::ALL),
-            org in proptest::option::of("[A-Za-z0-9._-]{1,12}"),
-            job in "[A-Za-z0-9._-]{1,20}",
+            org in proptest::option::of("[A-Za-z0-9]([A-Za-z0-9._-]{0,10}[A-Za-z0-9])?"),
+            job in "[A-Za-z0-9]([A-Za-z0-9._-]{0,18}[A-Za-z0-9])?",
             rest in "[^/\\x00-\\x1f\\x7f]{1,10}",
         ) {
-            prop_assume!(job != "." && job != "..");
-            prop_assume!(org.as_deref().is_none_or(|o| o != "." && o != ".." && o != NO_ORG));
             prop_assume!(rest != "." && rest != "..");
             let j = id(&job);
             let prefix = prefix_for(kind, org.as_deref(), &j).expect("prefix");
@@ -320,6 +318,29 @@ mod tests {
             prop_assert_eq!(job_id_from_key(&key), Some((kind, j.clone())));
             let parts = split_key(key.as_ref()).expect("parts");
             prop_assert_eq!(parts.prefix, prefix.as_ref());
+        }
+
+        /// Whatever a listed key's id segment is, it is attributed to a job exactly when it is a
+        /// label value (the oracle, written out: `[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?`).
+        #[test]
+        fn only_ids_that_are_label_values_are_attributed(
+            id in prop_oneof!["\\PC{0,70}", "[A-Za-z0-9._-]{1,70}", "[._-][a-z0-9]{0,4}", "[a-z0-9]{0,4}[._-]"],
+            kind in prop::sample::select(ArtifactKind::ALL),
+        ) {
+            // A '/' makes another key shape (a shorter id with more segments below it).
+            prop_assume!(!id.contains('/'));
+            let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+            let label_value = (1..=63).contains(&id.len())
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                && alnum(id.chars().next())
+                && alnum(id.chars().last());
+            let key = match kind {
+                ArtifactKind::Artifacts => format!("jobs/_/{id}/x"),
+                _ => format!("{}/{id}/x", kind.root()),
+            };
+            prop_assert_eq!(split_key(&key).is_some(), label_value, "{:?}", key);
+            let org_key = format!("jobs/{id}/j-1/x");
+            prop_assert_eq!(split_key(&org_key).is_some(), label_value || id == NO_ORG, "{:?}", org_key);
         }
 
         #[test]

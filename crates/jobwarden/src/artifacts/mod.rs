@@ -260,3 +260,12 @@ fn open_s3(
     })?;
     Ok(Artifacts::scoped(Arc::new(s3), prefix, location, None))
 }
+
+/// Retries for object-storage calls: a few quick ones; the durable queue retries the rest.
+pub fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(20),
+        ..object_store::RetryConfig::default()
+    }
+}

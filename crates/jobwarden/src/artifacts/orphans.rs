@@ -423,6 +423,32 @@ pub async fn delete_orphan(
         .map(OrphanDeletion::Deleted)
 }
 
+/// The store as the artifact scan's source of known job ids (any stage, `cleaned` too).
+///
+/// An id that the local runtime could not have generated is answered as known: it is not a
+/// local job's, so its objects are never orphans of this daemon (they may be another system's
+/// in a shared bucket).
+pub struct StoreKnown<'a>(pub &'a crate::store::Store);
+
+impl KnownIds for StoreKnown<'_> {
+    fn known<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Result<HashSet<String>, super::BoxError>> {
+        Box::pin(async move {
+            let (ours, foreign): (Vec<String>, Vec<String>) = ids
+                .iter()
+                .cloned()
+                .partition(|id| crate::model::is_generated_id(id));
+            let mut known: HashSet<String> = foreign.into_iter().collect();
+            if !ours.is_empty() {
+                known.extend(self.0.known_job_ids(&ours).await?);
+            }
+            Ok(known)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,21 +92,34 @@ impl RetentionTask {
     }
 }
 
-/// The retention tasks of a finished job, one per kind, in [`ArtifactKind::ALL`] order; none
-/// for a job that has not finished. Fails only for an organisation that cannot be a key
-/// segment (the job's artifacts prefix could not be built safely).
+/// [`plan_for_job`] for a job whose every prefix can be built; the error otherwise.
 pub fn tasks_for_job(job: &JobRecord, retention: &ArtifactRetention) -> Result<Vec<RetentionTask>> {
+    match plan_for_job(job, retention) {
+        (tasks, None) => Ok(tasks),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// The retention tasks of a finished job, one per kind, in [`ArtifactKind::ALL`] order (none
+/// for a job that has not finished), kind by kind: the tasks of every kind whose prefix can be
+/// built, and the error of the one that cannot (only `artifacts`, `jobs/<org>/<id>`, depends on the
+/// organisation). A job stored with an organisation that breaks the naming rule (by an older
+/// version, or by hand) still has its `partial/` and `logs/` cleaned.
+pub fn plan_for_job(
+    job: &JobRecord,
+    retention: &ArtifactRetention,
+) -> (Vec<RetentionTask>, Option<super::error::Error>) {
     let Some(finished_at) = job.finished_at else {
-        return Ok(Vec::new());
+        return (Vec::new(), None);
     };
     if job.stage.is_active() {
-        return Ok(Vec::new());
+        return (Vec::new(), None);
     }
-    ArtifactKind::ALL
-        .iter()
-        .map(|&kind| {
-            let prefix = keys::prefix_for(kind, job.org.as_deref(), &job.id)?;
-            Ok(RetentionTask {
+    let mut tasks = Vec::new();
+    let mut refused = None;
+    for &kind in ArtifactKind::ALL {
+        match keys::prefix_for(kind, job.org.as_deref(), &job.id) {
+            Ok(prefix) => tasks.push(RetentionTask {
                 kind,
                 job_id: job.id.clone(),
                 run_id: job.run_id.clone(),
@@ -114,14 +127,24 @@ pub fn tasks_for_job(job: &JobRecord, retention: &ArtifactRetention) -> Result<V
                 finished_at,
                 prefix: prefix.to_string(),
                 due_at: crate::model::add(finished_at, retention.for_kind(kind)),
-            })
-        })
-        .collect()
+            }),
+            Err(e) => refused = refused.or(Some(e)),
+        }
+    }
+    (tasks, refused)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tasks of a job whose every prefix can be built.
+    fn ok(
+        (tasks, refused): (Vec<RetentionTask>, Option<super::super::error::Error>),
+    ) -> Vec<RetentionTask> {
+        assert!(refused.is_none(), "{refused:?}");
+        tasks
+    }
     use crate::model::{RuntimeKind, Stage};
 
     fn ts(secs: i64) -> Timestamp {
@@ -168,8 +191,10 @@ mod tests {
             partial: Dur::secs(60),
             logs: Dur::secs(120),
         };
-        let tasks =
-            tasks_for_job(&job("j1", Stage::Completed, Some(ts(10_000))), &r).expect("tasks");
+        let tasks = ok(plan_for_job(
+            &job("j1", Stage::Completed, Some(ts(10_000))),
+            &r,
+        ));
         let got: Vec<_> = tasks
             .iter()
             .map(|t| (t.kind, t.prefix.as_str(), t.due_at))
@@ -192,27 +217,35 @@ mod tests {
     }
 
     #[test]
+    fn an_org_that_cannot_be_a_key_still_gets_partial_and_logs_cleaned() {
+        let r = ArtifactRetention::default();
+        let mut j = job("j1", Stage::Failed, Some(ts(10_000)));
+        j.org = Some("../../x".into());
+        let (tasks, refused) = plan_for_job(&j, &r);
+        let prefixes: Vec<_> = tasks.iter().map(|t| t.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["partial/j1", "logs/j1"]);
+        let e = refused
+            .expect("the artifacts prefix is refused")
+            .to_string();
+        assert!(e.contains("organisation \"../../x\""), "{e}");
+    }
+
+    #[test]
     fn live_jobs_get_no_tasks() {
         let r = ArtifactRetention::default();
         for stage in [Stage::PreStart, Stage::Running, Stage::Terminating] {
-            assert_eq!(tasks_for_job(&job("j", stage, None), &r).expect("ok"), []);
+            assert_eq!(ok(plan_for_job(&job("j", stage, None), &r)), []);
             // An active stage wins even if an earlier run left a finish time behind.
-            assert_eq!(
-                tasks_for_job(&job("j", stage, Some(ts(5))), &r).expect("ok"),
-                []
-            );
+            assert_eq!(ok(plan_for_job(&job("j", stage, Some(ts(5))), &r)), []);
         }
-        assert_eq!(
-            tasks_for_job(&job("j", Stage::Completed, None), &r).expect("ok"),
-            []
-        );
+        assert_eq!(ok(plan_for_job(&job("j", Stage::Completed, None), &r)), []);
     }
 
     #[test]
     fn a_restarted_job_invalidates_earlier_tasks() {
         let r = ArtifactRetention::default();
         let finished = job("j", Stage::Failed, Some(ts(10_000)));
-        let task = tasks_for_job(&finished, &r).expect("tasks").remove(0);
+        let task = ok(plan_for_job(&finished, &r)).remove(0);
         assert!(task.still_applies(&finished));
         assert!(task.still_applies(&JobRecord {
             stage: Stage::Cleanup,

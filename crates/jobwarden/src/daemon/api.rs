@@ -1,4 +1,4 @@
-//! The HTTP API (`../shared/DESIGN.md` §3).
+//! The HTTP API (the README's "HTTP API").
 //!
 //! Reads go to the store (the handlers of [`crate::api_read`], shared with the Kubernetes
 //! runtime); writes go to the enforcer as commands. Bodies are parsed by hand
@@ -104,39 +104,94 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Stri
     })
 }
 
-/// Validates a submit request beyond its types.
-pub fn validate_submit(req: &SubmitRequest) -> Result<(), String> {
+/// A submit request that breaks a rule beyond its types: which field, and what is wrong.
+/// The API answers 400 `field `<field>`: <problem>`; `jobwarden submit` names the flag
+/// ([`SubmitError::flag`]) and exits 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {problem}")]
+pub struct SubmitError {
+    /// The body's field (`org`, `timeout`, `command[0]`, …).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl SubmitError {
+    fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        SubmitError {
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    /// The `jobwarden submit` flag the field comes from (`--org`, `--type`, …; the command
+    /// after `--`).
+    pub fn flag(&self) -> &'static str {
+        match self.field {
+            "org" => "--org",
+            "type" => "--type",
+            "name" => "--name",
+            "timeout" => "--timeout",
+            "grace" => "--grace",
+            "ttl" => "--ttl",
+            "heartbeat_timeout" => "--heartbeat-timeout",
+            _ => "the command after `--`",
+        }
+    }
+}
+
+/// Validates a submit request beyond its types: one rule for every way a job arrives (the
+/// HTTP API, `jobwarden submit` before it sends anything).
+pub fn validate_submit(req: &SubmitRequest) -> Result<(), SubmitError> {
     if req.command.is_empty() {
-        return Err("field `command`: must name a program (a non-empty array of strings)".into());
+        return Err(SubmitError::new(
+            "command",
+            "must name a program (a non-empty array of strings)",
+        ));
     }
     if req.command[0].is_empty() {
-        return Err("field `command[0]`: the program must not be empty".into());
+        return Err(SubmitError::new(
+            "command[0]",
+            "the program must not be empty",
+        ));
     }
     if req.command.iter().any(|a| a.contains('\0')) {
-        return Err("field `command`: arguments must not contain NUL bytes".into());
+        return Err(SubmitError::new(
+            "command",
+            "arguments must not contain NUL bytes",
+        ));
     }
     if let Some(t) = req.timeout
         && t.0.is_zero()
     {
-        return Err("field `timeout`: must be greater than 0".into());
+        return Err(SubmitError::new("timeout", "must be greater than 0"));
     }
-    for (field, v) in [
-        ("name", &req.name),
-        ("org", &req.org),
-        ("type", &req.job_type),
+    if let Some(v) = &req.name
+        && (v.is_empty() || v.len() > 253 || v.chars().any(char::is_control))
+    {
+        return Err(SubmitError::new(
+            "name",
+            "must be 1–253 characters without control characters",
+        ));
+    }
+    // Organisations and job types are key segments, label values and config keys: one rule.
+    for (field, what, v) in [
+        ("org", "organisation", &req.org),
+        ("type", "job type", &req.job_type),
     ] {
         if let Some(v) = v
-            && (v.is_empty() || v.len() > 253 || v.chars().any(char::is_control))
+            && let Err(e) = crate::model::check_name(what, v)
         {
-            return Err(format!(
-                "field `{field}`: must be 1–253 characters without control characters"
-            ));
+            return Err(SubmitError::new(field, e.to_string()));
         }
     }
     if let Some(h) = req.heartbeat_timeout
         && h.0.is_zero()
     {
-        return Err("field `heartbeat_timeout`: must be greater than 0".into());
+        return Err(SubmitError::new(
+            "heartbeat_timeout",
+            "must be greater than 0",
+        ));
     }
     Ok(())
 }
@@ -152,7 +207,7 @@ async fn submit(State(st): State<ApiState>, body: Result<Bytes, BytesRejection>)
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if let Err(e) = validate_submit(&req) {
-        return error(StatusCode::BAD_REQUEST, e);
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     let (tx, rx) = oneshot::channel();
     if st.commands.send(Command::Submit(req, tx)).await.is_err() {
@@ -226,7 +281,7 @@ async fn readyz(State(st): State<ApiState>) -> Response {
     }
     let artifacts = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        st.shared.artifacts.check_reachable(),
+        st.shared.cleanup.artifacts.check_reachable(),
     )
     .await;
     match artifacts {
@@ -242,7 +297,7 @@ async fn readyz(State(st): State<ApiState>) -> Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "artifacts unreachable: {} did not answer within 5s",
-                    st.shared.artifacts.location()
+                    st.shared.cleanup.artifacts.location()
                 ),
             );
         }
@@ -272,7 +327,7 @@ async fn readyz(State(st): State<ApiState>) -> Response {
     // that writes work again (a write transaction that changes nothing: there is no dead task
     // -1) before saying ready: a connection left unusable by a failed write must not look
     // healthy.
-    if !st.shared.store_ok.load(std::sync::atomic::Ordering::SeqCst) {
+    if !st.shared.health.is_ok() {
         let probe = tokio::time::timeout(
             STORE_PING_TIMEOUT,
             st.shared.store.requeue_dead(-1, clock::now()),
@@ -298,7 +353,7 @@ async fn readyz(State(st): State<ApiState>) -> Response {
     // A write that failed for want of space (or at the file-size limit) keeps the daemon
     // not-ready for as long as the condition holds.
     if st.shared.write_fault().is_some()
-        && let Some(fault) = st.shared.faults.live()
+        && let Some(fault) = st.shared.health.faults.live()
     {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -346,14 +401,35 @@ mod tests {
         assert!(
             validate_submit(&empty)
                 .expect_err("empty")
+                .to_string()
                 .contains("`command`")
         );
         let zero: SubmitRequest =
             parse_body(br#"{"command":["x"],"timeout":"0s"}"#).expect("parses");
-        assert!(
-            validate_submit(&zero)
-                .expect_err("zero")
-                .contains("`timeout`")
-        );
+        let e = validate_submit(&zero).expect_err("zero");
+        assert_eq!((e.field, e.flag()), ("timeout", "--timeout"));
+        assert!(e.to_string().contains("`timeout`"), "{e}");
+    }
+
+    #[test]
+    fn org_and_type_follow_the_naming_rule() {
+        for (body, field, flag) in [
+            (r#"{"command":["x"],"org":"../../x"}"#, "org", "--org"),
+            (r#"{"command":["x"],"org":"ünïcode-org"}"#, "org", "--org"),
+            (r#"{"command":["x"],"org":"_"}"#, "org", "--org"),
+            (r#"{"command":["x"],"type":".hidden"}"#, "type", "--type"),
+        ] {
+            let req: SubmitRequest = parse_body(body.as_bytes()).expect("parses");
+            let e = validate_submit(&req).expect_err(body);
+            assert_eq!((e.field, e.flag()), (field, flag), "{body}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("field `{field}`: invalid ")),
+                "{e}"
+            );
+        }
+        let ok: SubmitRequest =
+            parse_body(br#"{"command":["x"],"org":"acme-1","type":"build.fast"}"#).expect("ok");
+        assert_eq!(validate_submit(&ok), Ok(()));
     }
 }

@@ -181,10 +181,18 @@ impl Enforcer {
             }
             self.run_due().await;
         }
-        tracing::info!(
-            jobs = self.jobs.len(),
-            "enforcer stopped; jobs keep running"
-        );
+        let running = self.jobs.values().filter(|j| j.stage.is_active()).count();
+        match running {
+            0 => tracing::info!(running, "enforcer stopped; no job is running"),
+            1 => tracing::info!(
+                running,
+                "enforcer stopped; 1 job is still running and is re-adopted on the next start"
+            ),
+            n => tracing::info!(
+                running,
+                "enforcer stopped; {n} jobs are still running and are re-adopted on the next start"
+            ),
+        }
     }
 
     /// Acts on every due job. The escalation steps of all of them are recorded in one write
@@ -219,7 +227,12 @@ impl Enforcer {
         self.stage_metrics_at = Some(tokio::time::Instant::now());
         self.stage_metrics_stale = false;
         let mut counts: HashMap<Stage, u64> = HashMap::new();
-        for j in self.jobs.values() {
+        // Jobs past their TTL leave memory; their counts are kept by the metrics themselves.
+        for j in self
+            .jobs
+            .values()
+            .filter(|j| !matches!(j.stage, Stage::Cleanup | Stage::Cleaned))
+        {
             *counts.entry(j.stage).or_default() += 1;
         }
         self.shared.metrics.set_jobs_by_stage(counts);
@@ -248,6 +261,10 @@ impl Enforcer {
         self.shared.set_store_ok(true);
         let now = clock::now();
         let mut requeue = Vec::new();
+        let settled = |stage| jobs.iter().filter(|j| j.stage == stage).count() as u64;
+        self.shared
+            .metrics
+            .set_settled_jobs(settled(Stage::Cleanup), settled(Stage::Cleaned));
         for job in jobs {
             if job.stage == Stage::Cleanup && !job.dry_run {
                 // Jobs moved to cleanup by a daemon that queued the tasks after the stage:
@@ -273,10 +290,12 @@ impl Enforcer {
         }
         if !requeue.is_empty() {
             match self.executor.enqueue(&requeue, now).await {
-                Ok(()) => self.shared.queue_kick.notify_waiters(),
+                Ok(()) => self.shared.cleanup.kick.notify_waiters(),
                 Err(e) => self.store_error("re-queueing interrupted cleanups", &e),
             }
         }
+        // The gauges are filled before the daemon says it is loaded (`/readyz`).
+        self.update_stage_metrics();
         tracing::info!(jobs = self.jobs.len(), "loaded jobs from the store");
     }
 
@@ -456,12 +475,7 @@ impl Enforcer {
 
     /// Validates the store is up, resolves the policy and inserts the job (stage pre_start).
     async fn record_new_job(&mut self, req: SubmitRequest) -> Result<JobRecord, CommandError> {
-        if !self
-            .shared
-            .store_ok
-            .load(std::sync::atomic::Ordering::SeqCst)
-            && self.shared.store.ping().await.is_err()
-        {
+        if !self.shared.health.is_ok() && self.shared.store.ping().await.is_err() {
             return Err(CommandError::new(
                 503,
                 "store unavailable; not accepting jobs",
@@ -959,7 +973,8 @@ impl Enforcer {
             return false;
         }
         self.shared.set_store_ok(true);
-        self.shared.queue_kick.notify_waiters();
+        self.shared.metrics.job_to_cleanup();
+        self.shared.cleanup.kick.notify_waiters();
         self.jobs.remove(&id);
         self.sched.cancel(&id);
         // The job leaves memory: so does the note that its retention is queued.
@@ -973,6 +988,7 @@ impl Enforcer {
     async fn queue_retention(&mut self, ids: &[JobId], now: Timestamp) {
         let mut keys = Vec::new();
         let mut tasks: Vec<TaskPlan> = Vec::new();
+        let mut refusals = Vec::new();
         for id in ids {
             let Some(job) = self.jobs.get(id) else {
                 continue;
@@ -985,7 +1001,9 @@ impl Enforcer {
             {
                 continue;
             }
-            tasks.extend(plan::retention_tasks(job, &self.shared.policy, now));
+            let (job_tasks, refused) = plan::retention_tasks(job, &self.shared.policy, now);
+            tasks.extend(job_tasks);
+            refusals.extend(refused);
             keys.push(key);
         }
         if keys.is_empty() {
@@ -994,9 +1012,21 @@ impl Enforcer {
         match self.executor.enqueue(&tasks, now).await {
             Ok(()) => {
                 self.retention_queued.extend(keys);
-                self.shared.queue_kick.notify_waiters();
+                self.shared.cleanup.kick.notify_waiters();
             }
-            Err(e) => self.store_error("queueing log and artifact retention", &e),
+            Err(e) => {
+                self.store_error("queueing log and artifact retention", &e);
+                return;
+            }
+        }
+        // Never silence: a job whose artifacts can never be cleaned says so in the audit log
+        // (once per run and daemon start) and in `jobwarden_errors_total{kind="artifact_key"}`.
+        for a in &refusals {
+            self.shared.metrics.error("artifact_key");
+            tracing::error!(job = %a.job_id, "{}: {}", a.reason, a.error_message.as_deref().unwrap_or_default());
+        }
+        if !refusals.is_empty() {
+            self.append_audit(refusals).await;
         }
     }
 

@@ -3,37 +3,32 @@
 //!
 //! - [`enforcer`] owns the jobs and the deadline scheduler; it is the only writer of job
 //!   state and the only sender of signals (an actor fed by a command channel).
-//! - [`worker`] drains the durable cleanup queue (workspaces, logs, artifacts).
+//! - the cleanup workers ([`crate::cleanup`]) drain the durable queue (workspaces, logs,
+//!   artifacts).
 //! - [`orphans`] finds workspaces and log files whose job the store does not know.
 //! - [`api`] serves HTTP and translates requests into enforcer commands or store reads.
 //!
 //! Graceful shutdown (SIGINT/SIGTERM): stop accepting requests, stop the loops, leave jobs
 //! running (they are re-adopted on the next start), close the store.
 //!
-//! Faults: a store that does not answer makes `/readyz` fail and the enforcer act on nothing
-//! it cannot record. A store that answers but cannot *write* (the data directory's file
-//! system is full, or a write crossed the process's file-size limit, `RLIMIT_FSIZE`) is
-//! diagnosed here, because the database driver only says "disk I/O error" or "database or
-//! disk is full": [`Shared::write_fault`] names the problem and the path, and is shown in the
-//! log, in `/readyz` and in the API's 503 answers until a write succeeds again. SIGXFSZ, whose
-//! default action would kill the daemon in the middle of a write, is caught for that purpose:
-//! the write fails with EFBIG instead, the transaction rolls back, and the daemon says why.
+//! Faults: the store's health, and why it cannot write, is [`crate::health`]'s; the daemon
+//! catches SIGXFSZ for it.
 
 pub mod api;
 pub mod enforcer;
 pub mod orphans;
-pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::cleanup;
 use crate::config::Config;
 use crate::engine::Policy;
+use crate::health::{StoreHealth, WriteFaults, catch_file_size_signal};
 use crate::hooks::{HookRunner, Hooks};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -74,202 +69,26 @@ pub struct Shared {
     pub dry_run: bool,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// False while the store is unreachable.
-    pub store_ok: AtomicBool,
     /// Set once the enforcer has loaded the store's jobs and re-adopted their processes;
     /// until then `/readyz` answers 503 and job listings may show pre-restart states.
     pub loaded: AtomicBool,
     /// Bearer token.
     pub token: Option<String>,
-    /// Deletion rate limit shared by every destructive cleanup path.
-    pub deletions: crate::ratelimit::RateLimiter,
-    /// Wakes the cleanup workers when a task was queued.
-    pub queue_kick: tokio::sync::Notify,
-    /// Object storage for artifacts, partial saves and logs.
-    pub artifacts: crate::artifacts::Artifacts,
-    /// Why writes under the data directory fail, when known (see [`Shared::write_fault`]).
-    pub faults: WriteFaults,
+    /// The store's health: whether it answers, and why it cannot write.
+    pub health: Arc<StoreHealth>,
+    /// The cleanup workers' context (artifacts, the deletion limiter, the queue's kick).
+    pub cleanup: Arc<cleanup::Context>,
 }
 
 impl Shared {
-    /// Records whether the store answered (`true` after a successful write, `false` after any
-    /// failed store call); logs transitions. A failure is diagnosed: when the data directory
-    /// is full or a file hit the size limit, the log line says so, naming the path.
+    /// See [`StoreHealth::set_ok`].
     pub fn set_store_ok(&self, ok: bool) {
-        let was = self.store_ok.swap(ok, Ordering::SeqCst);
-        if ok {
-            self.faults.clear();
-        } else {
-            self.faults.diagnose();
-        }
-        if was && !ok {
-            match self.faults.current() {
-                Some(fault) => tracing::error!(
-                    "store cannot write: {fault}; not acting on decisions it cannot record"
-                ),
-                None => {
-                    tracing::error!("store unreachable: not acting on decisions it cannot record")
-                }
-            }
-        } else if !was && ok {
-            tracing::info!("store reachable again");
-        }
+        self.health.set_ok(ok);
     }
 
-    /// Why writes to the store (or the data directory) fail, when the daemon knows better than
-    /// the database driver: e.g. `file size limit exceeded: /var/lib/jobwarden/jobwarden.db-wal
-    /// is 2097152 bytes, the limit (RLIMIT_FSIZE) is 2097152 bytes`. Cleared by the next
-    /// successful write.
+    /// See [`StoreHealth::write_fault`].
     pub fn write_fault(&self) -> Option<String> {
-        self.faults.current()
-    }
-}
-
-/// Diagnoses failed writes under the data directory: a full file system (`statvfs`) or a file
-/// at the process's file-size limit (`RLIMIT_FSIZE`, reported by SIGXFSZ).
-#[derive(Debug)]
-pub struct WriteFaults {
-    /// The data directory.
-    data_dir: PathBuf,
-    /// The SQLite file, when the store is SQLite (a PostgreSQL store's disk is not ours).
-    sqlite_file: Option<PathBuf>,
-    /// SIGXFSZ arrived since the last successful write.
-    fsize_signalled: AtomicBool,
-    /// The current diagnosis.
-    current: Mutex<Option<String>>,
-}
-
-/// Below this many free bytes the data directory's file system counts as full.
-const DISK_FULL_BELOW: u64 = 256 * 1024;
-
-impl WriteFaults {
-    /// Faults of `data_dir` with the store at `store_url`.
-    pub fn new(data_dir: PathBuf, store_url: &str) -> Self {
-        WriteFaults {
-            sqlite_file: sqlite_file(store_url),
-            data_dir,
-            fsize_signalled: AtomicBool::new(false),
-            current: Mutex::new(None),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The current diagnosis, if any.
-    pub fn current(&self) -> Option<String> {
-        self.lock().clone()
-    }
-
-    /// A write succeeded: whatever was wrong is over.
-    pub fn clear(&self) {
-        self.fsize_signalled.store(false, Ordering::SeqCst);
-        let mut cur = self.lock();
-        if let Some(old) = cur.take() {
-            tracing::info!("writes succeed again (was: {old})");
-        }
-    }
-
-    /// SIGXFSZ arrived: some write crossed the file-size limit.
-    pub fn file_size_signal(&self) {
-        if !self.fsize_signalled.swap(true, Ordering::SeqCst) {
-            let d = self.diagnose();
-            tracing::error!(
-                "SIGXFSZ: a write under {} exceeded the file size limit (RLIMIT_FSIZE); {}",
-                self.data_dir.display(),
-                d.unwrap_or_else(|| "the write failed with EFBIG".into())
-            );
-        }
-    }
-
-    /// Looks for a reason writes fail now; records it (or that there is none) and returns it.
-    pub fn diagnose(&self) -> Option<String> {
-        let found = self.live().or_else(|| {
-            self.fsize_signalled.load(Ordering::SeqCst).then(|| {
-                format!(
-                    "file size limit exceeded: a write under {} crossed the process's file size \
-                     limit (RLIMIT_FSIZE, {} bytes); raise the limit (ulimit -f)",
-                    self.data_dir.display(),
-                    fsize_limit().map_or_else(|| "?".into(), |l| l.to_string())
-                )
-            })
-        });
-        // What holds now replaces what held before (space may have been freed meanwhile).
-        *self.lock() = found.clone();
-        found
-    }
-
-    /// What can be checked now: a store file at the size limit, or a full file system under
-    /// the SQLite store. None when neither holds (any more).
-    pub fn live(&self) -> Option<String> {
-        self.file_size_problem()
-            .or_else(|| self.disk_full_problem())
-    }
-
-    fn file_size_problem(&self) -> Option<String> {
-        let limit = fsize_limit()?;
-        let mut candidates = Vec::new();
-        if let Some(db) = &self.sqlite_file {
-            for suffix in ["", "-wal", "-journal", "-shm"] {
-                let mut p = db.clone().into_os_string();
-                p.push(suffix);
-                candidates.push(PathBuf::from(p));
-            }
-        }
-        let at_limit = candidates.into_iter().find_map(|p| {
-            let len = std::fs::metadata(&p).ok()?.len();
-            // A write that would cross the limit fails; the file stops within a page of it.
-            (len.saturating_add(64 * 1024) >= limit).then_some((p, len))
-        });
-        at_limit.map(|(p, len)| {
-            format!(
-                "file size limit exceeded: {} is {len} bytes and the process's file size limit \
-                 (RLIMIT_FSIZE) is {limit} bytes; raise the limit (ulimit -f)",
-                p.display()
-            )
-        })
-    }
-
-    fn disk_full_problem(&self) -> Option<String> {
-        // Only the SQLite store lives on our disk; a PostgreSQL outage is not a full disk.
-        let dir = self.sqlite_file.as_deref()?.parent()?;
-        let st = rustix::fs::statvfs(dir).ok()?;
-        let free = st.f_bavail.saturating_mul(st.f_frsize);
-        let total = st.f_blocks.saturating_mul(st.f_frsize);
-        (free < DISK_FULL_BELOW).then(|| {
-            format!(
-                "disk full: the file system holding {} has {free} bytes free of {total}; \
-                 free space there",
-                dir.display()
-            )
-        })
-    }
-}
-
-/// The soft `RLIMIT_FSIZE`, if there is one.
-fn fsize_limit() -> Option<u64> {
-    rustix::process::getrlimit(rustix::process::Resource::Fsize).current
-}
-
-/// The SQLite file of a `sqlite://PATH` store URL (None for `sqlite::memory:` and PostgreSQL).
-fn sqlite_file(store_url: &str) -> Option<PathBuf> {
-    let rest = store_url.strip_prefix("sqlite://")?;
-    let path = rest.split('?').next().unwrap_or(rest);
-    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
-}
-
-/// Catches SIGXFSZ for the daemon's lifetime, so that a write crossing `RLIMIT_FSIZE` fails
-/// with EFBIG (and is reported) instead of killing the daemon mid-write. Job processes are
-/// unaffected: a caught signal reverts to its default action across `exec`.
-fn catch_file_size_signal() -> Option<tokio::signal::unix::Signal> {
-    let kind = tokio::signal::unix::SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
-    match tokio::signal::unix::signal(kind) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot catch SIGXFSZ ({e}); a file size limit would kill the daemon");
-            None
-        }
+        self.health.write_fault()
     }
 }
 
@@ -350,7 +169,8 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         url: Some(opts.artifacts_url.clone()),
         ..opts.config.artifacts.clone()
     };
-    let artifacts = crate::artifacts::Artifacts::open(&artifacts_config, artifact_retry())?;
+    let artifacts =
+        crate::artifacts::Artifacts::open(&artifacts_config, crate::artifacts::retry_config())?;
     match tokio::time::timeout(
         std::time::Duration::from_secs(15),
         artifacts.check_reachable(),
@@ -376,7 +196,23 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
     })?;
     let metrics = Arc::new(Metrics::default());
     let mut policy = Policy::from_config(&opts.config);
-    policy.layout = Some(crate::engine::plan::Layout::new(&opts.data_dir));
+    let layout = crate::engine::plan::Layout::new(&opts.data_dir);
+    policy.layout = Some(layout.clone());
+    let health = Arc::new(StoreHealth::new(faults));
+    let cleanup = Arc::new(cleanup::Context {
+        store: store.clone(),
+        artifacts,
+        deletions: crate::ratelimit::RateLimiter::per_minute(
+            opts.config.safety.max_deletions_per_minute,
+        ),
+        layout,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        kick: tokio::sync::Notify::new(),
+        queue: opts.config.queue.clone(),
+        artifact_min_age: opts.config.orphans.artifact_min_age.0,
+        dry_run: opts.dry_run,
+    });
     let shared = Arc::new(Shared {
         policy,
         hooks: HookRunner::new(
@@ -384,20 +220,15 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
             store.clone(),
             metrics.clone(),
         ),
-        deletions: crate::ratelimit::RateLimiter::per_minute(
-            opts.config.safety.max_deletions_per_minute,
-        ),
         config: opts.config,
         store,
         metrics,
         dry_run: opts.dry_run,
         data_dir: opts.data_dir.clone(),
-        store_ok: AtomicBool::new(true),
         loaded: AtomicBool::new(false),
         token: opts.token,
-        queue_kick: tokio::sync::Notify::new(),
-        artifacts,
-        faults,
+        health,
+        cleanup,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -418,7 +249,7 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
                 tokio::select! {
                     _ = stopped(&mut shutdown) => return,
                     got = sig.recv() => match got {
-                        Some(()) => shared.faults.file_size_signal(),
+                        Some(()) => shared.health.faults.file_size_signal(),
                         None => return,
                     },
                 }
@@ -426,9 +257,8 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         }));
     }
     tasks.push(tokio::spawn(enforcer.run(shutdown_rx.clone())));
-    tasks.extend(worker::spawn(
-        &shared,
-        &runtime,
+    tasks.extend(cleanup::spawn(
+        &shared.cleanup,
         &std::process::id().to_string(),
         &shutdown_rx,
     ));
@@ -470,36 +300,7 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
     })
 }
 
-/// Retries for object-storage calls: a few quick ones; the durable queue retries the rest.
-pub fn artifact_retry() -> object_store::RetryConfig {
-    object_store::RetryConfig {
-        max_retries: 3,
-        retry_timeout: std::time::Duration::from_secs(20),
-        ..object_store::RetryConfig::default()
-    }
-}
-
 /// Resolves once `shutdown` says stop (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sqlite_file_is_found_in_the_store_url() {
-        assert_eq!(
-            sqlite_file("sqlite:///var/lib/jw/jobwarden.db"),
-            Some(PathBuf::from("/var/lib/jw/jobwarden.db"))
-        );
-        assert_eq!(
-            sqlite_file("sqlite://data/jw.db?mode=rwc"),
-            Some(PathBuf::from("data/jw.db"))
-        );
-        assert_eq!(sqlite_file("sqlite::memory:"), None);
-        assert_eq!(sqlite_file("sqlite://:memory:"), None);
-        assert_eq!(sqlite_file("postgres://u@h/db"), None);
-    }
 }

@@ -1,10 +1,14 @@
 //! Local orphans: workspaces and log files whose job id the store does not know at all,
-//! older than `[orphans] local_min_age`.
+//! older than `[orphans] local_min_age`; and object-storage prefixes likewise.
 //!
 //! Fails closed: if the directory listing or the store query fails, nothing is reported as
-//! an orphan this pass. Entries whose names are not valid job ids are never candidates (and
-//! so never deleted): jobwarden only touches what it could have created. Deletion goes
-//! through the durable queue, which re-checks the store right before removing anything.
+//! an orphan this pass. Only what the local runtime could have created is ever a candidate
+//! (and so ever deleted): a workspace is a real directory (not a symlink) named by an id
+//! jobwarden generates ([`JobId::is_generated`], the 26-character lowercase ULID `submit`
+//! prints), a log is a regular file `<such an id>.log`, and an object prefix's id has that form
+//! too ([`StoreKnown`] answers every other id as known). Dot-files, `not-a-job`, symlinks and
+//! anything else an administrator put there are never touched. Deletion goes through the
+//! durable queue, which re-checks all of this and the store right before removing anything.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,24 +17,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::api_types::{OrphanReport, OrphanView};
+use crate::artifacts::orphans::StoreKnown;
 use crate::clock;
 use crate::daemon::Shared;
 use crate::engine::orphans::{Candidate, Listing, OrphanScan, find_orphans};
-use crate::model::{JobId, Timestamp, since};
-use crate::runtime::local::{LocalRuntime, tree_size};
+use crate::model::{Timestamp, since};
+use crate::runtime::local::{LocalKind, LocalRuntime, tree_size};
 use crate::store::NewTask;
-
-/// The store as the artifact scan's source of known job ids (any stage, `cleaned` too).
-pub struct StoreKnown<'a>(pub &'a crate::store::Store);
-
-impl crate::artifacts::orphans::KnownIds for StoreKnown<'_> {
-    fn known<'a>(
-        &'a self,
-        ids: &'a [String],
-    ) -> futures::future::BoxFuture<'a, Result<HashSet<String>, crate::artifacts::BoxError>> {
-        Box::pin(async move { self.0.known_job_ids(ids).await.map_err(Into::into) })
-    }
-}
 
 /// Scans object storage for prefixes whose job the store has never recorded.
 async fn scan_artifacts(
@@ -38,7 +31,7 @@ async fn scan_artifacts(
     now: Timestamp,
 ) -> Result<Vec<crate::artifacts::orphans::OrphanPrefix>, String> {
     let scan = crate::artifacts::orphans::scan(
-        &shared.artifacts,
+        &shared.cleanup.artifacts,
         crate::artifacts::ArtifactKind::ALL,
         &StoreKnown(&shared.store),
         shared.config.orphans.artifact_min_age.0,
@@ -53,8 +46,8 @@ async fn scan_artifacts(
     ))
 }
 
-/// Lists `dir` as candidates; `strip` removes a file suffix (`.log`).
-fn list_dir(dir: &Path, strip: Option<&str>) -> Listing<Vec<Candidate>> {
+/// Lists `dir` as candidates of `kind` (see [`LocalKind::job_id`]).
+pub fn list_dir(dir: &Path, kind: LocalKind) -> Listing<Vec<Candidate>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Listing::Complete(vec![]),
@@ -66,17 +59,14 @@ fn list_dir(dir: &Path, strip: Option<&str>) -> Listing<Vec<Candidate>> {
             Ok(e) => e,
             Err(e) => return Listing::Failed(format!("{}: {e}", dir.display())),
         };
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let id = match strip {
-            Some(suffix) => match name.strip_suffix(suffix) {
-                Some(s) => s.to_owned(),
-                None => continue,
-            },
-            None => name.clone(),
+        // `DirEntry::file_type` does not follow symlinks: a link is never a candidate.
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) => return Listing::Failed(format!("{}: {e}", entry.path().display())),
         };
-        if JobId::parse(&id).is_err() {
+        let Some(id) = kind.job_id(&entry.file_name(), file_type) else {
             continue;
-        }
+        };
         let modified = match entry.metadata().and_then(|m| m.modified()) {
             Ok(m) => chrono::DateTime::<chrono::Utc>::from(m),
             Err(e) => return Listing::Failed(format!("{}: {e}", entry.path().display())),
@@ -100,14 +90,15 @@ pub async fn scan(
     let mut found = Vec::new();
     let min_age = shared.config.orphans.local_min_age.0;
     let limit = shared.config.safety.max_batch as usize;
-    for (kind, dir, strip) in [
-        ("workspace", runtime.workspaces_dir(), None),
-        ("log", runtime.logs_dir(), Some(".log")),
+    for (local, dir) in [
+        (LocalKind::Workspace, runtime.workspaces_dir()),
+        (LocalKind::Log, runtime.logs_dir()),
     ] {
-        let listing = list_dir(&dir, strip);
+        let kind = local.as_str();
+        let listing = list_dir(&dir, local);
         let known = match &listing {
             Listing::Complete(c) => {
-                let ids: Vec<String> = c.iter().map(|c| c.job_id.clone()).collect();
+                let ids: Vec<String> = c.iter().map(|c| c.job_id.to_string()).collect();
                 let mut known = HashSet::new();
                 let mut failed = None;
                 for chunk in ids.chunks(1000) {
@@ -132,7 +123,7 @@ pub async fn scan(
                 for c in orphans {
                     report.orphans.push(OrphanView {
                         kind: kind.to_owned(),
-                        job_id: c.job_id.clone(),
+                        job_id: c.job_id.to_string(),
                         name: c.name.clone(),
                         bytes: tree_size(Path::new(&c.name)),
                         age_seconds: since(now, c.created_at).as_secs(),
@@ -169,7 +160,7 @@ pub async fn scan_all(
             job_id: p.job_id.to_string(),
             name: format!(
                 "{}/{}",
-                shared.artifacts.location().trim_end_matches('/'),
+                shared.cleanup.artifacts.location().trim_end_matches('/'),
                 p.prefix
             ),
             bytes: p.bytes,
@@ -190,7 +181,7 @@ pub async fn clean(
         .iter()
         .map(|(kind, c)| NewTask {
             dedup_key: format!("orphan_{kind}:{}", c.job_id),
-            job_id: Some(c.job_id.clone()),
+            job_id: Some(c.job_id.to_string()),
             kind: format!("orphan_{kind}"),
             resource_name: c.name.clone(),
             payload: serde_json::json!({}),
@@ -216,7 +207,7 @@ pub async fn clean(
             .await
             .map_err(|e| format!("queueing orphan cleanup: {e}"))?;
         report.queued = res.iter().filter(|r| !r.duplicate).count();
-        shared.queue_kick.notify_waiters();
+        shared.cleanup.kick.notify_waiters();
     }
     Ok(report)
 }
@@ -251,6 +242,114 @@ pub async fn run_periodic(
                     "orphans found (not cleaned: [orphans] clean = false)"
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ORPHAN: &str = "01aaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn listed(dir: &Path, kind: LocalKind) -> Vec<String> {
+        match list_dir(dir, kind) {
+            Listing::Complete(c) => {
+                let mut ids: Vec<String> = c.iter().map(|c| c.job_id.to_string()).collect();
+                ids.sort();
+                ids
+            }
+            Listing::Failed(e) => panic!("listing failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn only_real_entries_named_by_generated_ids_are_candidates() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(outside.join("keep")).expect("mkdir");
+        std::fs::write(outside.join("file"), "x").expect("write");
+        let ws = root.path().join("workspaces");
+        for dir in [
+            ".cache",
+            "not-a-job",
+            ORPHAN,
+            "01AAAAAAAAAAAAAAAAAAAAAAAA",
+            ".01aaaaaaaaaaaaaaaaaaaaaaaa",
+            "01aaaaaaaaaaaaaaaaaaaaaaaa.old",
+        ] {
+            std::fs::create_dir_all(ws.join(dir)).expect("mkdir");
+        }
+        // Named like a job, but a file and a symlink: jobwarden never makes those.
+        std::fs::write(ws.join("01bbbbbbbbbbbbbbbbbbbbbbbb"), "x").expect("write");
+        std::os::unix::fs::symlink(&outside, ws.join("01cccccccccccccccccccccccc"))
+            .expect("symlink");
+        assert_eq!(listed(&ws, LocalKind::Workspace), [ORPHAN]);
+
+        let logs = root.path().join("logs");
+        std::fs::create_dir_all(logs.join("01bbbbbbbbbbbbbbbbbbbbbbbb.log")).expect("mkdir");
+        for file in [
+            format!("{ORPHAN}.log"),
+            "not-a-job.log".into(),
+            ".cache.log".into(),
+            ".log".into(),
+            "01dddddddddddddddddddddddd".into(),
+            "01dddddddddddddddddddddddd.log.1".into(),
+        ] {
+            std::fs::write(logs.join(file), "x").expect("write");
+        }
+        std::os::unix::fs::symlink(
+            outside.join("file"),
+            logs.join("01cccccccccccccccccccccccc.log"),
+        )
+        .expect("symlink");
+        assert_eq!(listed(&logs, LocalKind::Log), [ORPHAN]);
+    }
+
+    /// Names an administrator, a tool or a fuzzer might leave in the data directory.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{1,30}",
+            "[0-9A-Za-z._-]{1,30}",
+            "\\.[0-9a-z]{1,12}",
+            "[0-7][0-9a-hjkmnp-tv-z]{25}",
+            "[0-9a-z]{26}",
+        ]
+        .prop_filter("a file name", |n| {
+            n != "." && n != ".." && !n.contains('/') && !n.contains('\0')
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("JOBWARDEN_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
+        ))]
+        /// Whatever the names, exactly the directories and `.log` files named by an id jobwarden
+        /// generates are candidates: nothing else can ever be queued for deletion.
+        #[test]
+        fn arbitrary_names_are_candidates_only_when_jobwarden_could_have_made_them(
+            names in prop::collection::btree_set(name(), 1..12),
+        ) {
+            let root = tempfile::tempdir().expect("tempdir");
+            let ws = root.path().join("workspaces");
+            let logs = root.path().join("logs");
+            std::fs::create_dir_all(&ws).expect("mkdir");
+            std::fs::create_dir_all(&logs).expect("mkdir");
+            for n in &names {
+                std::fs::create_dir_all(ws.join(n)).expect("mkdir");
+                std::fs::write(logs.join(format!("{n}.log")), "x").expect("write");
+            }
+            // The oracle, written out independently: `[0-7][0-9a-hjkmnp-tv-z]{25}`.
+            let generated = |n: &str| {
+                n.len() == 26
+                    && n.chars().enumerate().all(|(i, c)| {
+                        if i == 0 { ('0'..='7').contains(&c) } else { "0123456789abcdefghjkmnpqrstvwxyz".contains(c) }
+                    })
+            };
+            let expected: Vec<String> = names.iter().filter(|n| generated(n)).cloned().collect();
+            prop_assert_eq!(listed(&ws, LocalKind::Workspace), expected.clone());
+            prop_assert_eq!(listed(&logs, LocalKind::Log), expected);
         }
     }
 }

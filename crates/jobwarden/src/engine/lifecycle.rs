@@ -1,10 +1,10 @@
 //! Lifecycle stages, their transitions, and the events hooks fire on.
 //!
-//! pre_start → running → (terminating | completing →) completed | failed → cleanup → cleaned.
-//! `completing`: a Kubernetes Job whose outcome the Job controller decided while its pods
-//! still terminate (it becomes `terminating` if jobwarden has to end it after all).
-//! Every stage transition and every escalation step is an event; `[[hooks]]` subscribe by
-//! name. The stage after a run ends follows from the outcome.
+//! pre_start → running → (terminating →) completed | failed → cleanup → cleaned; on
+//! Kubernetes a Job whose outcome the Job controller decided but whose pods still terminate is
+//! `completing` in between. Every stage transition and every escalation step is an event;
+//! `[[hooks]]` subscribe by name. The stage after a run ends says how its process ended
+//! (`completed`: exit 0; `failed`: anything else), the outcome who ended it.
 
 use crate::model::{Outcome, Stage, Step};
 
@@ -53,6 +53,17 @@ pub struct StageError {
     pub to: Stage,
 }
 
+/// The stage a local run settles in, from how its process ended: `completed` for exit
+/// status 0 — also when jobwarden asked it to stop and it saved its work and exited 0 inside
+/// its grace (outcome `terminated`) — and [`stage_after`] the outcome otherwise (a non-zero
+/// exit, a signal, SIGKILL after the grace, lost, force deleted: `failed`).
+pub fn stage_after_exit(outcome: Outcome, exit_code: Option<i32>, signal: Option<i32>) -> Stage {
+    match (outcome, exit_code, signal) {
+        (Outcome::Succeeded | Outcome::Terminated, Some(0), None) => Stage::Completed,
+        _ => stage_after(outcome),
+    }
+}
+
 /// How an exit status maps to an outcome: jobwarden ending the job wins over the status.
 pub fn outcome_of_exit(
     exit_code: Option<i32>,
@@ -97,6 +108,37 @@ mod tests {
         assert_eq!(outcome_of_exit(Some(0), None, true), Outcome::Terminated);
         assert_eq!(stage_after(Outcome::Terminated), Stage::Failed);
         assert_eq!(stage_after(Outcome::Succeeded), Stage::Completed);
+    }
+
+    #[test]
+    fn a_run_that_exited_0_when_asked_to_stop_completed() {
+        // Saved its work and exited 0 inside its grace: completed, terminated.
+        assert_eq!(
+            stage_after_exit(Outcome::Terminated, Some(0), None),
+            Stage::Completed
+        );
+        assert_eq!(
+            stage_after_exit(Outcome::Succeeded, Some(0), None),
+            Stage::Completed
+        );
+        // SIGKILLed after the grace, exited non-zero, vanished: failed.
+        assert_eq!(
+            stage_after_exit(Outcome::Terminated, None, Some(9)),
+            Stage::Failed
+        );
+        assert_eq!(
+            stage_after_exit(Outcome::Terminated, Some(143), None),
+            Stage::Failed
+        );
+        assert_eq!(
+            stage_after_exit(Outcome::Terminated, None, None),
+            Stage::Failed
+        );
+        assert_eq!(stage_after_exit(Outcome::Lost, None, None), Stage::Failed);
+        assert_eq!(
+            stage_after_exit(Outcome::Failed, Some(3), None),
+            Stage::Failed
+        );
     }
 
     #[test]

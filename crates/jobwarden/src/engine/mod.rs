@@ -1,5 +1,5 @@
 //! The engine: every timeout, TTL, orphan and recovery decision as a pure function of
-//! `(observed state, policy, now)` (`../shared/STYLE.md` §1–3).
+//! `(observed state, policy, now)`.
 //!
 //! Nothing here reads the clock, touches the store, a process, the network or the cluster.
 //! Each function returns what to do now and when to look again; the daemon's executor

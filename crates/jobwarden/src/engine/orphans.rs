@@ -1,21 +1,22 @@
-//! Orphans as a fail-closed set difference (`../shared/DESIGN.md` §1, §4.2).
+//! Orphans as a fail-closed set difference.
 //!
 //! An orphan is a resource labelled with a job id (a Kubernetes object, a local workspace or
 //! log file, an object-storage prefix) whose job the caller's notion of "known" does not
 //! contain, and that is older than the kind's minimum age. The inputs are listings that may
 //! have failed: if any input is incomplete, the answer for that kind is "skipped", never a
-//! guess, so a failed listing can never make live resources look orphaned.
+//! guess, so a failed listing can never make live resources look orphaned. A candidate carries a
+//! [`JobId`]: a name that is not a valid job id cannot even be a candidate.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::model::{Timestamp, sub};
+use crate::model::{JobId, Timestamp, sub};
 
 /// A resource that carries a job id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    /// The job id from its label, directory name or key.
-    pub job_id: String,
+    /// The job id from its label, directory name or key (only valid ids are candidates).
+    pub job_id: JobId,
     /// Kind-specific name (namespace/name, path, key prefix).
     pub name: String,
     /// When it was created (or last modified, for files and objects).
@@ -82,7 +83,7 @@ pub fn find_orphans(
     let mut too_young = 0;
     let mut orphans: Vec<Candidate> = candidates
         .into_iter()
-        .filter(|c| !sets.iter().any(|s| s.contains(&c.job_id)))
+        .filter(|c| !sets.iter().any(|s| s.contains(c.job_id.as_str())))
         .filter(|c| {
             // Strictly older than the minimum age.
             let old = c.created_at < cutoff;
@@ -109,7 +110,7 @@ mod tests {
 
     fn c(job: &str, age_from: i64) -> Candidate {
         Candidate {
-            job_id: job.into(),
+            job_id: JobId::parse(job).expect("id"),
             name: format!("pod-{job}"),
             created_at: t(age_from),
         }
@@ -198,6 +199,6 @@ mod tests {
         };
         assert_eq!(orphans.len(), 5);
         assert!(more);
-        assert_eq!(orphans[0].job_id, "j49");
+        assert_eq!(orphans[0].job_id.as_str(), "j49");
     }
 }

@@ -18,12 +18,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::artifacts::keys::{self, ArtifactKind};
-use crate::artifacts::retention::RetentionTask;
+use crate::artifacts;
 use crate::duration::format_duration;
 use crate::model::{
     AuditAction, AuditEntry, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, StepTaken,
-    Timestamp, add, fmt_ts, since,
+    Timestamp, add, fmt_ts,
 };
 
 use super::decide::{Decision, Policy, decide};
@@ -132,6 +131,9 @@ pub struct CleanupPlan {
     pub reason: String,
     /// The tasks to queue (none in dry-run).
     pub tasks: Vec<TaskPlan>,
+    /// The row saying the job's `jobs/<org>/` prefix can never be cleaned, when its
+    /// organisation cannot be part of a key ([`artifact_tasks`]).
+    pub refused: Option<AuditEntry>,
     /// Hooks once the job moved to `cleanup` (none in dry-run).
     pub hooks: Vec<HookEvent>,
     /// Decided, not carried out.
@@ -329,6 +331,7 @@ pub fn cleanup_plan(
         fmt_ts(due_at)
     );
     let mut tasks = Vec::new();
+    let mut refused = None;
     if !dry_run {
         if job.runtime == RuntimeKind::Local {
             tasks.push(TaskPlan {
@@ -345,7 +348,9 @@ pub fn cleanup_plan(
                 due_at: now,
             });
         }
-        tasks.extend(retention_tasks(job, policy, now));
+        let (more, row) = retention_tasks(job, policy, now);
+        tasks.extend(more);
+        refused = row;
     }
     CleanupPlan {
         due_at,
@@ -353,6 +358,7 @@ pub fn cleanup_plan(
         finish_in_future,
         reason,
         tasks,
+        refused,
         hooks: if dry_run {
             Vec::new()
         } else {
@@ -367,12 +373,18 @@ pub fn cleanup_plan(
 
 /// The tasks queued as soon as a run finished, each due by its own retention: a local job's
 /// log file (`[retention.artifacts] logs`) and the run's object-storage prefixes
-/// ([`artifact_tasks`]). None for a run that has not finished.
-pub fn retention_tasks(job: &JobRecord, policy: &Policy, now: Timestamp) -> Vec<TaskPlan> {
+/// ([`artifact_tasks`]); and, for a job whose organisation cannot be part of a key, the audit
+/// row that says its `jobs/<org>/` prefix is never cleaned. Nothing for a run that has not
+/// finished.
+pub fn retention_tasks(
+    job: &JobRecord,
+    policy: &Policy,
+    now: Timestamp,
+) -> (Vec<TaskPlan>, Option<AuditEntry>) {
     if job.stage.is_active() || job.finished_at.is_none() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
-    let mut tasks = artifact_tasks(job, policy, now).unwrap_or_default();
+    let (mut tasks, refused) = artifact_tasks(job, policy, now);
     if job.runtime == RuntimeKind::Local {
         let finished = job.finished_at.unwrap_or(now);
         let logs = retention::artifact_ttl(ArtifactClass::Logs, job, &policy.retention);
@@ -390,56 +402,59 @@ pub fn retention_tasks(job: &JobRecord, policy: &Policy, now: Timestamp) -> Vec<
             due_at: add(finished, logs).max(now),
         });
     }
-    tasks
+    (tasks, refused)
 }
 
 /// The `artifact_prefix` tasks of a finished run, one per artifact kind (`jobs/<org>/<id>/`,
-/// `partial/<id>/`, `logs/<id>/`), each due at the run's finish plus that kind's retention
-/// ([`retention::artifact_ttl`]: `artifacts` defaults to the job's TTL), with the dedupe key
+/// `partial/<id>/`, `logs/<id>/`, laid out by [`artifacts::retention::plan_for_job`]), each
+/// due at the run's finish plus that kind's retention ([`retention::artifact_ttl`]:
+/// `artifacts` defaults to the job's TTL), with the dedupe key
 /// `artifacts:<root>:<job id>:<run id>`, so a second queueing of the same run merges with the
-/// pending tasks. An error for an organisation that cannot be a key segment (its artifacts
-/// cannot be ours either).
+/// pending tasks. A job whose organisation cannot be a key segment (stored by an older
+/// version, or by hand) gets no `jobs/<org>/` task and a failed `ttl_cleanup` row saying so;
+/// its `partial/` and `logs/` are cleaned as usual.
 pub fn artifact_tasks(
     job: &JobRecord,
     policy: &Policy,
     now: Timestamp,
-) -> Result<Vec<TaskPlan>, crate::artifacts::Error> {
-    let Some(finished_at) = job.finished_at.filter(|_| !job.stage.is_active()) else {
-        return Ok(Vec::new());
+) -> (Vec<TaskPlan>, Option<AuditEntry>) {
+    let ttl = |class| crate::duration::Dur(retention::artifact_ttl(class, job, &policy.retention));
+    let per_kind = artifacts::retention::ArtifactRetention {
+        artifacts: ttl(ArtifactClass::Artifacts),
+        partial: ttl(ArtifactClass::Partial),
+        logs: ttl(ArtifactClass::Logs),
     };
-    ArtifactKind::ALL
-        .iter()
-        .map(|&kind| {
-            let class = match kind {
-                ArtifactKind::Artifacts => ArtifactClass::Artifacts,
-                ArtifactKind::Partial => ArtifactClass::Partial,
-                ArtifactKind::Logs => ArtifactClass::Logs,
-            };
-            let prefix = keys::prefix_for(kind, job.org.as_deref(), &job.id)?.to_string();
-            let due_at = add(
-                finished_at,
-                retention::artifact_ttl(class, job, &policy.retention),
-            );
-            let task = RetentionTask {
-                kind,
-                job_id: job.id.clone(),
-                run_id: job.run_id.clone(),
-                attempt: job.attempt,
-                finished_at,
-                prefix: prefix.clone(),
-                due_at,
-            };
-            Ok(TaskPlan {
-                kind: "artifact_prefix",
-                job_id: job.id.to_string(),
-                dedup_key: format!("artifacts:{}:{}:{}", kind.root(), job.id, job.run_id),
-                resource_name: prefix,
-                payload: serde_json::to_value(&task).unwrap_or(serde_json::Value::Null),
-                priority: 0,
-                due_at: due_at.max(now),
-            })
+    let (planned, refused) = artifacts::retention::plan_for_job(job, &per_kind);
+    let tasks = planned
+        .into_iter()
+        .map(|t| TaskPlan {
+            kind: "artifact_prefix",
+            job_id: job.id.to_string(),
+            dedup_key: format!("artifacts:{}:{}:{}", t.kind.root(), job.id, job.run_id),
+            resource_name: t.prefix.clone(),
+            payload: serde_json::to_value(&t).unwrap_or(serde_json::Value::Null),
+            priority: 0,
+            due_at: t.due_at.max(now),
         })
-        .collect()
+        .collect();
+    let row = refused.map(|e| {
+        let mut row = job_row(
+            job,
+            now,
+            AuditAction::TtlCleanup,
+            "artifacts under jobs/<org>/ are not cleaned: the job's organisation cannot be part of an object key (partial/ and logs/ are cleaned as usual)",
+        );
+        row.resource_type = "object_prefix".into();
+        row.resource_name = format!(
+            "jobs/{}/{}",
+            job.org.as_deref().map(|o| format!("{o:?}")).unwrap_or_default(),
+            job.id
+        );
+        row.success = false;
+        row.error_message = Some(e.to_string());
+        row
+    });
+    (tasks, row)
 }
 
 /// Moves `job` to `to`, refusing a transition the lifecycle does not allow (a stale or
@@ -456,8 +471,9 @@ pub fn move_stage(job: &mut JobRecord, to: Stage) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Settles a run: outcome, stage (through [`move_stage`]), finish time, exit status and
-/// reason; returns the hook event of the stage it settled in.
+/// Settles a run: outcome, stage (through [`move_stage`]: `completed` for an exit status 0,
+/// even after jobwarden's SIGTERM, [`lifecycle::stage_after_exit`]), finish time, exit status
+/// and reason; returns the hook event of the stage it settled in.
 pub fn settle(
     job: &mut JobRecord,
     outcome: Outcome,
@@ -465,7 +481,7 @@ pub fn settle(
     reason: String,
     now: Timestamp,
 ) -> Result<HookEvent, StageError> {
-    let stage = lifecycle::stage_after(outcome);
+    let stage = lifecycle::stage_after_exit(outcome, exit.0, exit.1);
     move_stage(job, stage)?;
     job.outcome = Some(outcome);
     job.finished_at = Some(now);
@@ -483,10 +499,9 @@ pub fn step_reason(job: &JobRecord, step: Step, now: Timestamp, why: &str) -> St
     let timeout = format_duration(job.timeout);
     let grace = format_duration(job.grace);
     match (job.runtime, step) {
-        (_, Step::Warn) => format!(
-            "{} left before the deadline {deadline} (timeout {timeout})",
-            format_duration(since(job.deadline.unwrap_or(now), now))
-        ),
+        (_, Step::Warn) => {
+            crate::duration::deadline_note(job.deadline.unwrap_or(now), now, job.timeout)
+        }
         (RuntimeKind::Local, Step::SoftKill) => format!(
             "{why}: deadline {deadline} reached; SIGTERM to the process group, grace {grace}"
         ),
@@ -656,19 +671,25 @@ mod tests {
     }
 
     #[test]
-    fn an_org_that_cannot_be_a_key_gets_no_artifact_tasks() {
+    fn an_org_that_cannot_be_a_key_gets_no_jobs_prefix_task_and_an_audit_row() {
         let mut j = running();
         j.stage = Stage::Failed;
         j.outcome = Some(Outcome::Failed);
         j.finished_at = Some(t(100));
         j.org = Some("../x".into());
-        assert!(artifact_tasks(&j, &policy(), t(200)).is_err());
-        let tasks = retention_tasks(&j, &policy(), t(200));
+        let (tasks, refused) = retention_tasks(&j, &policy(), t(200));
+        let prefixes: Vec<&str> = tasks.iter().map(|t| t.resource_name.as_str()).collect();
         assert_eq!(
-            tasks.iter().map(|t| t.kind).collect::<Vec<_>>(),
-            ["log"],
-            "the log is still ours"
+            prefixes,
+            ["partial/job-1", "logs/job-1", "/data/logs/job-1.log"],
+            "partial/, logs/ and the log file are still ours"
         );
+        let row = refused.expect("the refusal is audited");
+        assert!(
+            !row.success && row.resource_type == "object_prefix",
+            "{row:?}"
+        );
+        assert!(row.error_message.is_some_and(|e| e.contains("../x")));
     }
 
     #[test]

@@ -336,8 +336,14 @@ impl<R: Runtime> Executor<R> {
         if plan.dry_run {
             job.reason = Some("dry-run: cleanup decided, not carried out".into());
         }
-        self.store.update_job_with_audit(job, &acted.audit).await?;
-        self.metrics.audit_written(acted.audit.len() as u64);
+        let mut rows = acted.audit.clone();
+        if let Some(row) = &plan.refused {
+            // Never silence: artifacts that can never be cleaned say so.
+            self.metrics.error("artifact_key");
+            rows.push(row.clone());
+        }
+        self.store.update_job_with_audit(job, &rows).await?;
+        self.metrics.audit_written(rows.len() as u64);
         // The stage before the tasks: a worker that runs the workspace task at once must find
         // the job in `cleanup` (it then marks it `cleaned`). When the queueing fails the stage
         // goes back, and the cleanup is decided again.

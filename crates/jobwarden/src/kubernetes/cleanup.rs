@@ -3,7 +3,7 @@
 //!
 //! Once a Job's TTL delete succeeded, [`super::reconcile`] queues its run's `artifact_prefix`
 //! tasks (`jobs/<org>/<id>/`, `partial/<id>/`, `logs/<id>/`, the local runtime's kind and
-//! dedupe keys: [`crate::daemon::worker::artifact_tasks`]), each due at the finish plus that
+//! dedupe keys: [`crate::engine::plan::artifact_tasks`]), each due at the finish plus that
 //! kind's `[retention.artifacts]`. [`start`] runs `[queue] workers` of the local daemon's
 //! workers on them, on every replica (not only the leader): a claimed task is leased to its
 //! worker, so replicas sharing a PostgreSQL store share the queue without running a task
@@ -22,37 +22,26 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use tokio::sync::watch;
 
 use crate::artifacts::{Artifacts, ArtifactsConfig};
+use crate::cleanup::Context;
 use crate::config::Config;
-use crate::daemon::{Shared, WriteFaults, worker};
-use crate::engine::Policy;
-use crate::hooks::{HookRunner, Hooks};
+use crate::engine::plan::Layout;
+use crate::health::{StoreHealth, WriteFaults};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-use crate::runtime::local::LocalRuntime;
 use crate::store::Store;
-
-/// The artifacts URL: `--artifacts`, else `[artifacts] url`, else `file://<data-dir>/artifacts`
-/// (as for the local runtime).
-pub fn artifacts_url(flag: Option<&str>, config: &Config, data_dir: &Path) -> String {
-    flag.map(str::to_owned)
-        .or_else(|| config.artifacts.url.clone())
-        .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()))
-}
 
 /// Opens the artifact store at `url` with the `[artifacts]` settings (no call is made: an
 /// unreachable store shows in the workers' retries, never stops the controller).
-pub fn open_artifacts(url: &str, config: &Config) -> Result<Artifacts, String> {
+pub fn open_artifacts(url: &str, config: &Config) -> Result<Artifacts, crate::artifacts::Error> {
     let artifacts_config = ArtifactsConfig {
         url: Some(url.to_owned()),
         ..config.artifacts.clone()
     };
-    Artifacts::open(&artifacts_config, crate::daemon::artifact_retry())
-        .map_err(|e| format!("artifacts: {e}"))
+    Artifacts::open(&artifacts_config, crate::artifacts::retry_config())
 }
 
 /// Starts the cleanup workers, named `<name>-w<i>` (`name` must differ between replicas: a
@@ -68,30 +57,20 @@ pub fn start(
     name: &str,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let metrics = Arc::new(Metrics::default());
-    let shared = Arc::new(Shared {
-        policy: Policy::from_config(config),
-        hooks: HookRunner::new(
-            Hooks::new(config.hooks.clone()),
-            store.clone(),
-            metrics.clone(),
-        ),
-        deletions: RateLimiter::per_minute(config.safety.max_deletions_per_minute),
-        config: config.clone(),
+    let ctx = Arc::new(Context {
         store,
-        metrics,
-        dry_run: false,
-        data_dir: data_dir.to_owned(),
-        store_ok: AtomicBool::new(true),
-        loaded: AtomicBool::new(true),
-        token: None,
-        queue_kick: tokio::sync::Notify::new(),
         artifacts,
-        faults: WriteFaults::new(data_dir.to_owned(), store_url),
+        deletions: RateLimiter::per_minute(config.safety.max_deletions_per_minute),
+        layout: Layout::new(data_dir),
+        metrics: Arc::new(Metrics::default()),
+        health: Arc::new(StoreHealth::new(WriteFaults::new(
+            data_dir.to_owned(),
+            store_url,
+        ))),
+        kick: tokio::sync::Notify::new(),
+        queue: config.queue.clone(),
+        artifact_min_age: config.orphans.artifact_min_age.0,
+        dry_run: false,
     });
-    // The workers' local paths (workspaces, logs) are unused here; no process is started, so
-    // nothing is ever sent on the exit channel.
-    let (exits, _) = tokio::sync::mpsc::unbounded_channel();
-    let runtime = LocalRuntime::new(data_dir, exits, None, None);
-    worker::spawn(&shared, &runtime, name, shutdown)
+    crate::cleanup::spawn(&ctx, name, shutdown)
 }

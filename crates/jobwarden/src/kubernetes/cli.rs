@@ -208,25 +208,25 @@ pub async fn run(
         ),
         None => (Config::default(), "<built-in defaults>".to_owned()),
     };
-    let listen: std::net::SocketAddr = match opts.listen {
-        Some(a) => a,
-        None => config
-            .server
-            .listen
-            .parse()
-            .map_err(|e| (2, format!("{source}: server.listen: {e}")))?,
-    };
-    // The job API's token: as in the local daemon, required off loopback.
-    let token = crate::cli::api_token(&config, listen, &source)?;
-    let store_url = opts
-        .store
-        .clone()
-        .or_else(|| config.store.url.clone())
-        .unwrap_or_else(|| format!("sqlite://{}", opts.data_dir.join("jobwarden.db").display()));
-    let artifacts_url =
-        super::cleanup::artifacts_url(opts.artifacts.as_deref(), &config, &opts.data_dir);
-    crate::artifacts::config::parse_url(&artifacts_url)
-        .map_err(|e| (2, format!("--artifacts / artifacts.url: {e}")))?;
+    // The checks of the local `run` and `config check` (one path): the listen address, the
+    // job API's token (required off loopback), the store and artifacts URLs.
+    let checked = crate::cli::preflight(
+        &config,
+        &source,
+        &opts.data_dir,
+        &crate::cli::Overrides {
+            listen: opts.listen,
+            store: opts.store.as_deref(),
+            artifacts: opts.artifacts.as_deref(),
+        },
+    )
+    .map_err(|f| (f.code, f.message))?;
+    let (listen, token, store_url, artifacts_url) = (
+        checked.listen,
+        checked.token,
+        checked.store_url,
+        checked.artifacts_url,
+    );
     // The cluster first: without one, nothing is opened or created (no empty store file).
     let client = kube::Client::try_default().await.map_err(|e| {
         (
@@ -238,7 +238,10 @@ pub async fn run(
     let artifacts = if opts.dry_run {
         None
     } else {
-        Some(super::cleanup::open_artifacts(&artifacts_url, &config).map_err(|e| (2, e))?)
+        Some(
+            super::cleanup::open_artifacts(&artifacts_url, &config)
+                .map_err(|e| (2, format!("artifacts: {e}")))?,
+        )
     };
     let store = crate::store::Store::open(&store_url)
         .await

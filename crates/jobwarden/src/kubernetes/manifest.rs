@@ -72,7 +72,7 @@ pub const DEFAULT_HEARTBEAT_SERVER: &str = "http://jobwarden.jobwarden.svc:7800"
 /// jobwarden-init's default heartbeat interval: the most a heartbeat timeout gets.
 const MAX_HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
-/// Why a Job cannot be rendered.
+/// Why a Job cannot be rendered. Each names the flag to fix; `manifest job` exits 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     /// The name is not a valid Job name.
@@ -83,6 +83,36 @@ pub enum ManifestError {
         /// What is wrong.
         problem: String,
     },
+    /// No `--name`, and the name derived from the job id (`flowforge-<id>`, lowercased) is
+    /// not a valid Job name.
+    #[error(
+        "--job-id {job_id:?}: the Job name derived from it, {name:?}, is not a valid Job name: {problem} (a Job name is a DNS label); pass --name"
+    )]
+    DerivedName {
+        /// The job id.
+        job_id: String,
+        /// The derived name.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The organisation breaks the naming rule.
+    #[error("--org: {0}")]
+    Org(crate::model::NameError),
+    /// The job type breaks the naming rule.
+    #[error("--type: {0}")]
+    JobType(crate::model::NameError),
+    /// The namespace is not a namespace name.
+    #[error("--namespace {namespace:?}: {problem} (a namespace is a DNS label)")]
+    Namespace {
+        /// The namespace.
+        namespace: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// A zero timeout (jobwarden would end the Job the moment it starts).
+    #[error("--timeout must be greater than 0")]
+    ZeroTimeout,
     /// Nothing to run.
     #[error("no command: give the job's command after `--`")]
     NoCommand,
@@ -118,16 +148,43 @@ pub fn render_job(req: &JobRequest, config: &Config) -> Result<Rendered, Manifes
     if req.image.trim().is_empty() {
         return Err(ManifestError::NoImage);
     }
-    let name = req
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("flowforge-{}", req.job_id.as_str().to_ascii_lowercase()));
-    if let Some(problem) = dns_label_problem(&name) {
-        return Err(ManifestError::Name {
-            name,
-            problem: format!("{problem} (a Job name is a DNS label)"),
+    if req.timeout.is_zero() {
+        return Err(ManifestError::ZeroTimeout);
+    }
+    crate::model::check_name("organisation", &req.org).map_err(ManifestError::Org)?;
+    if let Some(t) = &req.job_type {
+        crate::model::check_name("job type", t).map_err(ManifestError::JobType)?;
+    }
+    if let Some(ns) = &req.namespace
+        && let Some(problem) = dns_label_problem(ns)
+    {
+        return Err(ManifestError::Namespace {
+            namespace: ns.clone(),
+            problem,
         });
     }
+    let name = match &req.name {
+        Some(name) => {
+            if let Some(problem) = dns_label_problem(name) {
+                return Err(ManifestError::Name {
+                    name: name.clone(),
+                    problem: format!("{problem} (a Job name is a DNS label)"),
+                });
+            }
+            name.clone()
+        }
+        None => {
+            let name = format!("flowforge-{}", req.job_id.as_str().to_ascii_lowercase());
+            if let Some(problem) = dns_label_problem(&name) {
+                return Err(ManifestError::DerivedName {
+                    job_id: req.job_id.to_string(),
+                    name,
+                    problem: problem.to_owned(),
+                });
+            }
+            name
+        }
+    };
     let settings = JobSettings {
         org: Some(req.org.clone()),
         job_type: req.job_type.clone(),
@@ -461,5 +518,60 @@ mod tests {
             render_job(&rq, &Config::default()),
             Err(ManifestError::Name { .. })
         ));
+    }
+
+    #[test]
+    fn a_bad_derived_name_names_the_job_id_not_a_name_flag_never_passed() {
+        let mut rq = req();
+        rq.job_id = JobId::parse("Build_7").expect("id");
+        let e = render_job(&rq, &Config::default()).expect_err("flowforge-build_7");
+        let msg = e.to_string();
+        assert!(msg.starts_with("--job-id \"Build_7\""), "{msg}");
+        assert!(
+            msg.contains("\"flowforge-build_7\"") && msg.contains("pass --name"),
+            "{msg}"
+        );
+        // Long ids make names over 63 characters.
+        rq.job_id = JobId::parse(&"a".repeat(60)).expect("id");
+        let msg = render_job(&rq, &Config::default())
+            .expect_err("too long")
+            .to_string();
+        assert!(msg.contains("longer than 63"), "{msg}");
+        // With --name, the id's form does not matter.
+        rq.name = Some("short".into());
+        render_job(&rq, &Config::default()).expect("renders");
+    }
+
+    #[test]
+    fn org_type_namespace_and_timeout_are_checked() {
+        let c = Config::default();
+        for (edit, want) in [
+            (
+                Box::new(|r: &mut JobRequest| r.org = "../../x".into())
+                    as Box<dyn Fn(&mut JobRequest)>,
+                "--org: invalid organisation \"../../x\"",
+            ),
+            (
+                Box::new(|r| r.org = "ünïcode-org".into()),
+                "--org: invalid organisation",
+            ),
+            (
+                Box::new(|r| r.job_type = Some("_x".into())),
+                "--type: invalid job type",
+            ),
+            (
+                Box::new(|r| r.namespace = Some("Team_A".into())),
+                "--namespace \"Team_A\"",
+            ),
+            (
+                Box::new(|r| r.timeout = Duration::ZERO),
+                "--timeout must be greater than 0",
+            ),
+        ] {
+            let mut rq = req();
+            edit(&mut rq);
+            let msg = render_job(&rq, &c).expect_err(want).to_string();
+            assert!(msg.starts_with(want), "{msg}");
+        }
     }
 }

