@@ -4,7 +4,6 @@
 //! engine when something is due; [`store`] persists jobs, the cleanup queue and the audit log;
 //! the runtimes and the daemon carry decisions out. [`clock`] is the only reader of the clock.
 
-pub mod api_read;
 pub mod api_types;
 pub mod artifacts;
 pub mod cleanup;
@@ -18,6 +17,7 @@ pub mod engine;
 pub mod executor;
 pub mod health;
 pub mod hooks;
+pub mod http;
 pub mod kubernetes;
 pub mod metrics;
 pub mod model;

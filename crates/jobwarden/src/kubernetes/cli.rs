@@ -136,61 +136,56 @@ pub struct RunOptions {
 /// How long shutdown waits for running hooks (a pod gets 30 s by default in all).
 const HOOKS_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The health server of `run --runtime kubernetes`: `/healthz`; `/readyz` (200 once `ready`,
-/// saying whether this replica leads, per `leading`: a standby is ready too, it watches);
-/// `/metrics` (Prometheus text: the counters of `metrics`, with `jobwarden_leader` read from
-/// `leading` at each scrape). `run` merges the job API ([`super::api::router`]) into it.
+/// `/healthz`, `/readyz` (200 once both watches listed, saying whether this replica leads)
+/// and `/metrics` (with `jobwarden_leader`) of `run --runtime kubernetes`.
 pub fn health_router(
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     leading: tokio::sync::watch::Receiver<bool>,
 ) -> axum::Router {
-    use std::sync::atomic::Ordering;
-    let leading_at_readyz = leading.clone();
-    axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let ready = ready.load(Ordering::Relaxed);
-                let role = if *leading_at_readyz.borrow() {
-                    "leading"
-                } else {
-                    "standby (another replica leads)"
-                };
-                async move {
-                    if ready {
-                        (
-                            axum::http::StatusCode::OK,
-                            format!("ready: Jobs and Pods listed; {role}\n"),
-                        )
-                    } else {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!(
-                                "not ready: waiting for the first listing of Jobs and Pods; {role}\n"
-                            ),
-                        )
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                metrics.set_leader(*leading.borrow());
-                let text = metrics.render();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        text,
-                    )
-                }
-            }),
-        )
+    crate::http::health(KubeHealth {
+        ready,
+        metrics,
+        leading,
+    })
+}
+
+/// What `/readyz` and `/metrics` read in Kubernetes mode.
+#[derive(Clone)]
+struct KubeHealth {
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    leading: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl crate::http::Health for KubeHealth {
+    async fn ready(&self) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let role = if *self.leading.borrow() {
+            "leading"
+        } else {
+            "standby (another replica leads)"
+        };
+        if self.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            (
+                axum::http::StatusCode::OK,
+                format!("ready: Jobs and Pods listed; {role}\n"),
+            )
+                .into_response()
+        } else {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: waiting for the first listing of Jobs and Pods; {role}\n"),
+            )
+                .into_response()
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.set_leader(*self.leading.borrow());
+        self.metrics.render()
+    }
 }
 
 /// Runs the Kubernetes controller until `shutdown` completes. Errors are (exit code, message).

@@ -1,4 +1,4 @@
-//! The job API's read routes and the pieces every router shares, one implementation for both
+//! The job API's read routes and the pieces every route shares, one implementation for both
 //! runtimes: the local daemon (`daemon::api`) and `run --runtime kubernetes`
 //! (`kubernetes::api`).
 //!
