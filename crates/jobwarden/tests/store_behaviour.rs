@@ -1286,6 +1286,8 @@ async fn audit_query_filters(db: &Db) {
         since: Some(t(0)),
         until: Some(t(100)),
         limit: None,
+        org: None,
+        newest_first: false,
     })
     .await;
     assert_eq!(combined.len(), 1);

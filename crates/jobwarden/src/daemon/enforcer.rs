@@ -540,7 +540,10 @@ impl Enforcer {
             pid_start_ticks: None,
             exit_code: None,
             signal: None,
-            spec: serde_json::json!({ "command": req.command }),
+            spec: serde_json::json!({
+                "command": req.command,
+                crate::policy::Resolution::KEY: crate::policy::Resolution::of(&resolved).to_json(),
+            }),
             dry_run: self.shared.dry_run,
         };
         self.shared.store.insert_job(&job).await.map_err(|e| {
@@ -892,7 +895,7 @@ impl Enforcer {
         let results = {
             let mut batch: Vec<(&mut JobRecord, &StepPlan)> =
                 planned.iter_mut().map(|(j, p)| (j, &*p)).collect();
-            self.executor.record_steps(&mut batch).await
+            self.executor.record_steps(&(), &mut batch).await
         };
         let results = match results {
             Ok(results) => results,

@@ -27,9 +27,11 @@ use axum::http::StatusCode;
 
 use crate::api_types::SubmitRequest;
 use crate::clock;
+use crate::config::{Config, PolicyConfig};
 use crate::engine::decide::Policy;
+use crate::events::EventBus;
 use crate::http::{ApiError, Backend, ReadState};
-use crate::model::{JobId, JobRecord};
+use crate::model::{JobId, JobRecord, RuntimeKind};
 use crate::store::Store;
 
 /// State of the Kubernetes runtime's API handlers.
@@ -41,18 +43,24 @@ pub struct ApiState {
 struct Inner {
     store: Store,
     policy: Policy,
+    policy_config: PolicyConfig,
     token: Option<String>,
+    events: EventBus,
 }
 
 impl ApiState {
-    /// The API over `store` (the reconciler's), with `policy` for next steps and the plan, and
-    /// `token` required on every route but heartbeats when given.
-    pub fn new(store: Store, policy: Policy, token: Option<String>) -> Self {
+    /// The API over `store` (the reconciler's), with `config`'s policy for next steps, the
+    /// plan and the console's Policy page, `token` required on every route but heartbeats and
+    /// the read-only console when given, and `events` (the reconciler's bus) for
+    /// `GET /v1/events`.
+    pub fn new(store: Store, config: &Config, token: Option<String>, events: EventBus) -> Self {
         ApiState {
             inner: Arc::new(Inner {
                 store,
-                policy,
+                policy: Policy::from_config(config),
+                policy_config: config.policy.clone(),
                 token,
+                events,
             }),
         }
     }
@@ -67,6 +75,15 @@ impl ReadState for ApiState {
     }
     fn token(&self) -> Option<&str> {
         self.inner.token.as_deref()
+    }
+    fn policy_config(&self) -> &PolicyConfig {
+        &self.inner.policy_config
+    }
+    fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+    fn runtime(&self) -> RuntimeKind {
+        RuntimeKind::Kubernetes
     }
 }
 

@@ -269,13 +269,11 @@ pub async fn run(
     )
     .with_limiter(limiter.clone());
     let cleanup_config = config.clone();
-    let api = super::api::ApiState::new(
-        store.clone(),
-        crate::engine::decide::Policy::from_config(&config),
-        token,
-    );
+    let api_config = config.clone();
     let reconciler =
         super::reconcile::Reconciler::new(config, store.clone(), actions).with_limiter(limiter);
+    let events = reconciler.events();
+    let api = super::api::ApiState::new(store.clone(), &api_config, token, events.clone());
     let hooks_idle = reconciler.hooks_idle();
     let ready = Arc::new(AtomicBool::new(false));
     // Every replica watches; only the leader acts (dry-run acts without a Lease).
@@ -287,6 +285,12 @@ pub async fn run(
         .await
         .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The reclaimed figures of /metrics, from the store (every replica: they share it).
+    let refresher = tokio::spawn(crate::reclaimed::refresh_metrics(
+        store.clone(),
+        reconciler.metrics(),
+        stop_rx.clone(),
+    ));
     // Every replica works the cleanup queue (task leases keep a task to one worker); dry-run
     // queues nothing and works nothing (see `cleanup`).
     let workers = match artifacts {
@@ -315,6 +319,7 @@ pub async fn run(
                 &opts.data_dir,
                 &store_url,
                 &identity,
+                events,
                 &stop_rx,
             )
         }
@@ -381,6 +386,7 @@ pub async fn run(
     for worker in workers {
         let _ = worker.await;
     }
+    let _ = refresher.await;
     // Let running hooks finish and audit (each has its own timeout), within bounds.
     if tokio::time::timeout(HOOKS_AT_SHUTDOWN, hooks_idle)
         .await

@@ -23,6 +23,34 @@ pub struct KubeTarget<'a> {
     pub pods: &'a [Pod],
 }
 
+/// The sum of the `cpu` and `memory` requests of the containers of `pods` that have not ended
+/// (phase neither Succeeded nor Failed); each None when a container requests none of it (a
+/// sum without it would be less than the truth) or a quantity does not parse.
+pub fn pod_requests(pods: &[Pod]) -> (Option<f64>, Option<f64>) {
+    let mut cpu = Some(0.0);
+    let mut memory = Some(0.0);
+    let live = pods.iter().filter(|p| {
+        !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+    });
+    for pod in live {
+        let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+        for c in containers {
+            let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+            let get = |name: &str| {
+                requests
+                    .and_then(|r| r.get(name))
+                    .and_then(|q| crate::reclaimed::parse_quantity(&q.0))
+            };
+            cpu = cpu.zip(get("cpu")).map(|(a, b)| a + b);
+            memory = memory.zip(get("memory")).map(|(a, b)| a + b);
+        }
+    }
+    (cpu, memory)
+}
+
 /// The observation admitted the Job, so the actions (which check the same scope) cannot
 /// refuse it; reported as a failed act rather than a panic.
 fn out_of_scope() -> Acted {
@@ -60,6 +88,37 @@ impl Runtime for Actions {
             Step::ForceDelete => self.force_delete(k, target.pods, reason, now).await,
         };
         report.map_or_else(|_| out_of_scope(), Acted::from)
+    }
+
+    /// The resource requests of the Job's pods that have not ended (a resource is unknown
+    /// when a container of them requests none); the bound is the earliest of the uncapped
+    /// timeout's end and the Job's own `activeDeadlineSeconds` (from the Job as first seen,
+    /// never jobwarden's patch).
+    fn usage(
+        &self,
+        target: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &StepPlan,
+    ) -> Option<crate::reclaimed::Usage> {
+        if plan.step() != Step::SoftKill || plan.dry_run {
+            return None;
+        }
+        let ads = job
+            .spec
+            .get(JOB_TEMPLATE)
+            .and_then(|t| t.get("spec"))
+            .and_then(|s| s.get("activeDeadlineSeconds"))
+            .and_then(serde_json::Value::as_u64)
+            .map(std::time::Duration::from_secs);
+        let (otherwise_until, bound) = crate::reclaimed::bound(job, false, ads);
+        let (cpu_cores, memory_bytes) = pod_requests(target.pods);
+        Some(crate::reclaimed::Usage {
+            basis: crate::reclaimed::Basis::PodRequests,
+            cpu_cores,
+            memory_bytes: memory_bytes.map(|b| b as u64),
+            otherwise_until,
+            bound,
+        })
     }
 
     /// A soft kill whose patch the Job shows went out before (a crash came after it).

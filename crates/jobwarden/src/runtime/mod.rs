@@ -119,6 +119,17 @@ pub trait Runtime: Send + Sync {
         now: Timestamp,
     ) -> Acted;
 
+    /// What the run uses (or reserves) just before `plan` kills it, and the latest it could
+    /// otherwise have run until ([`crate::reclaimed`]): read-only, called by the executor for
+    /// a soft kill before it is recorded, so the figures are written with the step's audit row
+    /// (`details.reclaimed`). None for any other step and in dry-run.
+    fn usage(
+        &self,
+        target: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &StepPlan,
+    ) -> Option<crate::reclaimed::Usage>;
+
     /// Whether `target` already shows the recorded step carried out (so it happened at its
     /// recorded time, however late this pass finishes it).
     fn shows(&self, _target: &Self::Target<'_>, _plan: &StepPlan) -> bool {

@@ -20,6 +20,12 @@ pub struct JobFilter {
     pub after: Option<String>,
     /// At most this many.
     pub limit: Option<u32>,
+    /// Only this organisation's jobs.
+    pub org: Option<String>,
+    /// Only jobs of this type.
+    pub job_type: Option<String>,
+    /// Only jobs in this stage.
+    pub stage: Option<crate::model::Stage>,
 }
 
 /// The `jobs` column list in the order [`JobParams`] binds them (a macro so that `concat!`

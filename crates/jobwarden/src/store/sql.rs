@@ -83,6 +83,7 @@ macro_rules! shared_sql {
                 self, FailOutcome, Failure, QueueStats, RequeueOutcome, Task, TaskFilter,
                 task_columns,
             };
+            use $crate::reclaimed::{ReclaimedRow, ReportQuery};
             use $crate::store::{Error, Result, StepWrite, db};
 
             use super::{$Store, $list as bind_list, $ts as bind_ts, insert_audit};
@@ -248,6 +249,15 @@ macro_rules! shared_sql {
                     }
                     if let Some(after) = &filter.after {
                         qb.push(" AND id > ").push_bind(after.as_str());
+                    }
+                    if let Some(org) = &filter.org {
+                        qb.push(" AND org = ").push_bind(org.as_str());
+                    }
+                    if let Some(job_type) = &filter.job_type {
+                        qb.push(" AND job_type = ").push_bind(job_type.as_str());
+                    }
+                    if let Some(stage) = filter.stage {
+                        qb.push(" AND stage = ").push_bind(stage.as_str());
                     }
                     let rows =
                         list_rows(&self.$reads, qb, "id", filter.limit, "listing jobs").await?;
@@ -506,10 +516,73 @@ macro_rules! shared_sql {
                     if let Some(until) = query.until {
                         qb.push(" AND timestamp < ").push_bind(bind_ts(until));
                     }
-                    let order = "timestamp, id";
+                    if let Some(org) = &query.org {
+                        qb.push(" AND job_id IN (SELECT id FROM jobs WHERE org = ")
+                            .push_bind(org.as_str())
+                            .push(")");
+                    }
+                    let order = if query.newest_first {
+                        "timestamp DESC, id DESC"
+                    } else {
+                        "timestamp, id"
+                    };
                     let op = "querying the audit log";
                     let rows = list_rows(&self.$reads, qb, order, query.limit, op).await?;
                     rows.iter().map(|r| decode_audit(&audit_row(r))).collect()
+                }
+
+                pub(crate) async fn reclaimed_rows(
+                    &self,
+                    query: &ReportQuery,
+                ) -> Result<Vec<ReclaimedRow>> {
+                    // The rows the reclaimed report reads: kills (their measurement) and
+                    // deletions (their bytes) that were carried out, with their job's
+                    // organisation, run and finish (none for an orphan's unknown job).
+                    let mut qb = QueryBuilder::new(
+                        "SELECT a.id, a.timestamp, a.job_id, a.resource_type, a.resource_name, \
+                         a.action, a.reason, a.initiated_by, a.success, a.error_message, \
+                         a.dry_run, a.details, j.org AS job_org, j.run_id AS job_run_id, \
+                         j.finished_at AS job_finished_at \
+                         FROM cleanup_audit_log a LEFT JOIN jobs j ON j.id = a.job_id \
+                         WHERE a.action IN ('soft_kill', 'ttl_cleanup', 'orphan_cleanup') \
+                         AND a.success AND NOT a.dry_run",
+                    );
+                    if let Some(since) = query.since {
+                        qb.push(" AND a.timestamp >= ").push_bind(bind_ts(since));
+                    }
+                    if let Some(until) = query.until {
+                        qb.push(" AND a.timestamp < ").push_bind(bind_ts(until));
+                    }
+                    if let Some(org) = &query.org {
+                        qb.push(" AND j.org = ").push_bind(org.as_str());
+                    }
+                    let op = "reading the audit log for the reclaimed report";
+                    let rows = list_rows(&self.$reads, qb, "a.timestamp, a.id", None, op).await?;
+                    rows.iter()
+                        .map(|r| {
+                            let row = audit_row(r);
+                            Ok(ReclaimedRow {
+                                entry: decode_audit(&row)?,
+                                org: row.opt_text("job_org")?,
+                                run_id: row.opt_text("job_run_id")?,
+                                finished_at: row.opt_ts("job_finished_at")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                pub(crate) async fn queue_by_kind(&self) -> Result<Vec<(String, String, u64)>> {
+                    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                        "SELECT kind, state, COUNT(*) FROM cleanup_tasks \
+                         WHERE state <> 'done' GROUP BY kind, state ORDER BY kind, state",
+                    )
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(db("counting cleanup tasks by kind"))?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(k, s, n)| (k, s, u64::try_from(n).unwrap_or(0)))
+                        .collect())
                 }
             }
 
