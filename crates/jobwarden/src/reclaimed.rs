@@ -281,9 +281,16 @@ fn known_text(kills: u64, unknown: u64, sum: String) -> String {
     }
 }
 
-/// A number with at most one decimal, for tables.
+/// A number for tables: whole when it is, one decimal from 1 on, three below (`<0.001` for
+/// a positive amount too small to show, never a misleading 0).
 pub fn format_number(v: f64) -> String {
-    if (v - v.round()).abs() < 0.05 {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() < 0.001 {
+        "<0.001".into()
+    } else if v.abs() < 1.0 {
+        format!("{v:.3}")
+    } else if (v - v.round()).abs() < 0.05 {
         format!("{}", v.round() as i64)
     } else {
         format!("{v:.1}")

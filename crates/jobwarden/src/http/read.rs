@@ -191,7 +191,7 @@ pub async fn audit<S: ReadState>(
 }
 
 /// `since` is a duration back from now (`1h`) or an RFC 3339 time.
-fn parse_since(s: &str) -> Result<crate::model::Timestamp, String> {
+pub(crate) fn parse_since(s: &str) -> Result<crate::model::Timestamp, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
