@@ -103,6 +103,9 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
+    /// Set at shutdown: every stream ends, so the server's graceful shutdown does not wait
+    /// for a browser that keeps its event stream open.
+    closed: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for EventBus {
@@ -116,6 +119,20 @@ impl EventBus {
     pub fn new() -> Self {
         EventBus {
             tx: broadcast::Sender::new(CAPACITY),
+            closed: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// Ends every subscriber's stream (at shutdown); later subscribers end at once.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Completes once the bus is closed.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
         }
     }
 
@@ -175,5 +192,13 @@ mod tests {
         let got = rx.recv().await.expect("event");
         assert!(matches!(got, Event::Stage { ref job_id, .. } if job_id == "after"));
         assert_eq!(got.name(), "stage");
+        let closed = bus.closed();
+        bus.close();
+        tokio::time::timeout(std::time::Duration::from_secs(1), closed)
+            .await
+            .expect("closed");
+        tokio::time::timeout(std::time::Duration::from_secs(1), bus.closed())
+            .await
+            .expect("a later wait ends at once");
     }
 }

@@ -153,7 +153,11 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
         .iter()
         .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
         .or_else(|| q.strip_suffix('P').map(|n| (n, 1e15)))
-        .or_else(|| q.strip_suffix('E').filter(|n| !n.is_empty()).map(|n| (n, 1e18)))
+        .or_else(|| {
+            q.strip_suffix('E')
+                .filter(|n| !n.is_empty())
+                .map(|n| (n, 1e18))
+        })
         .unwrap_or((q, 1.0));
     if number.is_empty() || number.starts_with(['+', '-']) && number.len() == 1 {
         return None;
@@ -411,10 +415,7 @@ pub fn report(rows: &[ReclaimedRow], query: &ReportQuery) -> Report {
     for row in rows {
         let Some(f) = figures_of(row) else { continue };
         let day = row.entry.timestamp.format("%Y-%m-%d").to_string();
-        per_day
-            .entry((day, row.org.clone()))
-            .or_default()
-            .add(&f);
+        per_day.entry((day, row.org.clone())).or_default().add(&f);
         per_org.entry(row.org.clone()).or_default().add(&f);
         total.add(&f);
     }
@@ -550,7 +551,10 @@ pub fn metrics_text(r: &Report) -> String {
         o,
         "# HELP jobwarden_reclaimed_memory_gib_hours_total Memory GiB-hours jobwarden's kills saved (known part)."
     );
-    let _ = writeln!(o, "# TYPE jobwarden_reclaimed_memory_gib_hours_total counter");
+    let _ = writeln!(
+        o,
+        "# TYPE jobwarden_reclaimed_memory_gib_hours_total counter"
+    );
     for l in &r.by_org {
         let _ = writeln!(
             o,
@@ -744,7 +748,12 @@ mod tests {
         let rows = [
             row(AuditAction::TtlCleanup, "workspace", Some(10), "removed"),
             row(AuditAction::TtlCleanup, "log", Some(20), "removed"),
-            row(AuditAction::TtlCleanup, "object_prefix", Some(30), "deleted"),
+            row(
+                AuditAction::TtlCleanup,
+                "object_prefix",
+                Some(30),
+                "deleted",
+            ),
             row(AuditAction::OrphanCleanup, "workspace", Some(40), "removed"),
             row(AuditAction::TtlCleanup, "pvc", None, "deleted"),
             row(AuditAction::TtlCleanup, "pvc", None, "skipped: gone"),

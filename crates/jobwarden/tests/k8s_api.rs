@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use jobwarden::config::Config;
-use jobwarden::engine::decide::Policy;
 use jobwarden::kubernetes::actions::Actions;
 use jobwarden::kubernetes::api::{ApiState, router};
 use jobwarden::kubernetes::cli::health_router;
@@ -88,7 +87,7 @@ async fn server_on(token: Option<&str>, pg: Option<common::PgDb>) -> Server {
     let (client, _server) = scripted(vec![]);
     let config = Config::default();
     let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
-    let policy = Policy::from_config(&config);
+    let api_config = config.clone();
     let r = Reconciler::new(
         config,
         store.clone(),
@@ -104,8 +103,9 @@ async fn server_on(token: Option<&str>, pg: Option<common::PgDb>) -> Server {
     // As `run` builds it.
     let app = health_router(ready.clone(), r.metrics(), leading_rx).merge(router(ApiState::new(
         store.clone(),
-        policy,
+        &api_config,
         token.map(str::to_owned),
+        r.events(),
     )));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

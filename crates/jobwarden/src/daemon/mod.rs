@@ -280,10 +280,13 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         runtime,
     });
     let mut srv_shutdown = shutdown_rx.clone();
+    let events = shared.hooks.events().clone();
     let server = tokio::spawn(async move {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = srv_shutdown.wait_for(|s| *s).await;
+                // Open event streams end, or the graceful shutdown would wait for them.
+                events.close();
             })
             .await;
         if let Err(e) = res {

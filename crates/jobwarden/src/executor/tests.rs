@@ -212,7 +212,10 @@ async fn each_step_is_recorded_then_carried_out_once() {
     let usage =
         crate::reclaimed::Usage::from_details(step_rows[0].details.as_ref()).expect("usage");
     assert_eq!(usage.cpu_cores, Some(0.25));
-    assert_eq!(step_rows[0].details.as_ref().expect("details")["run_id"], job.run_id);
+    assert_eq!(
+        step_rows[0].details.as_ref().expect("details")["run_id"],
+        job.run_id
+    );
 }
 
 #[tokio::test]

@@ -53,7 +53,12 @@ pub async fn report<S: ReadState>(
         Ok(q) => q,
         Err(r) => return error(r.status(), format!("query: {}", r.body_text())),
     };
-    let since = match p.since.as_deref().filter(|s| !s.is_empty()).map(super::read::parse_since) {
+    let since = match p
+        .since
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(super::read::parse_since)
+    {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("parameter `since`: {e}")),

@@ -6,6 +6,8 @@
 //! across a daemon restart) and a `hello` event, and sends a comment every 15 s so that
 //! proxies keep it open. A client that fell more than [`crate::events::CAPACITY`] events
 //! behind gets a `resync` event (what it missed is gone; it should re-read what it shows).
+//! The stream ends when the server shuts down (the bus is closed), and the client reconnects
+//! to the next one.
 //!
 //! No token: like the console's pages, the stream is read-only and says no more than they
 //! show (which job took which step or moved to which stage, which task ended), and a
@@ -28,16 +30,19 @@ pub const RETRY: Duration = Duration::from_secs(1);
 /// `GET /v1/events`.
 pub async fn events<S: ReadState>(State(st): State<S>) -> Response {
     let rx = st.events().subscribe();
+    let closed = Box::pin(st.events().closed());
     let hello = SseEvent::default()
         .retry(RETRY)
         .event("hello")
-        .data(format!(
-            "{{\"runtime\":\"{}\"}}",
-            st.runtime().as_str()
-        ));
+        .data(format!("{{\"runtime\":\"{}\"}}", st.runtime().as_str()));
     let first = futures::stream::once(async move { Ok::<_, Infallible>(hello) });
-    let rest = futures::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await {
+    // Ends at shutdown (the bus closed), so the server's graceful shutdown completes.
+    let rest = futures::stream::unfold((rx, closed), |(mut rx, mut closed)| async move {
+        let received = tokio::select! {
+            r = rx.recv() => r,
+            () = &mut closed => return None,
+        };
+        let event = match received {
             Ok(e) => SseEvent::default()
                 .event(e.name())
                 .data(serde_json::to_string(&e).unwrap_or_default()),
@@ -46,7 +51,7 @@ pub async fn events<S: ReadState>(State(st): State<S>) -> Response {
                 .data(format!("{{\"missed\":{n}}}")),
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok::<_, Infallible>(event), rx))
+        Some((Ok::<_, Infallible>(event), (rx, closed)))
     });
     let mut response = Sse::new(futures::StreamExt::chain(first, rest))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -319,17 +319,20 @@ pub async fn run(
                 &opts.data_dir,
                 &store_url,
                 &identity,
-                events,
+                events.clone(),
                 &stop_rx,
             )
         }
         None => Vec::new(),
     };
     let mut http_stop = stop_rx.clone();
+    let http_events = events.clone();
     let http = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
+                // Open event streams end, or the graceful shutdown would wait for them.
+                http_events.close();
             })
             .await;
     });

@@ -36,7 +36,11 @@ pub fn pod_requests(pods: &[Pod]) -> (Option<f64>, Option<f64>) {
         )
     });
     for pod in live {
-        let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
         for c in containers {
             let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
             let get = |name: &str| {

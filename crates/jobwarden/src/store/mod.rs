@@ -263,9 +263,20 @@ impl Store {
         dispatch!(self.get_job(id))
     }
 
-    /// Jobs matching `filter`, ordered by id (ids are ULIDs, so roughly by creation time).
+    /// Jobs matching `filter`, ordered by id (ids are ULIDs, so roughly by creation time) or,
+    /// with `newest_first`, by finish (else creation) time, newest first.
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         dispatch!(self.list_jobs(filter))
+    }
+
+    /// How many jobs match `filter` (its `limit` and `offset` aside).
+    pub async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
+        let filter = JobFilter {
+            limit: None,
+            offset: None,
+            ..filter.clone()
+        };
+        dispatch!(self.count_jobs(&filter))
     }
 
     /// Which of `ids` the store has a row for, in any stage (including `cleaned`).

@@ -123,6 +123,31 @@ macro_rules! shared_sql {
             }
 
             /// Ends a listing: its order, the limit if any, and every row.
+            /// The `WHERE` conditions of a [`JobFilter`] (after `WHERE TRUE`).
+            fn push_job_filter(qb: &mut QueryBuilder<$Db>, filter: &JobFilter) {
+                if filter.active_only {
+                    qb.push(" AND stage IN ").push(ACTIVE_STAGES_SQL);
+                }
+                if filter.finished_only {
+                    qb.push(" AND stage NOT IN ").push(ACTIVE_STAGES_SQL);
+                }
+                if let Some(rt) = filter.runtime {
+                    qb.push(" AND runtime = ").push_bind(rt.as_str());
+                }
+                if let Some(after) = &filter.after {
+                    qb.push(" AND id > ").push_bind(after.clone());
+                }
+                if let Some(org) = &filter.org {
+                    qb.push(" AND org = ").push_bind(org.clone());
+                }
+                if let Some(job_type) = &filter.job_type {
+                    qb.push(" AND job_type = ").push_bind(job_type.clone());
+                }
+                if let Some(stage) = filter.stage {
+                    qb.push(" AND stage = ").push_bind(stage.as_str());
+                }
+            }
+
             async fn list_rows(
                 pool: &sqlx::Pool<$Db>,
                 mut qb: QueryBuilder<$Db>,
@@ -241,27 +266,39 @@ macro_rules! shared_sql {
                         job_columns!(),
                         " FROM jobs WHERE TRUE"
                     ));
-                    if filter.active_only {
-                        qb.push(" AND stage IN ").push(ACTIVE_STAGES_SQL);
+                    push_job_filter(&mut qb, filter);
+                    let order = if filter.newest_first {
+                        "COALESCE(finished_at, created_at) DESC, id DESC"
+                    } else {
+                        "id"
+                    };
+                    qb.push(" ORDER BY ").push(order);
+                    if let Some(limit) = filter.limit {
+                        qb.push(" LIMIT ").push_bind(i64::from(limit));
                     }
-                    if let Some(rt) = filter.runtime {
-                        qb.push(" AND runtime = ").push_bind(rt.as_str());
+                    if let Some(offset) = filter.offset {
+                        if filter.limit.is_none() {
+                            qb.push(" LIMIT ").push_bind(i64::MAX);
+                        }
+                        qb.push(" OFFSET ").push_bind(i64::from(offset));
                     }
-                    if let Some(after) = &filter.after {
-                        qb.push(" AND id > ").push_bind(after.as_str());
-                    }
-                    if let Some(org) = &filter.org {
-                        qb.push(" AND org = ").push_bind(org.as_str());
-                    }
-                    if let Some(job_type) = &filter.job_type {
-                        qb.push(" AND job_type = ").push_bind(job_type.as_str());
-                    }
-                    if let Some(stage) = filter.stage {
-                        qb.push(" AND stage = ").push_bind(stage.as_str());
-                    }
-                    let rows =
-                        list_rows(&self.$reads, qb, "id", filter.limit, "listing jobs").await?;
+                    let rows = qb
+                        .build()
+                        .fetch_all(&self.$reads)
+                        .await
+                        .map_err(db("listing jobs"))?;
                     rows.iter().map(|r| decode_job(&job_row(r))).collect()
+                }
+
+                pub(crate) async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
+                    let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM jobs WHERE TRUE");
+                    push_job_filter(&mut qb, filter);
+                    let n: i64 = qb
+                        .build_query_scalar()
+                        .fetch_one(&self.$reads)
+                        .await
+                        .map_err(db("counting jobs"))?;
+                    Ok(u64::try_from(n).unwrap_or(0))
                 }
 
                 pub(crate) async fn known_job_ids(

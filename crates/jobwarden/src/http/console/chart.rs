@@ -27,7 +27,8 @@ pub fn timeline(steps: &[TimelineStep], start: Timestamp, now: Timestamp) -> Mar
         .unwrap_or(now);
     let span = (end - start).num_milliseconds().max(1) as f64;
     let x = |t: Timestamp| {
-        LEFT + ((t - start).num_milliseconds() as f64 / span).clamp(0.0, 1.0) * (WIDTH - LEFT - RIGHT)
+        LEFT + ((t - start).num_milliseconds() as f64 / span).clamp(0.0, 1.0)
+            * (WIDTH - LEFT - RIGHT)
     };
     let row_h = 26.0;
     let height = 30.0 + row_h * steps.len() as f64;

@@ -58,7 +58,9 @@ pub struct Filter {
 
 impl Filter {
     fn matches(&self, job: &JobRecord) -> bool {
-        self.org.as_ref().is_none_or(|o| job.org.as_ref() == Some(o))
+        self.org
+            .as_ref()
+            .is_none_or(|o| job.org.as_ref() == Some(o))
             && self
                 .job_type
                 .as_ref()
@@ -72,7 +74,9 @@ impl Filter {
             ("type", self.job_type.clone().unwrap_or_default()),
             (
                 "stage",
-                self.stage.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                self.stage
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
             ),
         ]
     }
@@ -139,28 +143,32 @@ fn filter_of(p: &ListParams) -> Result<Filter, ParamError> {
     })
 }
 
-fn fragment_of(v: Option<&str>, allowed: &[&'static str]) -> Result<Option<&'static str>, ParamError> {
+fn fragment_of(
+    v: Option<&str>,
+    allowed: &[&'static str],
+) -> Result<Option<&'static str>, ParamError> {
     match v.filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(v) => allowed.iter().find(|a| **a == v).copied().map(Some).ok_or_else(|| {
-            bad(
-                "fragment",
-                format!("{v:?} is not one of: {}", allowed.join(", ")),
-            )
-        }),
+        Some(v) => allowed
+            .iter()
+            .find(|a| **a == v)
+            .copied()
+            .map(Some)
+            .ok_or_else(|| {
+                bad(
+                    "fragment",
+                    format!("{v:?} is not one of: {}", allowed.join(", ")),
+                )
+            }),
     }
 }
 
-/// The order of the table: jobs with a next step, soonest first; then the other active jobs;
-/// then finished ones, newest first.
+/// The order of the active jobs: with a next step, soonest first; then the others, newest
+/// first. (Finished jobs follow them, newest first: the store orders those.)
 fn order_key(v: &JobView) -> (u8, i64) {
-    match (&v.next_step, v.stage.is_active()) {
-        (Some(n), _) => (0, n.due_at.timestamp_millis()),
-        (None, true) => (1, -v.created_at.timestamp_millis()),
-        (None, false) => (
-            2,
-            -v.finished_at.unwrap_or(v.created_at).timestamp_millis(),
-        ),
+    match &v.next_step {
+        Some(n) => (0, n.due_at.timestamp_millis()),
+        None => (1, -v.created_at.timestamp_millis()),
     }
 }
 
@@ -187,17 +195,31 @@ pub async fn list<B: Backend>(
         Ok(v) => v,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, rt, now, &e.to_string()),
     };
-    let stored = st
-        .store()
-        .list_jobs(&JobFilter {
-            org: filter.org.clone(),
-            job_type: filter.job_type.clone(),
-            stage: filter.stage,
-            ..JobFilter::default()
-        })
-        .await;
-    let jobs = match stored {
-        Ok(j) => j,
+    // Active jobs are all read (their next steps order the table); finished ones only a page
+    // at a time, newest first, so a long history costs a count, not a decode of every job.
+    let base = JobFilter {
+        org: filter.org.clone(),
+        job_type: filter.job_type.clone(),
+        stage: filter.stage,
+        ..JobFilter::default()
+    };
+    let read = async {
+        let active = st
+            .store()
+            .list_jobs(&JobFilter {
+                active_only: true,
+                ..base.clone()
+            })
+            .await?;
+        let finished_filter = JobFilter {
+            finished_only: true,
+            ..base.clone()
+        };
+        let finished_total = st.store().count_jobs(&finished_filter).await?;
+        Ok::<_, crate::store::Error>((active, finished_filter, finished_total))
+    };
+    let (active, finished_filter, finished_total) = match read.await {
+        Ok(v) => v,
         Err(e) => {
             return error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -207,20 +229,55 @@ pub async fn list<B: Backend>(
             );
         }
     };
-    let mut rows: Vec<(JobView, &JobRecord)> =
-        jobs.iter().map(|j| (view(st.policy(), j), j)).collect();
-    rows.sort_by_key(|(v, _)| order_key(v));
-    let total = rows.len();
+    let mut active_rows: Vec<(JobView, &JobRecord)> =
+        active.iter().map(|j| (view(st.policy(), j), j)).collect();
+    active_rows.sort_by_key(|(v, _)| order_key(v));
+    let active_count = active_rows.len();
+    let total = active_count + usize::try_from(finished_total).unwrap_or(usize::MAX);
     let pages = total.div_ceil(size).max(1);
     let page_no = page_no.min(pages);
-    let shown = &rows[((page_no - 1) * size).min(total)..(page_no * size).min(total)];
+    let start = (page_no - 1).saturating_mul(size);
+    let from_active = &active_rows[start.min(active_count)..(start + size).min(active_count)];
+    let wanted = size - from_active.len();
+    let finished = if wanted == 0 {
+        Vec::new()
+    } else {
+        let page = st
+            .store()
+            .list_jobs(&JobFilter {
+                newest_first: true,
+                offset: Some(u32::try_from(start.saturating_sub(active_count)).unwrap_or(u32::MAX)),
+                limit: Some(u32::try_from(wanted).unwrap_or(u32::MAX)),
+                ..finished_filter
+            })
+            .await;
+        match page {
+            Ok(p) => p,
+            Err(e) => {
+                return error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    rt,
+                    now,
+                    &format!("store: {e}"),
+                );
+            }
+        }
+    };
+    let finished_rows: Vec<(JobView, &JobRecord)> =
+        finished.iter().map(|j| (view(st.policy(), j), j)).collect();
+    let shown = from_active.iter().chain(finished_rows.iter());
     let body_rows = html! {
         @for (v, j) in shown { (job_row(v, j, now)) }
     };
     if fragment == Some("rows") {
         return html_response(StatusCode::OK, body_rows);
     }
-    let mut orgs: Vec<String> = st.policy_config().organization_max.keys().cloned().collect();
+    let mut orgs: Vec<String> = st
+        .policy_config()
+        .organization_max
+        .keys()
+        .cloned()
+        .collect();
     let mut types: Vec<String> = st
         .policy_config()
         .job_type_overrides
@@ -228,7 +285,7 @@ pub async fn list<B: Backend>(
         .chain(st.policy_config().job_type_grace.keys())
         .cloned()
         .collect();
-    for j in &jobs {
+    for j in active.iter().chain(&finished) {
         orgs.extend(j.org.clone());
         types.extend(j.job_type.clone());
     }
@@ -247,10 +304,8 @@ pub async fn list<B: Backend>(
         }
         format!("/{}", query(&all))
     };
-    let active = rows.iter().filter(|(v, _)| v.stage.is_active()).count();
     let body = html! {
         h1 { "Jobs" }
-        p #live role="status" aria-live="polite" { "Live updates need JavaScript; this page shows the jobs as of loading it." }
         form.filters method="get" action="/" {
             label { "Organisation"
                 input name="org" list="orgs" value=[filter.org.as_deref()] autocomplete="off";
@@ -271,7 +326,7 @@ pub async fn list<B: Backend>(
             button type="submit" { "Filter" }
             @if filter != Filter::default() { a href="/" { "Clear" } }
         }
-        p.note { (total) " jobs (" (active) " active), page " (page_no) " of " (pages) ". Soonest next step first." }
+        p.note { (total) " jobs (" (active_count) " active), page " (page_no) " of " (pages) ": active jobs first, the soonest next step first, then finished ones, the newest first." }
         table #jobs {
             caption.skip { "Jobs, the soonest next step first" }
             thead { tr {
@@ -420,9 +475,10 @@ pub async fn row<B: Backend>(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let filter = match q.map_err(|r| r.body_text()).and_then(|Query(p)| {
-        filter_of(&p).map_err(|e| e.to_string())
-    }) {
+    let filter = match q
+        .map_err(|r| r.body_text())
+        .and_then(|Query(p)| filter_of(&p).map_err(|e| e.to_string()))
+    {
         Ok(f) => f,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, rt, now, &e),
     };
@@ -613,7 +669,6 @@ fn job_main<B: Backend>(
     };
     let can_cancel = st.runtime() == RuntimeKind::Local && job.stage.is_active();
     html! {
-        p #live role="status" aria-live="polite" { "Live updates need JavaScript; this page shows the job as of loading it." }
         @if let Some(f) = flash { p.flash role="status" { (f) } }
         h1 { (job.name) " " span class=(format!("stage stage-{}", job.stage)) { (job.stage) } }
         p.id { (job.id) }

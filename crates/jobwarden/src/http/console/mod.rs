@@ -115,7 +115,8 @@ pub fn html_response(status: StatusCode, markup: Markup) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not no-referrer: with it a browser sends `Origin: null` on the page's own forms.
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -194,6 +195,11 @@ pub fn page(
                     }
                     span.runtime { "runtime: " (runtime.as_str()) }
                 }
+                @if live.mode.is_some() {
+                    p #live role="status" aria-live="polite" {
+                        "Live updates need JavaScript: this page shows what was true when it was loaded."
+                    }
+                }
                 main #main { (body) }
             }
         }
@@ -201,7 +207,12 @@ pub fn page(
 }
 
 /// An error page: `status` and what was wrong.
-pub fn error_page(status: StatusCode, runtime: RuntimeKind, now: Timestamp, message: &str) -> Response {
+pub fn error_page(
+    status: StatusCode,
+    runtime: RuntimeKind,
+    now: Timestamp,
+    message: &str,
+) -> Response {
     let title = status.canonical_reason().unwrap_or("Error");
     html_response(
         status,
@@ -314,15 +325,23 @@ pub fn authorize<B: Backend>(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && site == "cross-site"
-    {
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if matches!(site, "cross-site" | "same-site") {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "refused: the request came from another site",
         ));
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    // `Origin: null` (a privacy setting) is taken only with the browser's word that the
+    // request is the page's own.
+    let null_but_own = site == "same-origin"
+        && headers
+            .get(header::ORIGIN)
+            .is_some_and(|o| o.as_bytes() == b"null");
+    if let Some(origin) = headers.get(header::ORIGIN).filter(|_| !null_but_own) {
         let same = origin
             .to_str()
             .ok()
@@ -446,10 +465,7 @@ mod tests {
     #[test]
     fn queries_leave_out_empty_values_and_escape_the_rest() {
         assert_eq!(query(&[("org", ""), ("stage", "")]), "");
-        assert_eq!(
-            query(&[("org", "a&b"), ("page", "2")]),
-            "?org=a%26b&page=2"
-        );
+        assert_eq!(query(&[("org", "a&b"), ("page", "2")]), "?org=a%26b&page=2");
     }
 
     #[test]

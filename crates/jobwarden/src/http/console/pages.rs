@@ -51,7 +51,9 @@ fn time_param(name: &'static str, v: Option<&str>) -> Result<Option<Timestamp>, 
             return Ok(Some(t.and_utc()));
         }
     }
-    parse_since(v).map(Some).map_err(|problem| ParamError { name, problem })
+    parse_since(v)
+        .map(Some)
+        .map_err(|problem| ParamError { name, problem })
 }
 
 /// `GET /audit?job=&org=&action=&since=&until=&limit=`: the audit log, newest first.
@@ -157,7 +159,11 @@ pub async fn queue<B: Backend>(
         Ok(Query(p)) => p,
         Err(r) => return error_page(StatusCode::BAD_REQUEST, rt, now, &r.body_text()),
     };
-    if let Some(f) = p.fragment.as_deref().filter(|f| !f.is_empty() && *f != "main") {
+    if let Some(f) = p
+        .fragment
+        .as_deref()
+        .filter(|f| !f.is_empty() && *f != "main")
+    {
         return error_page(
             StatusCode::BAD_REQUEST,
             rt,
@@ -203,7 +209,6 @@ pub async fn queue<B: Backend>(
         _ => None,
     };
     let main = html! {
-        p #live role="status" aria-live="polite" { "" }
         @if let Some(f) = flash { p.flash role="status" { (f) } }
         h1 { "Cleanup queue" }
         p { (stats.pending) " pending, " (stats.running) " running, " (stats.dead) " dead-lettered, "
@@ -403,7 +408,10 @@ pub async fn clean_orphans<B: Backend>(
     }
     match st.clean_orphans().await {
         Ok(v) => {
-            let queued = v.get("queued").and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let queued = v
+                .get("queued")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
             see_other(&format!("/orphans?done=clean&queued={queued}"))
         }
         Err(e) => error_page(e.status, rt, now, &e.message),
@@ -421,7 +429,8 @@ pub async fn policy<B: Backend>(State(st): State<B>) -> Response {
         .list_jobs(&JobFilter::default())
         .await
         .unwrap_or_default();
-    let mut orgs: BTreeSet<Option<String>> = pc.organization_max.keys().cloned().map(Some).collect();
+    let mut orgs: BTreeSet<Option<String>> =
+        pc.organization_max.keys().cloned().map(Some).collect();
     let mut types: BTreeSet<Option<String>> = pc
         .job_type_overrides
         .keys()
