@@ -435,6 +435,49 @@ async fn submit_cancel_and_orphans_answer_501_and_write_nothing() {
     assert_eq!(s.snapshot().await, snapshot);
 }
 
+/// The web console is served in Kubernetes mode too, from the same routes: the stored Jobs,
+/// their pages, the reports; no cancel button (a Job is ended with kubectl), and an action
+/// that is not this runtime's answers its 501 on a page; the event stream carries what the
+/// reconciler does.
+#[tokio::test]
+async fn the_console_serves_the_kubernetes_jobs() {
+    let s = server(Some(TOKEN)).await;
+    let snapshot = s.snapshot().await;
+    for path in [
+        "/",
+        "/jobs/j-42",
+        "/audit?job=j-42",
+        "/queue",
+        "/policy",
+        "/reclaimed",
+    ] {
+        let (status, text) = s.call("GET", path, None, None).await;
+        assert_eq!(status, 200, "{path} needs no token: {text}");
+        assert!(text.contains("runtime: kubernetes"), "{path}: {text}");
+        assert!(!text.contains(TOKEN), "{path} shows the token");
+    }
+    let (_, jobs) = s.call("GET", "/", None, None).await;
+    assert!(
+        jobs.contains("id=\"job-j-42\"") && jobs.contains("build-42"),
+        "{jobs}"
+    );
+    let (_, page) = s.call("GET", "/jobs/j-42", None, None).await;
+    assert!(!page.contains("Cancel this job"), "{page}");
+    // The orphans page says where orphans are found in this mode.
+    let (status, page) = s.call("GET", "/orphans", None, None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("orphan pass"), "{page}");
+    // The cancel form, posted anyway (with the token): the runtime's 501, as a page.
+    let (status, page) = s.call("POST", "/jobs/j-42/cancel", Some(TOKEN), None).await;
+    assert_eq!(status, 501, "{page}");
+    assert!(page.contains("kubectl delete job"), "{page}");
+    assert_eq!(
+        s.snapshot().await,
+        snapshot,
+        "the console changed the store"
+    );
+}
+
 #[tokio::test]
 async fn readyz_says_whether_this_replica_leads() {
     let s = server(None).await;

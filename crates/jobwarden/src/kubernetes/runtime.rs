@@ -217,3 +217,39 @@ impl Runtime for Actions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::pod_requests;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(phase: &str, requests: &[(&str, &str)]) -> Pod {
+        let requests: serde_json::Map<String, serde_json::Value> = requests
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": requests}}]},
+            "status": {"phase": phase},
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn requests_of_the_pods_that_have_not_ended_are_summed() {
+        let pods = [
+            pod("Running", &[("cpu", "500m"), ("memory", "1Gi")]),
+            pod("Pending", &[("cpu", "1"), ("memory", "512Mi")]),
+            pod("Succeeded", &[("cpu", "8"), ("memory", "8Gi")]),
+        ];
+        let (cpu, memory) = pod_requests(&pods);
+        assert_eq!(cpu, Some(1.5));
+        assert_eq!(memory, Some(1.5 * 1024.0 * 1024.0 * 1024.0));
+        // A container without a memory request: memory is unknown, not a smaller sum.
+        let (cpu, memory) = pod_requests(&[pod("Running", &[("cpu", "2")])]);
+        assert_eq!((cpu, memory), (Some(2.0), None));
+        // No pod left: nothing is reserved.
+        assert_eq!(pod_requests(&[]), (Some(0.0), Some(0.0)));
+    }
+}

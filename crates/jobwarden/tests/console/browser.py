@@ -216,11 +216,15 @@ def story(args):
             log("cancelled with the button:", second_job, job["stage"])
 
             # 4. A busy loop killed by its organisation's cap: its reclaimed CPU in the report.
-            busy = d.submit("--org", "acme", "--timeout", "1h", "--name", "busy-loop", "--",
-                            "sh", "-c", "while :; do :; done")
-            wait_until("the busy loop's soft kill", lambda: any(
-                s["step"] == "soft_kill" for s in d.job(busy)["steps"]), timeout=30)
+            # It writes 1 MB to its workspace, removed at once after the kill (TTL 0).
+            busy = d.submit("--org", "acme", "--timeout", "1h", "--ttl", "0s", "--name",
+                            "busy-loop", "--", "sh", "-c",
+                            "head -c 1000000 /dev/zero > blob; while :; do :; done")
+            wait_until("the busy loop's end and its workspace's removal", lambda: d.job(busy)[
+                "stage"] == "cleaned", timeout=30)
             report = json.loads(d.cli("report", "--json", "--org", "acme"))
+            if report["total"]["bytes"]["workspace"] < 1_000_000:
+                raise AssertionError(f"the report misses the 1 MB workspace: {report['total']}")
             cpu = report["total"]["cpu_seconds"]
             if not (report["total"]["kills"] >= 1 and cpu > 0 and report["total"]["cpu_unknown"] == 0):
                 raise AssertionError(f"the report has no reclaimed CPU for acme: {report['total']}")
@@ -239,7 +243,15 @@ def story(args):
             page.goto(d.url + "/reclaimed?since=1h")
             shot(page, args, "reclaimed")
 
-            # 5. The other pages.
+            # 5. The jobs page with a few more jobs (the README's screenshot), and the other pages.
+            d.submit("--org", "globex", "--type", "build", "--timeout", "20m",
+                     "--name", "nightly-build", "--", "sleep", "600")
+            d.submit("--type", "test", "--timeout", "90s", "--name", "integration-tests",
+                     "--", "sleep", "600")
+            page.goto(d.url + "/")
+            live(page)
+            page.wait_for_timeout(1200)
+            shot(page, args, "jobs-overview")
             for name, path in [("audit", f"/audit?job={busy}"), ("queue", "/queue"),
                                ("orphans", "/orphans"), ("policy", "/policy")]:
                 page.goto(d.url + path)
@@ -280,7 +292,7 @@ def first_paint(args):
     d.start()
     try:
         for i in range(args.running):
-            submit_json(d, {"command": ["sleep", "600"], "timeout": "1h",
+            submit_json(d, {"command": ["sleep", "3600"], "timeout": "2h",
                             "name": f"running-{i}", "org": "acme", "type": "build"})
         jobs = json.loads(d.cli("jobs", "--json"))
         with sync_playwright() as p:

@@ -85,7 +85,7 @@ pub fn reclaimed(report: &Report) -> Markup {
     }
     let max_cpu = days.iter().map(|d| d.1).fold(0.0, f64::max).max(1e-9);
     let max_bytes = days.iter().map(|d| d.2).max().unwrap_or(0).max(1) as f64;
-    let bar_w = 260.0;
+    let bar_w = 200.0;
     let row_h = 24.0;
     let height = 34.0 + row_h * days.len() as f64;
     let label = "Per day: CPU-seconds saved (left bars) and bytes freed (right bars)";
@@ -93,7 +93,7 @@ pub fn reclaimed(report: &Report) -> Markup {
         svg.chart role="img" aria-label=(label) viewBox=(format!("0 0 {WIDTH} {height}")) width=(WIDTH) height=(height) {
             title { (label) }
             text x="100" y="14" { "CPU-seconds saved" }
-            text x="440" y="14" { "Bytes freed" }
+            text x="480" y="14" { "Bytes freed" }
             @for (i, (day, cpu, bytes, unknown)) in days.iter().enumerate() {
                 @let y = 24.0 + row_h * i as f64;
                 text x="4" y=(y + 13.0) { (day) }
@@ -104,10 +104,10 @@ pub fn reclaimed(report: &Report) -> Markup {
                     (format_number(*cpu))
                     @if *unknown > 0 { " + " (unknown) " unknown" }
                 }
-                rect x="440" y=(y) width=(format!("{:.1}", *bytes as f64 / max_bytes * bar_w)) height="16" fill="#3c8a4f" {
+                rect x="480" y=(y) width=(format!("{:.1}", *bytes as f64 / max_bytes * bar_w)) height="16" fill="#3c8a4f" {
                     title { (day) ": " (format_bytes(*bytes)) }
                 }
-                text x=(440.0 + *bytes as f64 / max_bytes * bar_w + 4.0) y=(y + 13.0) { (format_bytes(*bytes)) }
+                text x=(480.0 + *bytes as f64 / max_bytes * bar_w + 4.0) y=(y + 13.0) { (format_bytes(*bytes)) }
             }
         }
     }

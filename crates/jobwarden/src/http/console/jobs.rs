@@ -412,7 +412,7 @@ pub fn job_row(v: &JobView, job: &JobRecord, now: Timestamp) -> Markup {
                 (format_duration(job.timeout)) br;
                 span.muted { (timeout_from(job)) }
             }
-            td {
+            td.timeleft {
                 @if let Some(n) = next {
                     @let from = bar_from(job, n.step).unwrap_or(job.created_at);
                     @let span_ms = (n.due_at - from).num_milliseconds().max(1) as f64;
