@@ -1,6 +1,6 @@
 //! What jobwarden's actions reclaimed: CPU and memory a kill saved, and bytes deletions freed,
 //! per organisation and per day (`jobwarden report`, `GET /v1/report`, the console's
-//! Reclaimed page and `/metrics`).
+//! Reclaimed page and, for the last 7 days, `/metrics`).
 //!
 //! The method ([`METHOD`], stated on the page and in the README):
 //!
@@ -528,96 +528,107 @@ pub fn format_bytes(b: u64) -> String {
     }
 }
 
-/// `/metrics` lines for the all-time report (the same numbers as `jobwarden report` without
-/// `--since`): per organisation (`_` for none and for orphans).
+/// `/metrics` lines for the report of the last [`METRICS_WINDOW`] (the same numbers as
+/// `jobwarden report --since 7d`): gauges per organisation (`_` for none, and for orphans).
+/// A window, not all time: each refresh reads only that window's rows (the audit log is
+/// append-only and grows for ever).
 pub fn metrics_text(r: &Report) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let org = |l: &ReportLine| l.org.clone().unwrap_or_else(|| "_".into());
-    let _ = writeln!(
-        o,
-        "# HELP jobwarden_reclaimed_cpu_seconds_total CPU-seconds jobwarden's kills saved (known part; see jobwarden_reclaimed_unknown_total)."
-    );
-    let _ = writeln!(o, "# TYPE jobwarden_reclaimed_cpu_seconds_total counter");
-    for l in &r.by_org {
-        let _ = writeln!(
-            o,
-            "jobwarden_reclaimed_cpu_seconds_total{{org=\"{}\"}} {}",
-            org(l),
-            l.figures.cpu_seconds
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP jobwarden_reclaimed_memory_gib_hours_total Memory GiB-hours jobwarden's kills saved (known part)."
-    );
-    let _ = writeln!(
-        o,
-        "# TYPE jobwarden_reclaimed_memory_gib_hours_total counter"
-    );
-    for l in &r.by_org {
-        let _ = writeln!(
-            o,
-            "jobwarden_reclaimed_memory_gib_hours_total{{org=\"{}\"}} {}",
-            org(l),
-            l.figures.memory_gib_hours
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP jobwarden_reclaimed_unknown_total Kills whose saving is unknown, by resource."
-    );
-    let _ = writeln!(o, "# TYPE jobwarden_reclaimed_unknown_total counter");
-    for l in &r.by_org {
-        for (resource, n) in [
-            ("cpu", l.figures.cpu_unknown),
-            ("memory", l.figures.memory_unknown),
-        ] {
-            let _ = writeln!(
-                o,
-                "jobwarden_reclaimed_unknown_total{{org=\"{}\",resource=\"{resource}\"}} {n}",
-                org(l)
-            );
+    let mut gauge = |name: &str, help: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (labels, value) in lines {
+            let _ = writeln!(o, "{name}{{{labels}}} {value}");
         }
-    }
-    let _ = writeln!(
-        o,
-        "# HELP jobwarden_reclaimed_bytes_total Bytes freed by jobwarden's deletions, by kind."
+    };
+    gauge(
+        "jobwarden_reclaimed_cpu_seconds",
+        "CPU-seconds jobwarden's kills saved in the last 7 days (the known part; see jobwarden_reclaimed_unknown).",
+        r.by_org
+            .iter()
+            .map(|l| {
+                (
+                    format!("org=\"{}\"", org(l)),
+                    l.figures.cpu_seconds.to_string(),
+                )
+            })
+            .collect(),
     );
-    let _ = writeln!(o, "# TYPE jobwarden_reclaimed_bytes_total counter");
-    for l in &r.by_org {
-        let b = l.figures.bytes;
-        for (kind, n) in [
-            ("workspace", b.workspace),
-            ("log", b.log),
-            ("artifacts", b.artifacts),
-            ("orphans", b.orphans),
-        ] {
-            let _ = writeln!(
-                o,
-                "jobwarden_reclaimed_bytes_total{{org=\"{}\",kind=\"{kind}\"}} {n}",
-                org(l)
-            );
-        }
-    }
+    gauge(
+        "jobwarden_reclaimed_memory_gib_hours",
+        "Memory GiB-hours jobwarden's kills saved in the last 7 days (the known part).",
+        r.by_org
+            .iter()
+            .map(|l| {
+                (
+                    format!("org=\"{}\"", org(l)),
+                    l.figures.memory_gib_hours.to_string(),
+                )
+            })
+            .collect(),
+    );
+    gauge(
+        "jobwarden_reclaimed_unknown",
+        "Kills in the last 7 days whose saving is unknown, by resource.",
+        r.by_org
+            .iter()
+            .flat_map(|l| {
+                [
+                    ("cpu", l.figures.cpu_unknown),
+                    ("memory", l.figures.memory_unknown),
+                ]
+                .map(|(res, n)| {
+                    (
+                        format!("org=\"{}\",resource=\"{res}\"", org(l)),
+                        n.to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
+    gauge(
+        "jobwarden_reclaimed_bytes",
+        "Bytes jobwarden's deletions freed in the last 7 days, by kind.",
+        r.by_org
+            .iter()
+            .flat_map(|l| {
+                let b = l.figures.bytes;
+                [
+                    ("workspace", b.workspace),
+                    ("log", b.log),
+                    ("artifacts", b.artifacts),
+                    ("orphans", b.orphans),
+                ]
+                .map(|(kind, n)| (format!("org=\"{}\",kind=\"{kind}\"", org(l)), n.to_string()))
+            })
+            .collect(),
+    );
     o
 }
+
+/// The window `/metrics` reports: the last 7 days.
+pub const METRICS_WINDOW: Duration = Duration::from_secs(7 * 86400);
 
 /// How often the `/metrics` figures are recomputed from the store.
 pub const METRICS_EVERY: Duration = Duration::from_secs(10);
 
-/// Recomputes the all-time report into `metrics` every [`METRICS_EVERY`] until `shutdown`
-/// (both runtimes run one). A store error keeps the last figures and is counted.
+/// Recomputes the report of the last [`METRICS_WINDOW`] into `metrics` every
+/// [`METRICS_EVERY`] until `shutdown` (both runtimes run one). A store error keeps the last
+/// figures and is counted.
 pub async fn refresh_metrics(
     store: crate::store::Store,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        match store.reclaimed_rows(&ReportQuery::default()).await {
-            Ok(rows) => {
-                metrics.set_reclaimed(metrics_text(&report(&rows, &ReportQuery::default())))
-            }
+        let query = ReportQuery {
+            since: Some(crate::model::sub(crate::clock::now(), METRICS_WINDOW)),
+            ..ReportQuery::default()
+        };
+        match store.reclaimed_rows(&query).await {
+            Ok(rows) => metrics.set_reclaimed(metrics_text(&report(&rows, &query))),
             Err(e) => {
                 metrics.error("store");
                 tracing::warn!("computing the reclaimed figures for /metrics: {e}");
@@ -724,7 +735,7 @@ mod tests {
         assert!(text.contains(METHOD), "{text}");
         let m = metrics_text(&r);
         assert!(
-            m.contains("jobwarden_reclaimed_unknown_total{org=\"_\",resource=\"cpu\"} 2"),
+            m.contains("jobwarden_reclaimed_unknown{org=\"_\",resource=\"cpu\"} 2"),
             "{m}"
         );
     }

@@ -19,7 +19,7 @@ use crate::model::Timestamp;
 use crate::reclaimed::{Report, ReportQuery};
 use crate::store::{RequeueOutcome, Store};
 
-use super::{ReadState, error};
+use super::{ApiError, ReadState, error};
 
 /// The query of `GET /v1/report`.
 #[derive(Debug, Deserialize)]
@@ -103,21 +103,25 @@ pub fn parse_task_id(path: Result<Path<String>, PathRejection>) -> Result<i64, R
     })
 }
 
-/// What requeueing a dead task did, as an HTTP answer's status and message.
-pub async fn requeue(store: &Store, id: i64) -> Result<(), (StatusCode, String)> {
+/// Requeues dead task `id`: the error is the answer (404 no such dead task, 409 an unfinished
+/// task for the same resource, 503 the store).
+pub async fn requeue(store: &Store, id: i64) -> Result<(), ApiError> {
     match store.requeue_dead(id, clock::now()).await {
         Ok(RequeueOutcome::Requeued) => Ok(()),
-        Ok(RequeueOutcome::NotDead) => Err((
+        Ok(RequeueOutcome::NotDead) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no dead-lettered task with id {id}"),
         )),
-        Ok(RequeueOutcome::ActiveDuplicate(other)) => Err((
+        Ok(RequeueOutcome::ActiveDuplicate(other)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "task {id} stays dead: task {other} for the same resource is pending or running"
             ),
         )),
-        Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: {e}"),
+        )),
     }
 }
 
@@ -132,6 +136,6 @@ pub async fn requeue_dead<S: ReadState>(
     };
     match requeue(st.store(), id).await {
         Ok(()) => axum::Json(serde_json::json!({ "id": id, "requeued": true })).into_response(),
-        Err((status, message)) => error(status, message),
+        Err(e) => e.into_response(),
     }
 }

@@ -15,6 +15,10 @@
 //! | mark_failed | SIGKILL; the job settled `failed` | merge PATCH as for the soft kill, `termination-outcome: failed`; Event | before |
 //! | recover | SIGKILL to the old run; a new run spawned | the old Job deleted; the stored Job created anew | before |
 //!
+//! Before a soft kill is recorded, the runtime reads what the run uses ([`Runtime::usage`]:
+//! `/proc`, or the pods it last saw) for the reclaimed report; the figures go in the step's
+//! own row. The read changes nothing, so it adds no case to the crash argument.
+//!
 //! The crash argument for each order:
 //! - **Steps, mark_failed and recover are recorded before they act**, so nothing is ever done
 //!   without its row, and one decision is never carried out as two (a recovery attempt is

@@ -321,7 +321,7 @@ pub async fn requeue<B: Backend>(
     }
     match super::super::admin::requeue(st.store(), id).await {
         Ok(()) => see_other("/queue?done=requeued"),
-        Err((status, message)) => error_page(status, rt, now, &message),
+        Err(e) => error_page(e.status, rt, now, &e.message),
     }
 }
 
@@ -616,7 +616,7 @@ pub async fn reclaimed<B: Backend>(
                 td.num { (format_bytes(l.figures.bytes.total())) }
             } } }
         }
-        p.note { "The same numbers: " code { "jobwarden report --since " (since_text) } " and, over all time, "
+        p.note { "The same numbers: " code { "jobwarden report --since " (since_text) } " and, for the last 7 days, "
             code { "jobwarden_reclaimed_*" } " on " a href="/metrics" { "/metrics" } "." }
     };
     html_response(
