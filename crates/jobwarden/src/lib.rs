@@ -21,8 +21,10 @@ pub mod http;
 pub mod kubernetes;
 pub mod metrics;
 pub mod model;
-pub mod policy;
 pub mod ratelimit;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+
+/// The policy hierarchy lives with the engine; this path stays for its users.
+pub use engine::policy;

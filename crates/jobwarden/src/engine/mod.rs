@@ -7,6 +7,8 @@
 //!
 //! - [`ladder`]: warn → soft_kill → hard_kill → force_delete around the deadline.
 //! - [`lifecycle`]: stages and the events hooks fire on.
+//! - [`policy`]: the timeout hierarchy (job > type > global, capped) and the settings it
+//!   resolves from; annotations read into settings.
 //! - [`retention`]: TTL after finish per outcome and per artifact type.
 //! - [`recovery`]: startup timeout and dead jobs (heartbeats, diagnosis, backoff).
 //! - [`orphans`]: the fail-closed set difference.
@@ -19,6 +21,7 @@ pub mod ladder;
 pub mod lifecycle;
 pub mod orphans;
 pub mod plan;
+pub mod policy;
 pub mod recovery;
 pub mod retention;
 

@@ -8,14 +8,154 @@
 //! Per-job settings arrive as annotations (Kubernetes) or flags (local). A malformed
 //! annotation is never fatal and never silently ignored: resolution falls back to the next
 //! level and returns a [`SettingWarning`] naming the job, the key and the value.
+//!
+//! The settings themselves ([`PolicyConfig`], [`RetentionConfig`], [`RecoveryConfig`]) are the
+//! engine's types: `config.rs` reads them from the TOML file (and checks them there, naming
+//! the file and the key), the engine only ever receives them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::PolicyConfig;
-use crate::duration::parse_duration;
+use crate::duration::{Dur, parse_duration};
+
+// ----- the policy's settings (`[policy]`, `[retention]`, `[recovery]` of the config file) -----
+
+/// `[policy]`: the timeout hierarchy and the escalation ladder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Timeout for jobs without a job or job-type override.
+    pub global_default: Dur,
+    /// Grace between soft_kill and hard_kill (and hard_kill and force_delete).
+    pub grace_period: Dur,
+    /// Upper bound on any grace period.
+    pub grace_max: Dur,
+    /// Platform-wide ceiling on any timeout.
+    pub hard_max: Dur,
+    /// Warn this long before the deadline; a list gives several warnings.
+    pub warn_before: WarnBefore,
+    /// Longest a job may stay pending (not started) before it is failed.
+    pub startup_timeout: Dur,
+    /// Per-organisation ceiling on timeouts; a job's own setting can never exceed it.
+    pub organization_max: BTreeMap<String, Dur>,
+    /// Timeout per job type.
+    pub job_type_overrides: BTreeMap<String, Dur>,
+    /// Grace period per job type.
+    pub job_type_grace: BTreeMap<String, Dur>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            global_default: Dur::secs(2 * 3600),
+            grace_period: Dur::secs(300),
+            grace_max: Dur::secs(3600),
+            hard_max: Dur::secs(24 * 3600),
+            warn_before: WarnBefore::One(Dur::secs(600)),
+            startup_timeout: Dur::secs(600),
+            organization_max: BTreeMap::new(),
+            job_type_overrides: BTreeMap::new(),
+            job_type_grace: BTreeMap::new(),
+        }
+    }
+}
+
+/// `warn_before = "10m"` or `warn_before = ["30m", "10m"]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum WarnBefore {
+    /// One warning.
+    One(Dur),
+    /// Several warnings.
+    Many(Vec<Dur>),
+}
+
+impl WarnBefore {
+    /// Offsets before the deadline, largest first, without duplicates.
+    pub fn offsets(&self) -> Vec<Duration> {
+        let mut v: Vec<Duration> = match self {
+            WarnBefore::One(d) => vec![d.0],
+            WarnBefore::Many(ds) => ds.iter().map(|d| d.0).collect(),
+        };
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.dedup();
+        v
+    }
+}
+
+/// `[retention]`: how long finished jobs are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// TTL after a successful finish.
+    pub successful: Dur,
+    /// TTL after a failure (also `lost`).
+    pub failed: Dur,
+    /// TTL after jobwarden terminated the job.
+    pub terminated: Dur,
+    /// Per artifact type: `logs`, `partial`, `artifacts` (default: the job's TTL).
+    pub artifacts: ArtifactRetention,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            successful: Dur::secs(3600),
+            failed: Dur::secs(24 * 3600),
+            terminated: Dur::secs(24 * 3600),
+            artifacts: ArtifactRetention::default(),
+        }
+    }
+}
+
+/// `[retention.artifacts]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactRetention {
+    /// Job logs.
+    pub logs: Dur,
+    /// Work saved on termination (`partial/<id>/`).
+    pub partial: Dur,
+    /// Final artifacts; None means "the job's own TTL".
+    pub artifacts: Option<Dur>,
+}
+
+impl Default for ArtifactRetention {
+    fn default() -> Self {
+        ArtifactRetention {
+            logs: Dur::secs(7 * 86_400),
+            partial: Dur::secs(3 * 86_400),
+            artifacts: None,
+        }
+    }
+}
+
+/// `[recovery]`: what happens to dead jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Restarts before a dead job is marked failed.
+    pub max_attempts: u32,
+    /// Wait before the first restart.
+    pub backoff_initial: Dur,
+    /// Growth of the wait per attempt.
+    pub backoff_multiplier: f64,
+    /// Longest wait.
+    pub backoff_max: Dur,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            max_attempts: 3,
+            backoff_initial: Dur::secs(10),
+            backoff_multiplier: 2.0,
+            backoff_max: Dur::secs(3600),
+        }
+    }
+}
 
 /// A job's own settings, before policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
