@@ -1,0 +1,389 @@
+//! The `jobwarden` command line: flags (clap derive, with `env =` fallbacks), the daemon
+//! launcher and the HTTP client behind every other command.
+//!
+//! Exit codes: 0 success; 1 the operation failed (daemon unreachable, job unknown, …);
+//! 2 bad usage or bad configuration (clap's own usage errors are 2 as well).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api_types::{JobView, OrphanReport, PlanEntry, SubmitRequest};
+use crate::config::Config;
+use crate::duration::Dur;
+use crate::model::{AuditEntry, Timestamp, fmt_ts};
+
+/// Job timeouts, escalation and cleanup.
+#[derive(Debug, Parser)]
+#[command(name = "jobwarden", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Submit a job: prints only its id.
+    Submit(SubmitArgs),
+    /// List jobs.
+    Jobs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one job.
+    Job {
+        #[command(subcommand)]
+        cmd: JobCmd,
+    },
+    /// Cancel a job: SIGTERM now, then the normal ladder.
+    Cancel {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Query the audit log.
+    Audit {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this action (warn, soft_kill, hard_kill, force_delete, ttl_cleanup, …).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only rows newer than this (a duration back from now, e.g. 1h).
+        #[arg(long)]
+        since: Option<Dur>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Dry run: what would be done now, and the next steps with their times.
+    Plan {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Report orphaned workspaces and logs; `--clean` queues their removal.
+    Orphans {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Queue removal of what is found.
+        #[arg(long)]
+        clean: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Start a daemon on a temporary data dir and run a short, real story (under a minute).
+    Demo,
+    /// Render Kubernetes manifests (no cluster needed).
+    Manifest {
+        #[command(subcommand)]
+        cmd: crate::kubernetes::cli::ManifestCmd,
+    },
+}
+
+/// `job …`
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Show a job.
+    Show {
+        /// Job id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// `config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a config file: prints "ok" (exit 0) or the problem (exit 2).
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+/// Where the daemon is.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Daemon URL.
+    #[arg(
+        long,
+        env = "JOBWARDEN_SERVER",
+        default_value = "http://127.0.0.1:7800"
+    )]
+    pub server: String,
+}
+
+/// `jobwarden run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (every key has a default).
+    #[arg(long, env = "JOBWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Workspaces, logs, the SQLite store and file:// artifacts.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Listen address [default: [server] listen, i.e. 127.0.0.1:7800].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Store URL [default: sqlite://<data-dir>/jobwarden.db].
+    #[arg(long, env = "JOBWARDEN_STORE")]
+    pub store: Option<String>,
+    /// Artifacts URL [default: file://<data-dir>/artifacts].
+    #[arg(long)]
+    pub artifacts: Option<String>,
+    /// Which jobs to police.
+    #[arg(long, value_enum, default_value = "local")]
+    pub runtime: RuntimeArg,
+    /// Record every decision in the audit log (marked dry-run); carry none out.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeArg {
+    /// Processes on this machine.
+    Local,
+    /// batch/v1 Jobs in a cluster.
+    Kubernetes,
+}
+
+/// `jobwarden submit`.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Timeout (capped by the organisation maximum and the hard maximum).
+    #[arg(long)]
+    pub timeout: Option<Dur>,
+    /// Grace period between SIGTERM and SIGKILL.
+    #[arg(long)]
+    pub grace: Option<Dur>,
+    /// Keep the finished job's workspace this long.
+    #[arg(long)]
+    pub ttl: Option<Dur>,
+    /// Job type.
+    #[arg(long = "type")]
+    pub job_type: Option<String>,
+    /// Organisation.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Judge the job dead when no heartbeat arrives for this long.
+    #[arg(long)]
+    pub heartbeat_timeout: Option<Dur>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// A CLI failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// 1 or 2.
+    pub code: u8,
+    /// Printed to stderr.
+    pub message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn main(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Cmd::Run(args) => run(args).await,
+        Cmd::Demo => crate::demo::run().await.map_err(|e| fail(1, e)),
+        Cmd::Manifest { cmd } => crate::kubernetes::cli::manifest(cmd, crate::clock::now())
+            .map(|out| print!("{out}"))
+            .map_err(|(code, message)| fail(code, message)),
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => {
+            // The checks `run` makes, no fewer: a file called ok here starts.
+            let config = Config::load(&file).map_err(|e| fail(2, e.to_string()))?;
+            preflight(
+                &config,
+                &file.display().to_string(),
+                &absolute(Path::new(DEFAULT_DATA_DIR)),
+                &Overrides::default(),
+            )?;
+            println!("ok");
+            Ok(())
+        }
+        Cmd::Submit(a) => {
+            let req = SubmitRequest {
+                command: a.command,
+                name: a.name,
+                org: a.org,
+                job_type: a.job_type,
+                timeout: a.timeout,
+                grace: a.grace,
+                ttl: a.ttl,
+                heartbeat_timeout: a.heartbeat_timeout,
+            };
+            // The server's own rules, checked before anything is sent: bad usage exits 2
+            // naming the flag, not 1 with the server's 400.
+            crate::daemon::api::validate_submit(&req)
+                .map_err(|e| fail(2, format!("{}: {}", e.flag(), e.problem)))?;
+            let job: JobView = Client::new(&a.server)?.post("/v1/jobs", &req).await?;
+            println!("{}", job.id);
+            Ok(())
+        }
+        Cmd::Jobs { json, server } => {
+            let jobs: Vec<JobView> = Client::new(&server)?.get("/v1/jobs").await?;
+            if json {
+                print_json(&jobs);
+            } else {
+                print_jobs(&jobs, crate::clock::now());
+            }
+            Ok(())
+        }
+        Cmd::Job {
+            cmd: JobCmd::Show { id, json, server },
+        } => {
+            let job: JobView = Client::new(&server)?.get(&format!("/v1/jobs/{id}")).await?;
+            if json {
+                print_json(&job);
+            } else {
+                print_job(&job);
+            }
+            Ok(())
+        }
+        Cmd::Cancel { id, server } => {
+            let job: JobView = Client::new(&server)?
+                .post(&format!("/v1/jobs/{id}/cancel"), &serde_json::json!({}))
+                .await?;
+            println!("{} {}", job.id, job.stage);
+            Ok(())
+        }
+        Cmd::Audit {
+            job,
+            action,
+            since,
+            json,
+            server,
+        } => {
+            let mut q = Vec::new();
+            if let Some(j) = job {
+                q.push(format!("job={j}"));
+            }
+            if let Some(a) = action {
+                q.push(format!("action={a}"));
+            }
+            if let Some(s) = since {
+                q.push(format!("since={s}"));
+            }
+            let path = if q.is_empty() {
+                "/v1/audit".to_owned()
+            } else {
+                format!("/v1/audit?{}", q.join("&"))
+            };
+            let rows: Vec<AuditEntry> = Client::new(&server)?.get(&path).await?;
+            if json {
+                print_json(&rows);
+            } else {
+                print_audit(&rows);
+            }
+            Ok(())
+        }
+        Cmd::Plan { json, server } => {
+            let plan: Vec<PlanEntry> = Client::new(&server)?.get("/v1/plan").await?;
+            if json {
+                print_json(&plan);
+            } else {
+                print_plan(&plan, crate::clock::now());
+            }
+            Ok(())
+        }
+        Cmd::Orphans {
+            json,
+            clean,
+            server,
+        } => {
+            let c = Client::new(&server)?;
+            let r: OrphanReport = if clean {
+                c.post("/v1/orphans/clean", &serde_json::json!({})).await?
+            } else {
+                c.get("/v1/orphans").await?
+            };
+            if json {
+                print_json(&r);
+            } else {
+                for s in &r.skipped {
+                    println!("skipped {s}");
+                }
+                let rows: Vec<Vec<String>> = r
+                    .orphans
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.kind.clone(),
+                            o.job_id.clone(),
+                            o.bytes.to_string(),
+                            crate::duration::format_duration(Duration::from_secs(o.age_seconds)),
+                            o.name.clone(),
+                        ]
+                    })
+                    .collect();
+                use Align::{Left as L, Right as R};
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            ("KIND", L),
+                            ("JOB", L),
+                            ("BYTES", R),
+                            ("AGE", R),
+                            ("PATH", L)
+                        ],
+                        &rows
+                    )
+                );
+                if clean {
+                    println!("{} removal task(s) queued", r.queued);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+mod client;
+mod preflight;
+mod tables;
+
+pub use client::*;
+pub use preflight::*;
+pub use tables::*;
