@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod duration;
 pub mod engine;
+pub mod error;
 pub mod executor;
 pub mod health;
 pub mod hooks;
@@ -28,3 +29,4 @@ pub mod store;
 
 /// The policy hierarchy lives with the engine; this path stays for its users.
 pub use engine::policy;
+pub use error::{Error, Result};

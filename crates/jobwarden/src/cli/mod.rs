@@ -205,7 +205,8 @@ pub struct SubmitArgs {
 }
 
 /// A CLI failure with its exit code.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Failure {
     /// 1 or 2.
     pub code: u8,
@@ -224,7 +225,7 @@ fn fail(code: u8, message: impl Into<String>) -> Failure {
 pub async fn main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Cmd::Run(args) => run(args).await,
-        Cmd::Demo => crate::demo::run().await.map_err(|e| fail(1, e)),
+        Cmd::Demo => crate::demo::run().await.map_err(|e| fail(1, e.to_string())),
         Cmd::Manifest { cmd } => crate::kubernetes::cli::manifest(cmd, crate::clock::now())
             .map(|out| print!("{out}"))
             .map_err(|(code, message)| fail(code, message)),

@@ -119,16 +119,16 @@ pub fn preflight(
 }
 
 /// The store URL schemes [`crate::store::Store::open`] takes.
-pub(super) fn check_store_url(url: &str) -> Result<(), String> {
+pub(super) fn check_store_url(url: &str) -> crate::Result<()> {
     if url.starts_with("sqlite:")
         || url.starts_with("postgres://")
         || url.starts_with("postgresql://")
     {
         Ok(())
     } else {
-        Err(format!(
-            "{:?}: not a store URL (sqlite://PATH or postgres://…)",
-            crate::store::redact_url(url)
+        Err(crate::Error::invalid(
+            format!("{:?}", crate::store::redact_url(url)),
+            "not a store URL (sqlite://PATH or postgres://…)",
         ))
     }
 }
@@ -195,13 +195,13 @@ pub fn api_token(
     Ok(token)
 }
 
-pub(super) fn read_token(path: &Path) -> Result<String, String> {
-    let t = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub(super) fn read_token(path: &Path) -> crate::Result<String> {
+    let t = std::fs::read_to_string(path).map_err(|e| crate::Error::file(path, e))?;
     let t = t.trim().to_owned();
     if t.len() < 16 {
-        return Err(format!(
-            "{}: the token must be at least 16 characters",
-            path.display()
+        return Err(crate::Error::invalid(
+            path.display().to_string(),
+            "the token must be at least 16 characters",
         ));
     }
     Ok(t)

@@ -266,34 +266,19 @@ mod tests {
     fn job(id: &str, name: &str, org: Option<&str>, stage: Stage) -> JobView {
         let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("ts");
         JobView::from(&JobRecord {
-            id: JobId::parse(id).expect("id"),
-            run_id: "r".into(),
-            attempt: 0,
-            runtime: RuntimeKind::Local,
-            namespace: None,
-            name: name.into(),
             org: org.map(Into::into),
-            job_type: None,
             stage,
             outcome: (stage == Stage::Completed).then_some(Outcome::Terminated),
-            reason: None,
-            created_at: t,
             started_at: Some(t),
-            finished_at: None,
             timeout: Duration::from_secs(3600),
             grace: Duration::from_secs(30),
-            ttl: None,
-            deadline: None,
-            steps: vec![],
-            heartbeat_timeout: None,
-            last_heartbeat: None,
-            recovery_attempts: 0,
-            pid: None,
-            pid_start_ticks: None,
-            exit_code: None,
-            signal: None,
-            spec: serde_json::Value::Null,
-            dry_run: false,
+            ..JobRecord::new(
+                JobId::parse(id).expect("id"),
+                "r",
+                RuntimeKind::Local,
+                name,
+                t,
+            )
         })
     }
 

@@ -100,7 +100,10 @@ impl Backend for ApiState {
     async fn clean_orphans(&self) -> Result<serde_json::Value, ApiError> {
         match crate::daemon::orphans::clean(&self.shared, &self.runtime, clock::now()).await {
             Ok(r) => Ok(serde_json::to_value(r).unwrap_or_default()),
-            Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("queueing orphan cleanup: {e}"),
+            )),
         }
     }
 }

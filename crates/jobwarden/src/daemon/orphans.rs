@@ -175,7 +175,7 @@ pub async fn clean(
     shared: &Shared,
     runtime: &LocalRuntime,
     now: Timestamp,
-) -> Result<OrphanReport, String> {
+) -> Result<OrphanReport, crate::store::Error> {
     let (mut report, found, prefixes) = scan_all(shared, runtime, now).await;
     let mut tasks: Vec<NewTask> = found
         .iter()
@@ -201,11 +201,7 @@ pub async fn clean(
         max_attempts: shared.config.queue.max_attempts,
     }));
     if !tasks.is_empty() {
-        let res = shared
-            .store
-            .enqueue_many(&tasks, now)
-            .await
-            .map_err(|e| format!("queueing orphan cleanup: {e}"))?;
+        let res = shared.store.enqueue_many(&tasks, now).await?;
         report.queued = res.iter().filter(|r| !r.duplicate).count();
         shared.cleanup.kick.notify_waiters();
     }

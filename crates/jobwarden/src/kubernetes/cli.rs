@@ -106,11 +106,14 @@ pub fn manifest(cmd: ManifestCmd, now: Timestamp) -> Result<String, (u8, String)
     };
     let rendered = render_job(&req, &config).map_err(|e| (2, e.to_string()))?;
     match a.output {
-        Format::Yaml => to_yaml(&rendered.job).map_err(|e| (1, e)),
+        Format::Yaml => to_yaml(&rendered.job).map_err(|e| (1, e.to_string())),
         Format::Json => to_json_value(&rendered.job)
-            .and_then(|v| serde_json::to_string_pretty(&v).map_err(|e| e.to_string()))
+            .and_then(|v| {
+                serde_json::to_string_pretty(&v)
+                    .map_err(|e| crate::Error::invalid("the Job as JSON", e.to_string()))
+            })
             .map(|s| s + "\n")
-            .map_err(|e| (1, e)),
+            .map_err(|e| (1, e.to_string())),
     }
 }
 

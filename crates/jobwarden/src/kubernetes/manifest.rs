@@ -308,14 +308,15 @@ pub fn render_job(req: &JobRequest, config: &Config) -> Result<Rendered, Manifes
 }
 
 /// The Job as YAML (what `kubectl apply -f -` reads) with apiVersion and kind.
-pub fn to_yaml(job: &Job) -> Result<String, String> {
+pub fn to_yaml(job: &Job) -> crate::Result<String> {
     let value = to_json_value(job)?;
-    serde_saphyr::to_string(&value).map_err(|e| format!("cannot render YAML: {e}"))
+    serde_saphyr::to_string(&value)
+        .map_err(|e| crate::Error::invalid("the Job as YAML", e.to_string()))
 }
 
 /// The Job as a JSON value with apiVersion and kind.
-pub fn to_json_value(job: &Job) -> Result<serde_json::Value, String> {
-    serde_json::to_value(job).map_err(|e| format!("cannot render JSON: {e}"))
+pub fn to_json_value(job: &Job) -> crate::Result<serde_json::Value> {
+    serde_json::to_value(job).map_err(|e| crate::Error::invalid("the Job as JSON", e.to_string()))
 }
 
 #[cfg(test)]

@@ -9,9 +9,7 @@ use crate::api_types::SubmitRequest;
 use crate::clock;
 use crate::engine::plan;
 use crate::hooks::HookPayload;
-use crate::model::{
-    AuditAction, AuditEntry, JobId, JobRecord, Outcome, RuntimeKind, Stage, Timestamp,
-};
+use crate::model::{AuditAction, AuditEntry, JobId, JobRecord, Outcome, RuntimeKind, Timestamp};
 use crate::policy::{JobSettings, resolve};
 
 impl Enforcer {
@@ -132,22 +130,10 @@ impl Enforcer {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "job".into())
         });
+        let run_id = crate::runtime::local::new_run_id(now);
         let job = JobRecord {
-            id: id.clone(),
-            run_id: ulid::Ulid::from_parts(
-                u64::try_from(now.timestamp_millis()).unwrap_or(0),
-                rand::random::<u128>(),
-            )
-            .to_string()
-            .to_ascii_lowercase(),
-            attempt: 0,
-            runtime: RuntimeKind::Local,
-            namespace: None,
-            name,
             org: req.org.clone(),
             job_type: req.job_type.clone(),
-            stage: Stage::PreStart,
-            outcome: None,
             reason: resolved.capped_by.map(|c| {
                 format!(
                     "timeout capped by {}",
@@ -157,23 +143,13 @@ impl Enforcer {
                     }
                 )
             }),
-            created_at: now,
-            started_at: None,
-            finished_at: None,
             timeout: resolved.timeout,
             grace: resolved.grace,
             ttl: resolved.ttl,
-            deadline: None,
-            steps: vec![],
             heartbeat_timeout: resolved.heartbeat_timeout,
-            last_heartbeat: None,
-            recovery_attempts: 0,
-            pid: None,
-            pid_start_ticks: None,
-            exit_code: None,
-            signal: None,
             spec: serde_json::json!({ "command": req.command }),
             dry_run: self.shared.dry_run,
+            ..JobRecord::new(id.clone(), run_id, RuntimeKind::Local, name, now)
         };
         self.shared.store.insert_job(&job).await.map_err(|e| {
             self.store_error("recording a new job", &e);

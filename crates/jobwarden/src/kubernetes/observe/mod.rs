@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::config::PolicyConfig;
 use crate::engine::lifecycle::stage_after;
 use crate::engine::recovery::Diagnosis;
-use crate::model::{IdError, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, Timestamp, add};
+use crate::model::{IdError, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, Timestamp};
 use crate::policy::{
     AnnotationKeys, JobSettings, SettingWarning, resolve, settings_from_annotations,
 };
@@ -460,7 +460,10 @@ pub fn to_record(
         Some(p) if soft_killed => (p.timeout, p.deadline),
         _ => (resolved.timeout, None),
     };
-    let deadline = frozen_deadline.or_else(|| obs.started_at.map(|s| add(s, timeout)));
+    let deadline = frozen_deadline.or_else(|| {
+        obs.started_at
+            .map(|s| crate::engine::plan::deadline(s, timeout))
+    });
     let stage = match (obs.outcome, same_run.map(|p| p.stage)) {
         (_, Some(s @ (Stage::Cleanup | Stage::Cleaned))) => s,
         (Some(o), _) if obs.ended => stage_after(o),
@@ -470,22 +473,18 @@ pub fn to_record(
         (None, _) if obs.started_at.is_some() => Stage::Running,
         (None, _) => Stage::PreStart,
     };
+    let created_at = previous
+        .map(|p| p.created_at)
+        .or(obs.created_at)
+        .unwrap_or(now);
     JobRecord {
-        id: obs.id.clone(),
-        run_id: obs.uid.clone(),
         attempt: previous.map_or(0, |p| p.attempt),
-        runtime: RuntimeKind::Kubernetes,
         namespace: Some(obs.namespace.clone()),
-        name: obs.name.clone(),
         org: obs.settings.org.clone(),
         job_type: obs.settings.job_type.clone(),
         stage,
         outcome: obs.outcome,
         reason: obs.reason.clone(),
-        created_at: previous
-            .map(|p| p.created_at)
-            .or(obs.created_at)
-            .unwrap_or(now),
         started_at: obs.started_at,
         // Finished only once ended: while its pods terminate the ladder goes on.
         finished_at: obs.finished_at.filter(|_| obs.ended),
@@ -497,12 +496,15 @@ pub fn to_record(
         heartbeat_timeout: resolved.heartbeat_timeout,
         last_heartbeat: same_run.and_then(|p| p.last_heartbeat),
         recovery_attempts: previous.map_or(0, |p| p.recovery_attempts),
-        pid: None,
-        pid_start_ticks: None,
-        exit_code: None,
-        signal: None,
         spec: run_spec(obs, previous, same_run),
         dry_run: previous.is_some_and(|p| p.dry_run),
+        ..JobRecord::new(
+            obs.id.clone(),
+            obs.uid.clone(),
+            RuntimeKind::Kubernetes,
+            obs.name.clone(),
+            created_at,
+        )
     }
 }
 
