@@ -302,7 +302,7 @@ impl Actions {
     ) -> Result<Report, Ignored> {
         let t = self.target(job)?;
         let mut report = Report::new(t.id.clone());
-        let result = self
+        let ended = self
             .end_job(
                 &t,
                 job,
@@ -313,13 +313,9 @@ impl Actions {
                 &mut report,
             )
             .await;
-        if result == CallResult::NotFound || !report.absorb(&result) {
+        if !ended {
             return Ok(report);
         }
-        report.audit.push(
-            self.event(&t, AuditAction::SoftKill, "TimeoutSoftKill", reason, now)
-                .await,
-        );
         let pod_grace = pod_grace(job);
         if grace < pod_grace {
             let secs = u32::try_from(grace.as_secs()).unwrap_or(u32::MAX);
@@ -343,9 +339,11 @@ impl Actions {
         Ok(report)
     }
 
-    /// The merge PATCH that makes the Job controller end the Job now: our annotations (why;
-    /// `termination-outcome` when it is to count as `outcome` rather than terminated) and
-    /// `spec.activeDeadlineSeconds` already passed. One audit row.
+    /// The merge PATCH that makes the Job controller end the Job now (our annotations: why;
+    /// `termination-outcome` when it is to count as `outcome` rather than terminated; and
+    /// `spec.activeDeadlineSeconds` already passed), then its Event (`TimeoutSoftKill`, or
+    /// `MarkedFailed` for a failure). One audit row each. False when the action must stop (the
+    /// Job is gone, or the PATCH failed: `report` says how).
     #[allow(clippy::too_many_arguments)]
     async fn end_job(
         &self,
@@ -356,7 +354,7 @@ impl Actions {
         reason: &str,
         now: Timestamp,
         report: &mut Report,
-    ) -> CallResult {
+    ) -> bool {
         let deadline = job
             .spec
             .as_ref()
@@ -391,7 +389,18 @@ impl Actions {
             &result,
             json!({"call": "PATCH batch/v1 jobs (merge)", "body": body}),
         ));
-        result
+        if result == CallResult::NotFound || !report.absorb(&result) {
+            return false;
+        }
+        let event = if outcome.is_some() {
+            "MarkedFailed"
+        } else {
+            "TimeoutSoftKill"
+        };
+        report
+            .audit
+            .push(self.event(t, action, event, reason, now).await);
+        true
     }
 
     /// mark_failed (dead-job recovery gave up, image cannot be pulled, crash loop, pending
@@ -406,24 +415,17 @@ impl Actions {
     ) -> Result<Report, Ignored> {
         let t = self.target(job)?;
         let mut report = Report::new(t.id.clone());
-        let result = self
-            .end_job(
-                &t,
-                job,
-                Some(crate::model::Outcome::Failed),
-                AuditAction::MarkFailed,
-                reason,
-                now,
-                &mut report,
-            )
-            .await;
-        if result == CallResult::NotFound || !report.absorb(&result) {
-            return Ok(report);
-        }
-        report.audit.push(
-            self.event(&t, AuditAction::MarkFailed, "MarkedFailed", reason, now)
-                .await,
-        );
+        let failed = Some(crate::model::Outcome::Failed);
+        self.end_job(
+            &t,
+            job,
+            failed,
+            AuditAction::MarkFailed,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
         Ok(report)
     }
 
