@@ -249,35 +249,80 @@ impl Config {
             })
         };
         let p = &self.policy;
-        if p.global_default.0.is_zero() {
-            return bad(
-                "policy.global_default",
-                "a timeout must be greater than 0".into(),
-            );
+        let (r, q) = (&self.recovery, &self.queue);
+        // Durations that must be more than zero.
+        let timeout = "a timeout must be greater than 0";
+        let positive = [
+            (
+                "policy.global_default".to_owned(),
+                p.global_default,
+                timeout,
+            ),
+            ("policy.hard_max".to_owned(), p.hard_max, timeout),
+            (
+                "policy.startup_timeout".to_owned(),
+                p.startup_timeout,
+                "must be greater than 0",
+            ),
+        ];
+        let per_org = p.organization_max.iter().map(|(org, d)| {
+            (
+                format!("policy.organization_max.{}", toml_key(org)),
+                *d,
+                timeout,
+            )
+        });
+        let per_type = p.job_type_overrides.iter().map(|(t, d)| {
+            (
+                format!("policy.job_type_overrides.{}", toml_key(t)),
+                *d,
+                timeout,
+            )
+        });
+        for (key, d, problem) in positive.into_iter().chain(per_org).chain(per_type) {
+            if d.0.is_zero() {
+                return bad(&key, problem.into());
+            }
         }
-        if p.hard_max.0.is_zero() {
-            return bad("policy.hard_max", "a timeout must be greater than 0".into());
-        }
-        if p.global_default > p.hard_max {
-            return bad(
-                "policy.global_default",
-                format!(
-                    "{} exceeds policy.hard_max ({})",
-                    p.global_default, p.hard_max
-                ),
-            );
-        }
-        if p.grace_period > p.grace_max {
-            return bad(
-                "policy.grace_period",
-                format!(
-                    "{} exceeds policy.grace_max ({})",
-                    p.grace_period, p.grace_max
-                ),
-            );
-        }
-        if p.startup_timeout.0.is_zero() {
-            return bad("policy.startup_timeout", "must be greater than 0".into());
+        // Durations bounded by another setting.
+        let bounded = [
+            (
+                "policy.global_default".to_owned(),
+                p.global_default,
+                "policy.hard_max",
+                p.hard_max,
+            ),
+            (
+                "policy.grace_period".to_owned(),
+                p.grace_period,
+                "policy.grace_max",
+                p.grace_max,
+            ),
+            (
+                "recovery.backoff_initial".to_owned(),
+                r.backoff_initial,
+                "recovery.backoff_max",
+                r.backoff_max,
+            ),
+            (
+                "queue.backoff_initial".to_owned(),
+                q.backoff_initial,
+                "queue.backoff_max",
+                q.backoff_max,
+            ),
+        ];
+        let per_type_grace = p.job_type_grace.iter().map(|(t, d)| {
+            (
+                format!("policy.job_type_grace.{}", toml_key(t)),
+                *d,
+                "policy.grace_max",
+                p.grace_max,
+            )
+        });
+        for (key, d, limit, max) in bounded.into_iter().chain(per_type_grace) {
+            if d > max {
+                return bad(&key, format!("{d} exceeds {limit} ({max})"));
+            }
         }
         if let WarnBefore::Many(v) = &p.warn_before
             && v.is_empty()
@@ -313,76 +358,40 @@ impl Config {
                 }
             }
         }
-        for (org, d) in &p.organization_max {
-            if d.0.is_zero() {
-                return bad(
-                    &format!("policy.organization_max.{org}"),
-                    "a timeout must be greater than 0".into(),
-                );
-            }
-        }
-        for (t, d) in &p.job_type_overrides {
-            if d.0.is_zero() {
-                return bad(
-                    &format!("policy.job_type_overrides.{t}"),
-                    "a timeout must be greater than 0".into(),
-                );
-            }
-        }
-        for (t, d) in &p.job_type_grace {
-            if *d > p.grace_max {
-                return bad(
-                    &format!("policy.job_type_grace.{t}"),
-                    format!("{d} exceeds policy.grace_max ({})", p.grace_max),
-                );
-            }
-        }
-        let r = &self.recovery;
         if !(r.backoff_multiplier.is_finite() && r.backoff_multiplier >= 1.0) {
             return bad(
                 "recovery.backoff_multiplier",
                 format!("{} must be a number >= 1.0", r.backoff_multiplier),
             );
         }
-        if r.backoff_initial > r.backoff_max {
-            return bad(
-                "recovery.backoff_initial",
-                format!(
-                    "{} exceeds recovery.backoff_max ({})",
-                    r.backoff_initial, r.backoff_max
-                ),
-            );
-        }
-        let q = &self.queue;
-        if q.workers == 0 {
-            return bad("queue.workers", "must be at least 1".into());
-        }
-        if q.max_attempts == 0 {
-            return bad("queue.max_attempts", "must be at least 1".into());
-        }
-        if q.lease.0 < Duration::from_secs(1) {
-            return bad("queue.lease", "must be at least 1s".into());
-        }
-        if q.backoff_initial > q.backoff_max {
-            return bad(
-                "queue.backoff_initial",
-                format!(
-                    "{} exceeds queue.backoff_max ({})",
-                    q.backoff_initial, q.backoff_max
-                ),
-            );
-        }
-        if self.safety.max_deletions_per_minute == 0 {
-            return bad(
+        // Counts and intervals with a floor.
+        let second = Duration::from_secs(1);
+        let floors = [
+            ("queue.workers", q.workers == 0, "must be at least 1"),
+            (
+                "queue.max_attempts",
+                q.max_attempts == 0,
+                "must be at least 1",
+            ),
+            ("queue.lease", q.lease.0 < second, "must be at least 1s"),
+            (
                 "safety.max_deletions_per_minute",
-                "must be at least 1 (cleanup would never run)".into(),
-            );
-        }
-        if self.safety.max_batch == 0 {
-            return bad("safety.max_batch", "must be at least 1".into());
-        }
-        if self.orphans.scan_interval.0 < Duration::from_secs(1) {
-            return bad("orphans.scan_interval", "must be at least 1s".into());
+                self.safety.max_deletions_per_minute == 0,
+                "must be at least 1 (cleanup would never run)",
+            ),
+            (
+                "safety.max_batch",
+                self.safety.max_batch == 0,
+                "must be at least 1",
+            ),
+            (
+                "orphans.scan_interval",
+                self.orphans.scan_interval.0 < second,
+                "must be at least 1s",
+            ),
+        ];
+        if let Some((key, _, problem)) = floors.into_iter().find(|f| f.1) {
+            return bad(key, problem.into());
         }
         if let Err(problems) = self.artifacts.validate()
             && let Some(first) = problems.into_iter().next()

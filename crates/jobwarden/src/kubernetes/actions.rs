@@ -46,7 +46,6 @@ pub use super::events::{event_for, event_name};
 
 use super::observe::{
     Ignored, Scope, controlled_by, pod_grace, pod_is_stuck_terminating, pod_is_terminal,
-    replacement_policy_failed,
 };
 use super::{JOB_NAME_LABEL, TERMINATED_BY_VALUE};
 
@@ -150,7 +149,9 @@ impl Actions {
         &self.scope
     }
 
-    pub(super) fn target<'a>(&self, job: &'a Job) -> Result<Target<'a>, Ignored> {
+    /// The Job's identity, admitted by the scope (the last guard before any call), and an
+    /// empty report for what is done to it.
+    pub(super) fn target<'a>(&self, job: &'a Job) -> Result<(Target<'a>, Report), Ignored> {
         let id = self.scope.admit(&job.metadata)?;
         let (Some(name), Some(uid), Some(namespace)) = (
             job.metadata.name.as_deref(),
@@ -159,12 +160,14 @@ impl Actions {
         ) else {
             return Err(Ignored::NoIdentity);
         };
-        Ok(Target {
+        let report = Report::new(id.clone());
+        let target = Target {
             id,
             namespace,
             name,
             uid,
-        })
+        };
+        Ok((target, report))
     }
 
     /// Whether a pod is one this Job's actions may touch: controlled by the Job (its UID, so
@@ -250,13 +253,8 @@ impl Actions {
 
     /// warn: an Event `TimeoutWarning` on the Job.
     pub async fn warn(&self, job: &Job, note: &str, now: Timestamp) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
-        let row = self
-            .event(&t, AuditAction::Warn, "TimeoutWarning", note, now)
-            .await;
-        report.audit.push(row);
-        Ok(report)
+        self.post_event(job, AuditAction::Warn, "TimeoutWarning", note, now)
+            .await
     }
 
     /// A Job whose pods' own `terminationGracePeriodSeconds` is shorter than the policy's
@@ -269,23 +267,33 @@ impl Actions {
         grace: Duration,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
         let note = format!(
             "the pods' terminationGracePeriodSeconds ({}) is shorter than the grace period ({}): the kubelet will SIGKILL before work is saved; set it to at least {}",
             pod_grace.as_secs(),
             grace.as_secs(),
             grace.as_secs()
         );
-        let row = self
-            .event(
-                &t,
-                AuditAction::ConfigWarning,
-                "GracePeriodTooShort",
-                &note,
-                now,
-            )
-            .await;
+        self.post_event(
+            job,
+            AuditAction::ConfigWarning,
+            "GracePeriodTooShort",
+            &note,
+            now,
+        )
+        .await
+    }
+
+    /// An Event on the Job, and nothing else.
+    async fn post_event(
+        &self,
+        job: &Job,
+        action: AuditAction,
+        reason: &str,
+        note: &str,
+        now: Timestamp,
+    ) -> Result<Report, Ignored> {
+        let (t, mut report) = self.target(job)?;
+        let row = self.event(&t, action, reason, note, now).await;
         report.audit.push(row);
         Ok(report)
     }
@@ -300,8 +308,7 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         let ended = self
             .end_job(
                 &t,
@@ -413,8 +420,7 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         let failed = Some(crate::model::Outcome::Failed);
         self.end_job(
             &t,
@@ -453,8 +459,7 @@ impl Actions {
             serde_json::from_value(template.clone()).map_err(|_| Ignored::NoIdentity)?;
         self.prepare_job(&mut new_job, attempt)?;
         if let Some(job) = current {
-            let t = self.target(job)?;
-            let mut report = Report::new(t.id.clone());
+            let (t, mut report) = self.target(job)?;
             let r = self
                 .delete_job(
                     &t,
@@ -561,33 +566,23 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         report.audit.push(
             self.event(&t, AuditAction::HardKill, "TimeoutHardKill", reason, now)
                 .await,
         );
-        let fail_phase = replacement_policy_failed(job);
-        let remaining: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| self.ours(&t, p) && !pod_is_terminal(p))
-            .collect();
-        for pod in remaining {
-            let r = self
-                .delete_pod(&t, pod, 0, AuditAction::HardKill, reason, now, &mut report)
-                .await;
-            if !report.absorb(&r) {
-                return Ok(report);
-            }
-            if fail_phase && r != CallResult::NotFound {
-                let r = self
-                    .fail_pod_phase(&t, pod, AuditAction::HardKill, reason, now, &mut report)
-                    .await;
-                if !report.absorb(&r) {
-                    return Ok(report);
-                }
-            }
-        }
+        let running = |p: &Pod| !pod_is_terminal(p);
+        self.remove_pods(
+            &t,
+            job,
+            pods,
+            running,
+            AuditAction::HardKill,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
         Ok(report)
     }
 
@@ -600,8 +595,7 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         report.audit.push(
             self.event(
                 &t,
@@ -629,27 +623,18 @@ impl Actions {
         if !report.absorb(&r) {
             return Ok(report);
         }
-        let fail_phase = replacement_policy_failed(job);
-        let stuck: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| self.ours(&t, p) && pod_is_stuck_terminating(p, now))
-            .collect();
-        for pod in stuck {
-            if !self
-                .force_remove(
-                    &t,
-                    pod,
-                    fail_phase,
-                    AuditAction::ForceDelete,
-                    reason,
-                    now,
-                    &mut report,
-                )
-                .await
-            {
-                return Ok(report);
-            }
-        }
+        let stuck = |p: &Pod| pod_is_stuck_terminating(p, now);
+        self.remove_pods(
+            &t,
+            job,
+            pods,
+            stuck,
+            AuditAction::ForceDelete,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
         Ok(report)
     }
 
@@ -663,8 +648,7 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         if job.metadata.deletion_timestamp.is_none() {
             let r = self
                 .delete_job(
@@ -715,26 +699,18 @@ impl Actions {
                 return Ok(report);
             }
         };
-        let fail_phase = replacement_policy_failed(job);
-        for pod in pods
-            .iter()
-            .filter(|p| self.ours(&t, p) && pod_is_stuck_terminating(p, now))
-        {
-            if !self
-                .force_remove(
-                    &t,
-                    pod,
-                    fail_phase,
-                    AuditAction::TtlCleanup,
-                    reason,
-                    now,
-                    &mut report,
-                )
-                .await
-            {
-                return Ok(report);
-            }
-        }
+        let stuck = |p: &Pod| pod_is_stuck_terminating(p, now);
+        self.remove_pods(
+            &t,
+            job,
+            &pods,
+            stuck,
+            AuditAction::TtlCleanup,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
         Ok(report)
     }
 }
