@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use jobwarden::config::Config;
 use jobwarden::engine::decide::Policy;
-use jobwarden::kubernetes::actions::Actions;
 use jobwarden::kubernetes::api::{ApiState, router};
 use jobwarden::kubernetes::cli::health_router;
 use jobwarden::kubernetes::observe::Scope;
 use jobwarden::kubernetes::reconcile::Reconciler;
 use jobwarden::model::{JobId, RuntimeKind, Stage, Timestamp};
+use jobwarden::runtime::kubernetes::actions::Actions;
 use jobwarden::store::{AuditQuery, JobFilter, Store};
 use k8s_support::*;
 use serde_json::{Value, json};

@@ -24,10 +24,10 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use jobwarden::config::Config;
-use jobwarden::kubernetes::actions::{API_CALLS, Grant, classify};
 use jobwarden::kubernetes::manifest::{JobRequest, render_job};
 use jobwarden::kubernetes::observe::{Scope, observe_job};
 use jobwarden::model::JobId;
+use jobwarden::runtime::kubernetes::actions::{API_CALLS, Grant, classify};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};

@@ -8,9 +8,9 @@ mod k8s_support;
 
 use std::time::Duration;
 
-use jobwarden::kubernetes::actions::{Outcome, Report};
 use jobwarden::kubernetes::observe::Ignored;
 use jobwarden::model::{AuditAction, Timestamp};
+use jobwarden::runtime::kubernetes::actions::{Outcome, Report};
 use k8s_support::wiring::against;
 use k8s_support::*;
 use serde_json::{Value, json};

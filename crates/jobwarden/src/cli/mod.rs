@@ -147,13 +147,13 @@ pub struct RunArgs {
     /// Workspaces, logs, the SQLite store and file:// artifacts.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Listen address [default: [server] listen, i.e. 127.0.0.1:7800].
+    /// Listen address (default: the config's `[server] listen`, i.e. 127.0.0.1:7800).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Store URL [default: sqlite://<data-dir>/jobwarden.db].
+    /// Store URL (default: sqlite://DATA_DIR/jobwarden.db).
     #[arg(long, env = "JOBWARDEN_STORE")]
     pub store: Option<String>,
-    /// Artifacts URL [default: file://<data-dir>/artifacts].
+    /// Artifacts URL (default: file://DATA_DIR/artifacts).
     #[arg(long)]
     pub artifacts: Option<String>,
     /// Which jobs to police.

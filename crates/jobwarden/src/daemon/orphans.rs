@@ -4,7 +4,7 @@
 //! Fails closed: if the directory listing or the store query fails, nothing is reported as
 //! an orphan this pass. Only what the local runtime could have created is ever a candidate
 //! (and so ever deleted): a workspace is a real directory (not a symlink) named by an id
-//! jobwarden generates ([`JobId::is_generated`], the 26-character lowercase ULID `submit`
+//! jobwarden generates ([`crate::model::JobId::is_generated`], the 26-character lowercase ULID `submit`
 //! prints), a log is a regular file `<such an id>.log`, and an object prefix's id has that form
 //! too ([`StoreKnown`] answers every other id as known). Dot-files, `not-a-job`, symlinks and
 //! anything else an administrator put there are never touched. Deletion goes through the

@@ -12,7 +12,7 @@
 //! - [`retention`]: TTL after finish per outcome and per artifact type.
 //! - [`recovery`]: startup timeout and dead jobs (heartbeats, diagnosis, backoff).
 //! - [`orphans`]: the fail-closed set difference.
-//! - [`decide`]: the one entry point that combines them for a job.
+//! - [`decide`](mod@decide): the one entry point that combines them for a job.
 //! - [`plan`]: the decision worked out completely for the executor: texts, audit rows, stage
 //!   moves, hooks, cleanup tasks.
 

@@ -45,7 +45,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Body
 }
 
 /// A submit request that breaks a rule beyond its types: which field, and what is wrong.
-/// The API answers 400 `field `<field>`: <problem>`; `jobwarden submit` names the flag
+/// The API answers 400 naming the field and the problem; `jobwarden submit` names the flag
 /// ([`SubmitError::flag`]) and exits 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field `{field}`: {problem}")]

@@ -48,7 +48,7 @@ pub struct JobArgs {
     /// Job type.
     #[arg(long = "type")]
     pub job_type: Option<String>,
-    /// Job name [default: flowforge-<job id>].
+    /// Job name (default: flowforge-JOB_ID).
     #[arg(long)]
     pub name: Option<String>,
     /// Namespace [default: kubectl's current one].
@@ -258,7 +258,8 @@ pub async fn run(
             .as_deref(),
     );
     let scope = super::observe::Scope::new(&config.kubernetes, &config.annotations.prefix);
-    let actions = super::actions::Actions::new(client.clone(), scope, opts.dry_run, &instance);
+    let actions =
+        crate::runtime::kubernetes::Actions::new(client.clone(), scope, opts.dry_run, &instance);
     let label = config.kubernetes.job_id_label.clone();
     // One budget of destructive calls for TTL deletes and orphan deletes together.
     let limiter = Arc::new(crate::ratelimit::RateLimiter::per_minute(

@@ -1,15 +1,12 @@
-//! The Kubernetes runtime: batch/v1 Jobs carrying the job-id label, policed through kube-rs.
+//! The Kubernetes controller: batch/v1 Jobs carrying the job-id label, policed through kube-rs.
 //!
 //! - [`config`]: the `[kubernetes]` section (namespaces, label, lease, orphan ages, limits).
 //! - [`observe`]: pure mapping of a Job and its Pods to the engine's job record and diagnosis.
 //!   No I/O; which Jobs are ours (the job-id label, no protected namespace) is decided here.
-//! - [`actions`]: the API calls that carry out a step (patches, deletes: `deletes.rs`) and the
-//!   audit rows they produce; [`events`]: the Events they post.
-//! - [`calls`]: the one list of calls the code makes, [`calls::API_CALLS`], which the RBAC test
-//!   checks `deploy/` against, and how an answer is read.
 //! - [`manifest`]: renders a FlowForge Job whose fields agree with the policy.
 //! - [`reconcile`]: one Job through observe → store → plan → executor.
-//! - [`runtime`]: the [`crate::runtime::Runtime`] the executor drives, over [`actions`].
+//! - The API calls that carry the plans out are the Kubernetes runtime,
+//!   [`crate::runtime::kubernetes`] (actions, calls, events).
 //! - [`cleanup`]: the cleanup workers that delete a TTL-deleted Job's artifacts and logs in
 //!   object storage (the local runtime's durable queue).
 //! - [`orphans`]: labelled Pods, PVCs, Secrets and ConfigMaps whose Job is gone (pure
@@ -25,21 +22,16 @@
 //! Times from the API server are `jiff` timestamps (k8s-openapi); the engine uses `chrono`.
 //! [`to_chrono`] / [`to_jiff`] convert, never reading the clock.
 
-pub mod actions;
 pub mod api;
-pub mod calls;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod controller;
-mod deletes;
-pub mod events;
 pub mod leader;
 pub mod manifest;
 pub mod observe;
 pub mod orphans;
 pub mod reconcile;
-pub mod runtime;
 pub mod watch;
 
 use crate::model::Timestamp;

@@ -28,7 +28,7 @@
 //!   Dry-run takes no token: it sends no DELETE.
 //!
 //! RBAC: list and delete on pods, persistentvolumeclaims, secrets and configmaps
-//! ([`super::calls::API_CALLS`], the roles in `deploy/overlays/`).
+//! ([`crate::runtime::kubernetes::calls::API_CALLS`], the roles in `deploy/overlays/`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -48,10 +48,10 @@ use crate::model::{AuditAction, AuditEntry, JobId, Timestamp, since};
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
-use super::actions::CallResult;
 use super::config::OrphanMinAge;
 use super::observe::{Ignored, Scope};
 use super::to_chrono;
+use crate::runtime::kubernetes::calls::CallResult;
 
 /// Items per LIST page (`limit`); `continue` fetches the rest.
 pub const PAGE_SIZE: u32 = 500;

@@ -4,8 +4,9 @@
 //! One task, fed by a command channel (submit, cancel, heartbeat) and the runtime's exit
 //! channel, sleeping until the scheduler's next due time: no ticker scans all jobs.
 //! pre_start hooks run in tasks of their own and report back, so a slow hook never delays
-//! another job's ladder. For
-//! each due job it calls [`crate::engine::decide`] with the current time and acts:
+//! another job's ladder. For each due job it asks the engine for a plan
+//! ([`crate::engine::plan`]) at the current time and hands it to the executor
+//! ([`crate::executor`]) on the local runtime ([`crate::runtime::local`]):
 //!
 //! - a step is first recorded in the store (with its audit row, once per run); only a
 //!   recorded step is carried out, so a store outage means "do nothing and retry", never

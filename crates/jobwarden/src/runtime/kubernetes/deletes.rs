@@ -11,7 +11,7 @@ use crate::model::{AuditAction, Timestamp};
 
 use super::actions::{Actions, Report, Target, patch_params};
 use super::calls::CallResult;
-use super::observe::{Ignored, pod_is_terminal, replacement_policy_failed};
+use crate::kubernetes::observe::{Ignored, pod_is_terminal, replacement_policy_failed};
 
 impl Actions {
     /// After a successful TTL delete: the job's own PersistentVolumeClaims, Secrets and

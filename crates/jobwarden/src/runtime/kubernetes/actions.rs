@@ -44,10 +44,10 @@ pub use super::calls::{
 use super::events::action_name;
 pub use super::events::{event_for, event_name};
 
-use super::observe::{
+use crate::kubernetes::observe::{
     Ignored, Scope, controlled_by, pod_grace, pod_is_stuck_terminating, pod_is_terminal,
 };
-use super::{JOB_NAME_LABEL, TERMINATED_BY_VALUE};
+use crate::kubernetes::{JOB_NAME_LABEL, TERMINATED_BY_VALUE};
 
 /// How an action as a whole ended: the runtime's act outcome.
 pub use crate::runtime::ActOutcome as Outcome;

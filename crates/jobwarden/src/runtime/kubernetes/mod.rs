@@ -1,6 +1,16 @@
 //! The Kubernetes runtime: the [`Runtime`] the executor drives, carried out by [`Actions`]
 //! (the API calls) on the Job and the pods the reconciler last saw. What each act sends is in
 //! `actions.rs`; the order of record and act, and why it is safe, in [`crate::runtime`].
+//!
+//! - [`actions`]: the API calls that carry out a step (patches, deletes: `deletes.rs`) and the
+//!   audit rows they produce; [`events`]: the Events they post.
+//! - [`calls`]: the one list of calls the code makes, [`calls::API_CALLS`], which the RBAC test
+//!   checks `deploy/` against, and how an answer is read.
+
+pub mod actions;
+pub mod calls;
+mod deletes;
+pub mod events;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -9,9 +19,10 @@ use crate::engine::plan::{CleanupPlan, FailPlan, RecoverPlan, StepPlan};
 use crate::model::{JobRecord, Step, Timestamp};
 use crate::runtime::{ActOutcome, Acted, Runtime};
 
-use super::TERMINATED_BY_VALUE;
-use super::actions::Actions;
-use super::observe::{JOB_TEMPLATE, SUPERSEDED};
+use crate::kubernetes::TERMINATED_BY_VALUE;
+use crate::kubernetes::observe::{JOB_TEMPLATE, SUPERSEDED};
+
+pub use actions::Actions;
 
 /// What an act needs besides the record: the Job as last seen (None once it is gone: only a
 /// recovery acts then) and its pods.
