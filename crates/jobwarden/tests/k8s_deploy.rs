@@ -777,10 +777,10 @@ fn the_example_job_is_what_manifest_job_renders_and_jobwarden_polices_it() {
     let rendered = render_job(
         &JobRequest {
             job_id: JobId::parse("example-0001").expect("id"),
-            timeout: Duration::from_secs(7200),
+            timeout: Some(Duration::from_secs(7200)),
             grace: None,
             ttl: None,
-            org: "acme".into(),
+            org: Some("acme".into()),
             job_type: Some("build".into()),
             name: Some("flowforge-example".into()),
             namespace: Some("flowforge".into()),

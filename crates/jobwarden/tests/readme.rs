@@ -215,6 +215,7 @@ fn every_readme_command_runs() {
     let mut sandbox = Sandbox::new();
     let mut checked = 0;
     let mut ran_demo = false;
+    let mut assigned: Vec<String> = Vec::new();
     for (lang, body, line) in blocks(&md) {
         if lang != "sh" {
             continue;
@@ -236,6 +237,21 @@ fn every_readme_command_runs() {
         }
         for command in commands(&body) {
             checked += 1;
+            // `VAR=$(command)`: the command inside is what is checked; later commands get a
+            // job id for `$VAR`.
+            let command = match command.split_once("=$(") {
+                Some((var, inner))
+                    if !var.is_empty()
+                        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && inner.ends_with(')') =>
+                {
+                    assigned.push(format!("${var}"));
+                    inner[..inner.len() - 1].to_owned()
+                }
+                _ => assigned.iter().fold(command, |c, v| {
+                    c.replace(v.as_str(), "01jexample0000000000000000")
+                }),
+            };
             let command = match command
                 .strip_prefix("cargo run --release --bin jobwarden -- ")
                 .or_else(|| command.strip_prefix("$jw "))

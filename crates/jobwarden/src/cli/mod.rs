@@ -178,13 +178,22 @@ pub enum RuntimeArg {
 pub struct SubmitArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Timeout (capped by the organisation maximum and the hard maximum).
+    #[command(flatten)]
+    pub job: JobFlags,
+}
+
+/// A job's settings, as `submit` sends them and `manifest job` renders them.
+#[derive(Debug, Clone, Args)]
+pub struct JobFlags {
+    /// Timeout, capped by the organisation maximum and the hard maximum [default: the job
+    /// type's or the global timeout].
     #[arg(long)]
     pub timeout: Option<Dur>,
-    /// Grace period between SIGTERM and SIGKILL.
+    /// Grace period between SIGTERM and SIGKILL [default: the job type's or the global grace].
     #[arg(long)]
     pub grace: Option<Dur>,
-    /// Keep the finished job's workspace this long.
+    /// Keep the finished job (its workspace, or its Job) this long [default: the retention
+    /// for its outcome].
     #[arg(long)]
     pub ttl: Option<Dur>,
     /// Job type.
@@ -193,15 +202,41 @@ pub struct SubmitArgs {
     /// Organisation.
     #[arg(long)]
     pub org: Option<String>,
-    /// Name.
+    /// Name (a local job's default: the program's file name; a Job's: flowforge-JOB_ID).
     #[arg(long)]
     pub name: Option<String>,
     /// Judge the job dead when no heartbeat arrives for this long.
     #[arg(long)]
     pub heartbeat_timeout: Option<Dur>,
+    /// Container image, holding jobwarden-init at `[kubernetes] init_path` (Kubernetes
+    /// mode: required there, refused by a local daemon).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Namespace of the Job (Kubernetes mode) [default: submit: the daemon's one watched
+    /// namespace; manifest job: kubectl's current one].
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+}
+
+impl JobFlags {
+    /// The request these flags make.
+    pub fn request(self) -> SubmitRequest {
+        SubmitRequest {
+            command: self.command,
+            name: self.name,
+            org: self.org,
+            job_type: self.job_type,
+            timeout: self.timeout,
+            grace: self.grace,
+            ttl: self.ttl,
+            heartbeat_timeout: self.heartbeat_timeout,
+            image: self.image,
+            namespace: self.namespace,
+        }
+    }
 }
 
 /// A CLI failure with its exit code.
@@ -244,16 +279,7 @@ pub async fn main(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Submit(a) => {
-            let req = SubmitRequest {
-                command: a.command,
-                name: a.name,
-                org: a.org,
-                job_type: a.job_type,
-                timeout: a.timeout,
-                grace: a.grace,
-                ttl: a.ttl,
-                heartbeat_timeout: a.heartbeat_timeout,
-            };
+            let req = a.job.request();
             // The server's own rules, checked before anything is sent: bad usage exits 2
             // naming the flag, not 1 with the server's 400.
             crate::daemon::api::validate_submit(&req)

@@ -127,6 +127,7 @@ pub async fn scan(
                         name: c.name.clone(),
                         bytes: tree_size(Path::new(&c.name)),
                         age_seconds: since(now, c.created_at).as_secs(),
+                        why: None,
                     });
                     found.push((kind.to_owned(), c));
                 }
@@ -165,6 +166,7 @@ pub async fn scan_all(
             ),
             bytes: p.bytes,
             age_seconds: since(now, p.newest_modified).as_secs(),
+            why: None,
         });
     }
     (report, found, prefixes)

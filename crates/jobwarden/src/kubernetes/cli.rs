@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::cli::JobFlags;
 use crate::config::Config;
-use crate::duration::Dur;
 use crate::model::{JobId, Timestamp};
 
 use super::manifest::{JobRequest, render_job, to_json_value, to_yaml};
@@ -30,49 +30,21 @@ pub enum Format {
 /// `manifest job`.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
-    /// Timeout (capped by the organisation maximum and the hard maximum of the config).
-    #[arg(long)]
-    pub timeout: Dur,
-    /// Organisation.
-    #[arg(long)]
-    pub org: String,
-    /// Container image; it must contain jobwarden-init at `[kubernetes] init_path`.
-    #[arg(long)]
-    pub image: String,
-    /// Grace period between SIGTERM and SIGKILL [default: the type's or global grace].
-    #[arg(long)]
-    pub grace: Option<Dur>,
-    /// Keep the finished Job this long [default: the retention for its outcome].
-    #[arg(long)]
-    pub ttl: Option<Dur>,
-    /// Job type.
-    #[arg(long = "type")]
-    pub job_type: Option<String>,
-    /// Job name (default: flowforge-JOB_ID).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Namespace [default: kubectl's current one].
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub job: JobFlags,
     /// Job id (the job-id label) [default: a fresh one].
     #[arg(long)]
     pub job_id: Option<String>,
     /// The TOML config whose policy applies [default: built-in defaults].
     #[arg(long, env = "JOBWARDEN_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Judge the job dead after this long without a heartbeat; jobwarden-init then sends
-    /// heartbeats to --heartbeat-server [default: no heartbeat check].
-    #[arg(long)]
-    pub heartbeat_timeout: Option<Dur>,
-    /// jobwarden's API as the Job's pods reach it (the Service in deploy/).
-    #[arg(long, requires = "heartbeat_timeout", default_value = super::manifest::DEFAULT_HEARTBEAT_SERVER)]
-    pub heartbeat_server: String,
+    /// jobwarden's API as the Job's pods reach it, for --heartbeat-timeout
+    /// [default: the config's `[kubernetes] api_url`].
+    #[arg(long, requires = "heartbeat_timeout")]
+    pub heartbeat_server: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     pub output: Format,
-    /// The job's command and its arguments.
-    #[arg(last = true, required = true, num_args = 1..)]
-    pub command: Vec<String>,
 }
 
 /// Runs `manifest …`: the text for stdout, or (exit code, message).
@@ -86,24 +58,13 @@ pub fn manifest(cmd: ManifestCmd, now: Timestamp) -> Result<String, (u8, String)
         Some(s) => JobId::parse(s).map_err(|e| (2, format!("--job-id: {e}")))?,
         None => JobId::generate(now),
     };
-    let req = JobRequest {
-        job_id,
-        timeout: a.timeout.0,
-        grace: a.grace.map(|d| d.0),
-        ttl: a.ttl.map(|d| d.0),
-        org: a.org,
-        job_type: a.job_type,
-        name: a.name,
-        namespace: a.namespace,
-        image: a.image,
-        command: a.command,
-        heartbeat: a
-            .heartbeat_timeout
-            .map(|t| super::manifest::HeartbeatRequest {
-                timeout: t.0,
-                server: a.heartbeat_server,
-            }),
-    };
+    let server = a
+        .heartbeat_server
+        .unwrap_or_else(|| config.kubernetes.api_url.clone());
+    let submitted = a.job.request();
+    crate::http::submit::validate_submit(&submitted)
+        .map_err(|e| (2, format!("{}: {}", e.flag(), e.problem)))?;
+    let req = JobRequest::from_submit(submitted, job_id, &server);
     let rendered = render_job(&req, &config).map_err(|e| (2, e.to_string()))?;
     match a.output {
         Format::Yaml => to_yaml(&rendered.job).map_err(|e| (1, e.to_string())),
@@ -275,7 +236,9 @@ pub async fn run(
     let cleanup_config = config.clone();
     let api = super::api::ApiState::new(
         store.clone(),
-        crate::engine::decide::Policy::from_config(&config),
+        config.clone(),
+        actions.clone(),
+        orphans.clone(),
         token,
     );
     let reconciler =

@@ -46,6 +46,10 @@ pub const TERMINATION_REASON: &str = "termination-reason";
 pub const TERMINATION_OUTCOME: &str = "termination-outcome";
 /// The annotation on a Job jobwarden re-created from the stored spec: the attempt number.
 pub const RECOVERY_ATTEMPT: &str = "recovery-attempt";
+/// Annotation suffix: an RFC 3339 time at which a cancel of the Job was requested (set by
+/// `POST /v1/jobs/{id}/cancel` on any replica, or by hand with `kubectl annotate`); the
+/// leader answers it with the soft kill.
+pub const CANCEL_REQUESTED: &str = "cancel-requested";
 /// Label the Job controller puts on its pods: the Job's name.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 /// Label the Job controller puts on its pods: the Job's UID.

@@ -80,7 +80,9 @@ use crate::model::{
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
-use super::observe::{JOB_TEMPLATE, NO_PODS_SINCE, SUPERSEDED, Scope, observe_job, to_record};
+use super::observe::{
+    JOB_TEMPLATE, NO_PODS_SINCE, SUBMITTED, SUPERSEDED, Scope, observe_job, to_record,
+};
 use crate::runtime::kubernetes::Actions;
 use crate::runtime::kubernetes::KubeTarget;
 
@@ -196,7 +198,10 @@ impl Reconciler {
         let mut record = to_record(&obs, previous.as_ref(), &self.config.policy, now);
         let (diagnosis, no_pods_wake) = self.debounce_no_pods(&mut record, &obs.diagnosis, now);
         record.dry_run = actions.dry_run();
-        let new_run = previous.as_ref().is_none_or(|p| p.run_id != record.run_id);
+        // New: unseen, or stored only by the API that created it (`POST /v1/jobs`).
+        let new_run = previous
+            .as_ref()
+            .is_none_or(|p| p.run_id != record.run_id || p.spec.get(SUBMITTED).is_some());
         let warnings: Vec<AuditEntry> = if new_run {
             obs.warnings
                 .iter()
@@ -206,10 +211,12 @@ impl Reconciler {
             Vec::new()
         };
         match &previous {
-            None => {
-                self.store().insert_job(&record).await?;
-                self.executor.append_audit(&warnings).await?;
-            }
+            None => match self.store().insert_job(&record).await {
+                Ok(()) => self.executor.append_audit(&warnings).await?,
+                // Stored meanwhile (by the API that created the Job): look again at once.
+                Err(crate::store::Error::JobExists(_)) => return Ok(Reconciled::Wake(Some(now))),
+                Err(e) => return Err(e.into()),
+            },
             Some(p) if *p != record => {
                 self.store()
                     .update_job_with_audit(&record, &warnings)

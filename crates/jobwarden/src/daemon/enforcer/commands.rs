@@ -274,7 +274,7 @@ impl Enforcer {
             )
         };
         self.append_audit(vec![audit]).await;
-        if let Some(step) = plan::cancel_plan(&job, now, self.dry(&job)) {
+        if let Some(step) = plan::cancel_plan(&job, now, now, self.dry(&job)) {
             self.take_steps(vec![(job.clone(), step)], now).await;
         }
         self.reschedule(id, clock::now());

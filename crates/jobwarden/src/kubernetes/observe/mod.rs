@@ -35,6 +35,7 @@ use crate::policy::{
     AnnotationKeys, JobSettings, SettingWarning, resolve, settings_from_annotations,
 };
 
+use super::CANCEL_REQUESTED;
 use super::config::KubernetesConfig;
 use super::{
     CONTROLLER_UID_LABEL, JOB_NAME_LABEL, RECOVERY_ATTEMPT, TERMINATED_BY, TERMINATED_BY_VALUE,
@@ -64,6 +65,8 @@ pub struct Scope {
     pub termination_outcome: String,
     /// `<prefix>recovery-attempt`: on a Job jobwarden re-created, which attempt it is.
     pub recovery_attempt: String,
+    /// `<prefix>cancel-requested`: when a cancel of the Job was requested.
+    pub cancel_requested: String,
 }
 
 impl Scope {
@@ -79,6 +82,7 @@ impl Scope {
             termination_reason: format!("{annotation_prefix}{TERMINATION_REASON}"),
             termination_outcome: format!("{annotation_prefix}{TERMINATION_OUTCOME}"),
             recovery_attempt: format!("{annotation_prefix}{RECOVERY_ATTEMPT}"),
+            cancel_requested: format!("{annotation_prefix}{CANCEL_REQUESTED}"),
         }
     }
 
@@ -183,6 +187,8 @@ pub struct ObservedJob {
     pub diagnosis: Diagnosis,
     /// The Job as it can be created again ([`job_template`]).
     pub template: serde_json::Value,
+    /// When a cancel was requested (`<prefix>cancel-requested`), if it was.
+    pub cancel_requested: Option<Timestamp>,
 }
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -220,8 +226,21 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
     let annotations = meta.annotations.as_ref().unwrap_or(&empty);
     let labels = meta.labels.as_ref().unwrap_or(&empty);
     let who = format!("{id} ({namespace}/{name})");
-    let (mut settings, warnings) =
+    let (mut settings, mut warnings) =
         settings_from_annotations(&who, annotations, labels, &scope.keys);
+    let cancel_requested = annotations.get(&scope.cancel_requested).and_then(|v| {
+        let at = v.parse::<Timestamp>().ok();
+        if at.is_none() {
+            warnings.push(SettingWarning {
+                job: who.clone(),
+                key: scope.cancel_requested.clone(),
+                value: v.clone(),
+                problem: "not an RFC 3339 time (e.g. 2026-12-07T10:00:00Z); no cancel requested"
+                    .to_owned(),
+            });
+        }
+        at
+    });
     let spec = job.spec.as_ref();
     settings.active_deadline = spec
         .and_then(|s| s.active_deadline_seconds)
@@ -315,6 +334,7 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
         pod_grace,
         diagnosis,
         template: job_template(job, scope),
+        cancel_requested,
     })
 }
 
@@ -513,6 +533,10 @@ pub const JOB_TEMPLATE: &str = "job";
 pub use crate::executor::{ACTING, MARKED_FAILED, RECOVERING};
 /// `JobRecord.spec` key: since when the run's Job has had no pods (`reconcile.rs`).
 pub const NO_PODS_SINCE: &str = "no_pods_since";
+pub use crate::engine::plan::CANCEL_REQUESTED as CANCEL_REQUESTED_SPEC;
+/// `JobRecord.spec` key on the record `POST /v1/jobs` stored for a Job it created, until the
+/// reconciler's first sighting replaces it (which treats the run as new: its warnings).
+pub const SUBMITTED: &str = "submitted";
 /// `JobRecord.spec` key of the UIDs of runs dead-job recovery replaced.
 pub const SUPERSEDED: &str = "superseded";
 
@@ -549,6 +573,9 @@ fn run_spec(
     if let Some(v) = previous.and_then(|p| p.spec.get(SUPERSEDED)) {
         spec[SUPERSEDED] = v.clone();
     }
+    if let Some(at) = obs.cancel_requested {
+        spec[CANCEL_REQUESTED_SPEC] = serde_json::json!(crate::model::fmt_ts(at));
+    }
     spec
 }
 
@@ -573,6 +600,7 @@ pub fn job_template(job: &Job, scope: &Scope) -> serde_json::Value {
         &scope.termination_reason,
         &scope.termination_outcome,
         &scope.recovery_attempt,
+        &scope.cancel_requested,
     ] {
         annotations.remove(key);
     }

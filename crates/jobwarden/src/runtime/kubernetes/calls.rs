@@ -62,8 +62,10 @@ pub const API_CALLS: &[ApiCall] = &[
     call("events.k8s.io", "events", "create"),
     call("batch", "jobs", "patch"),
     call("batch", "jobs", "delete"),
-    // Dead-job recovery: the stored Job created anew.
+    // Dead-job recovery: the stored Job created anew; `POST /v1/jobs` (requests.rs).
     call("batch", "jobs", "create"),
+    // requests.rs: a cancel reads the Job (its label, its resourceVersion) before the PATCH.
+    call("batch", "jobs", "get"),
     call("", "pods", "delete"),
     call("", "pods", "list"),
     call("", "pods/status", "patch"),

@@ -6,11 +6,13 @@
 //!   audit rows they produce; [`events`]: the Events they post.
 //! - [`calls`]: the one list of calls the code makes, [`calls::API_CALLS`], which the RBAC test
 //!   checks `deploy/` against, and how an answer is read.
+//! - [`requests`]: what the job API asks of the cluster (a Job created, a cancel requested).
 
 pub mod actions;
 pub mod calls;
 mod deletes;
 pub mod events;
+pub mod requests;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
