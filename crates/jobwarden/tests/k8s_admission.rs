@@ -1150,3 +1150,101 @@ async fn a_dry_run_jobwarden_admits_everything_unchanged_and_audits_would_be_den
     );
     s.finish().await;
 }
+
+fn jobwarden(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobwarden"))
+        .args(args)
+        .env("KUBECONFIG", dir.join("no-such-kubeconfig"))
+        .env("HOME", dir)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("JOBWARDEN_CONFIG")
+        .output()
+        .expect("run jobwarden");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `config check` and `run --runtime kubernetes` refuse the same `[admission]` sections with
+/// the same message (file and key), before touching the cluster.
+#[test]
+fn config_check_and_run_refuse_a_bad_admission_section_alike() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = tls_support::make(dir.path(), "good", "DNS:localhost");
+    let other = tls_support::make(dir.path(), "other", "DNS:localhost");
+    let s = |p: &Path| p.display().to_string();
+    let section = |listen: &str, cert: &str, key: &str| {
+        format!(
+            "[admission]\nmode = \"enforce\"\nlisten = {listen:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n"
+        )
+    };
+    let missing = s(&dir.path().join("missing.crt"));
+    let cases = [
+        (
+            "[admission]\nmode = \"warn\"\n".to_owned(),
+            "admission.cert_file: required with mode = \"warn\"",
+        ),
+        (
+            section("127.0.0.1:8443", &missing, &s(&good.key)),
+            "admission.cert_file: ",
+        ),
+        (
+            section("127.0.0.1:8443", &missing, &s(&good.key)),
+            "missing.crt: cannot read",
+        ),
+        (
+            section("127.0.0.1:8443", &s(&good.key), &s(&good.key)),
+            "no PEM certificate",
+        ),
+        (
+            section("127.0.0.1:8443", &s(&good.cert), &s(&other.key)),
+            "admission.key_file: ",
+        ),
+        (
+            section("127.0.0.1:8443", &s(&good.cert), &s(&other.key)),
+            "the key is another certificate's",
+        ),
+        (
+            section("127.0.0.1:7800", &s(&good.cert), &s(&good.key)),
+            "admission.listen: 127.0.0.1:7800 takes the port of the API",
+        ),
+        (
+            section("localhost:8443", &s(&good.cert), &s(&good.key)),
+            "admission.listen:",
+        ),
+    ];
+    let file = dir.path().join("jw.toml");
+    let path = s(&file);
+    for (text, want) in cases {
+        std::fs::write(&file, &text).expect("write");
+        let (code, _, check) = jobwarden(&["config", "check", &path], dir.path());
+        assert_eq!(code, 2, "config check accepted {text:?}: {check}");
+        assert!(
+            check.contains(&path) && check.contains(want),
+            "{want}: {check}"
+        );
+        let (code, _, run) = jobwarden(
+            &[
+                "run",
+                "--runtime",
+                "kubernetes",
+                "--config",
+                &path,
+                "--data-dir",
+                &s(&dir.path().join("data")),
+            ],
+            dir.path(),
+        );
+        assert_eq!(code, 2, "run accepted {text:?}: {run}");
+        assert_eq!(check, run, "one message for both");
+    }
+    std::fs::write(
+        &file,
+        section("127.0.0.1:8443", &s(&good.cert), &s(&good.key)),
+    )
+    .expect("write");
+    let (code, out, err) = jobwarden(&["config", "check", &path], dir.path());
+    assert_eq!((code, out.trim()), (0, "ok"), "{err}");
+}

@@ -100,7 +100,12 @@ pub fn parse(
     CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Pair {
         cert: cert_file.to_owned(),
         key: key_file.to_owned(),
-        problem: e.to_string(),
+        problem: match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "the key is another certificate's (their public keys differ)".to_owned()
+            }
+            e => e.to_string(),
+        },
     })
 }
 
