@@ -10,7 +10,12 @@
 //!   definition.
 //! - A block that sets `jw=target/release/jobwarden` runs as one `sh -e` script, with that path
 //!   being the binary under test.
-//! - `kubectl …`: every file it names with `-f` exists in the repository.
+//! - `kubectl …`: every file it names with `-f` and every directory with `-k` exists in the
+//!   repository. A block that uses kubectl (a walkthrough on a cluster) is checked command by
+//!   command: `$jw manifest job … | kubectl apply -f -` renders the Job offline, any other `$jw`
+//!   command is parsed by the CLI's clap definition.
+//! - `docker build` / `docker push`: the Dockerfile exists, and `.ci/run` lints it
+//!   (`scripts/lint-deploy.sh`, which also checks the Dockerfile builds as the README does).
 //! - `bash scripts/test.sh`: `.ci/run` runs it.
 //!
 //! Besides: the Command line synopsis names every subcommand, every flag and every value of
@@ -214,9 +219,11 @@ fn every_readme_command_runs() {
         if lang != "sh" {
             continue;
         }
+        let on_a_cluster = body.contains("kubectl ");
         if body
             .lines()
             .any(|l| l.starts_with("jw=target/release/jobwarden"))
+            && !on_a_cluster
         {
             assert!(
                 sandbox.server.is_some(),
@@ -229,15 +236,32 @@ fn every_readme_command_runs() {
         }
         for command in commands(&body) {
             checked += 1;
-            let command = match command.strip_prefix("cargo run --release --bin jobwarden -- ") {
+            let command = match command
+                .strip_prefix("cargo run --release --bin jobwarden -- ")
+                .or_else(|| command.strip_prefix("$jw "))
+            {
                 Some(args) => format!("jobwarden {args}"),
                 None => command,
             };
+            if command.starts_with("jw=") {
+                continue;
+            }
             if command == "bash scripts/test.sh" {
                 let ci = std::fs::read_to_string(repo_root().join(".ci/run")).expect(".ci/run");
                 assert!(
                     ci.lines().any(|l| l.trim() == command),
                     "README.md:{line}: `{command}` is not run by .ci/run"
+                );
+            } else if command.starts_with("docker build ") || command.starts_with("docker push ") {
+                assert!(
+                    repo_root().join("Dockerfile").is_file(),
+                    "README.md:{line}: `{command}` needs the Dockerfile"
+                );
+                let ci = std::fs::read_to_string(repo_root().join(".ci/run")).expect(".ci/run");
+                assert!(
+                    ci.lines()
+                        .any(|l| l.trim() == "bash scripts/lint-deploy.sh"),
+                    "README.md:{line}: the image build is not linted by .ci/run"
                 );
             } else if command.starts_with("kubectl ")
                 || command.starts_with("export ") && command.contains("$(kubectl")
@@ -247,6 +271,13 @@ fn every_readme_command_runs() {
                     assert!(
                         repo_root().join(w[1]).is_file(),
                         "README.md:{line}: `{command}` names {}, which does not exist",
+                        w[1]
+                    );
+                }
+                for w in words.windows(2).filter(|w| w[0] == "-k") {
+                    assert!(
+                        repo_root().join(w[1]).join("kustomization.yaml").is_file(),
+                        "README.md:{line}: `{command}` names {}, which is no kustomization",
                         w[1]
                     );
                 }
@@ -278,7 +309,9 @@ fn every_readme_command_runs() {
                     assert!(out.contains("audit log ("), "{out}");
                     ran_demo = true;
                 } else if sub == "manifest" {
-                    let out = sandbox.ok(&jobwarden, line);
+                    // Paths in the README are relative to the repository.
+                    let root = format!("{}/deploy/", repo_root().display());
+                    let out = sandbox.ok(&jobwarden.replace(" deploy/", &format!(" {root}")), line);
                     let job: k8s_openapi::api::batch::v1::Job = serde_saphyr::from_str(&out)
                         .unwrap_or_else(|e| panic!("README.md:{line}: not a Job ({e}):\n{out}"));
                     assert!(
@@ -286,6 +319,16 @@ fn every_readme_command_runs() {
                             .labels
                             .is_some_and(|l| l.contains_key("job-id"))
                     );
+                } else if on_a_cluster {
+                    // A walkthrough's commands talk to a port-forwarded cluster: each must be
+                    // a command line the CLI accepts.
+                    for part in jobwarden.split(" && ") {
+                        let part = part.trim().replacen("$jw ", "jobwarden ", 1);
+                        let words = shell_words(&sandbox, &part);
+                        if let Err(e) = jobwarden::cli::Cli::try_parse_from(&words) {
+                            panic!("README.md:{line}: `{part}` does not parse: {e}");
+                        }
+                    }
                 } else {
                     assert!(
                         sandbox.server.is_some(),
@@ -318,11 +361,17 @@ fn the_docs_point_only_at_files_in_the_repository() {
         root.join("BENCHMARKS.md"),
         root.join("crates/jobwarden-init/README.md"),
     ];
-    docs.extend(
-        std::fs::read_dir(root.join("deploy"))
-            .expect("deploy/")
-            .map(|e| e.expect("entry").path()),
-    );
+    let mut dirs = vec![root.join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("deploy/") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                docs.push(path);
+            }
+        }
+    }
     for doc in docs {
         let text = std::fs::read_to_string(&doc).expect("doc");
         assert!(
