@@ -646,3 +646,160 @@ fn add_entries(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::Dur;
+    use proptest::prelude::*;
+
+    fn admission(mode: Mode) -> Admission {
+        let mut c = Config::default();
+        c.policy
+            .organization_max
+            .insert("acme".into(), Dur::secs(4 * 3600));
+        c.policy
+            .job_type_overrides
+            .insert("build".into(), Dur::secs(3600));
+        c.admission.mode = mode;
+        Admission::new(&c)
+    }
+
+    fn request(object: Value) -> AdmissionRequest {
+        serde_json::from_value(json!({
+            "uid": "u", "kind": {"group": "batch", "version": "v1", "kind": "Job"},
+            "namespace": "flowforge", "operation": "CREATE", "object": object,
+        }))
+        .expect("request")
+    }
+
+    fn t0() -> Timestamp {
+        "2026-11-28T10:00:00Z".parse().expect("ts")
+    }
+
+    fn apply(object: &Value, ops: &[PatchOp]) -> Value {
+        let patch: json_patch::Patch =
+            serde_json::from_value(serde_json::to_value(ops).expect("ops")).expect("patch");
+        let mut out = object.clone();
+        json_patch::patch(&mut out, &patch).expect("the patch applies");
+        out
+    }
+
+    #[test]
+    fn missing_maps_and_metadata_are_created_before_their_keys() {
+        let a = admission(Mode::Enforce);
+        // No metadata at all (not what an API server sends, but never a failing patch).
+        let object = json!({"spec": {"template": {}}});
+        let answer = a.mutate(&request(object.clone()), t0()).expect("answer");
+        let patched = apply(&object, &answer.patch);
+        assert_eq!(answer.patch[0], PatchOp::add("/metadata", json!({})));
+        let id = patched["metadata"]["labels"]["job-id"]
+            .as_str()
+            .expect("id");
+        assert!(JobId::parse(id).expect("valid").is_generated());
+        assert_eq!(
+            patched["metadata"]["annotations"]["flowforge.io/timeout-seconds"],
+            "7200"
+        );
+        assert_eq!(
+            patched["spec"]["template"]["metadata"]["labels"]["job-id"],
+            id
+        );
+        assert_eq!(patched["spec"]["activeDeadlineSeconds"], 7200 + 600);
+        // No spec: nothing under it.
+        let object = json!({"metadata": {"name": "x", "labels": {}}});
+        let answer = a.mutate(&request(object.clone()), t0()).expect("answer");
+        assert!(
+            answer
+                .patch
+                .iter()
+                .all(|op| op.path.starts_with("/metadata/")),
+            "{:?}",
+            answer.patch
+        );
+        apply(&object, &answer.patch);
+    }
+
+    #[test]
+    fn the_validating_verdict_carries_the_audit_row_only_when_denied() {
+        let over = json!({"metadata": {"name": "b", "labels": {"job-id": "j-1"},
+            "annotations": {"flowforge.io/organization-id": "acme",
+                            "flowforge.io/timeout-seconds": "5h"}}, "spec": {}});
+        let v = admission(Mode::Enforce)
+            .validate(&request(over.clone()), t0())
+            .expect("verdict");
+        assert!(!v.answer.allowed);
+        let row = v.audit.clone().expect("a row");
+        assert_eq!(
+            (
+                row.action,
+                row.initiated_by.as_str(),
+                row.timestamp,
+                row.job_id.as_str()
+            ),
+            (AuditAction::AdmissionDenied, "admission", t0(), "j-1")
+        );
+        let dry = v.admitted_in_dry_run();
+        assert!(dry.answer.allowed && dry.answer.denial.is_none());
+        assert!(dry.audit.expect("still audited").dry_run);
+        let v = admission(Mode::Warn)
+            .validate(&request(over), t0())
+            .expect("verdict");
+        assert!(v.answer.allowed && v.audit.is_none());
+        assert_eq!(v.answer.warnings.len(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("JOBWARDEN_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500)
+        ))]
+        /// Whatever a Job carries, the patch applies, keeps every label and annotation it had
+        /// and its TTL, never raises its deadline, and gives it a job id; validate never panics.
+        #[test]
+        fn mutate_only_adds_and_lowers_the_deadline(
+            label in proptest::option::of("[a-zA-Z0-9_.-]{0,70}"),
+            timeout in proptest::option::of(prop_oneof![
+                (1u64..200_000).prop_map(|s| s.to_string()),
+                "\\PC{0,8}",
+            ]),
+            grace in proptest::option::of("[0-9a-z]{0,6}"),
+            org in proptest::option::of(prop_oneof![Just("acme".to_owned()), "[a-z./]{0,6}"]),
+            ads in proptest::option::of(-5i64..300_000),
+            ttl in proptest::option::of(0i32..1_000_000),
+            template_meta in any::<bool>(),
+        ) {
+            let mut labels = serde_json::Map::new();
+            if let Some(l) = &label { labels.insert("job-id".into(), json!(l)); }
+            let mut ann = serde_json::Map::new();
+            if let Some(t) = &timeout { ann.insert("flowforge.io/timeout-seconds".into(), json!(t)); }
+            if let Some(g) = &grace { ann.insert("flowforge.io/grace-period-seconds".into(), json!(g)); }
+            if let Some(o) = &org { ann.insert("flowforge.io/organization-id".into(), json!(o)); }
+            let mut spec = json!({"template": {}});
+            if template_meta { spec["template"]["metadata"] = json!({"labels": {"app": "x"}}); }
+            if let Some(d) = ads { spec["activeDeadlineSeconds"] = json!(d); }
+            if let Some(t) = ttl { spec["ttlSecondsAfterFinished"] = json!(t); }
+            let object = json!({"metadata": {"name": "j", "labels": labels, "annotations": ann}, "spec": spec});
+            for mode in [Mode::Enforce, Mode::Warn] {
+                let a = admission(mode);
+                let answer = a.mutate(&request(object.clone()), t0()).expect("answer");
+                prop_assert!(answer.allowed);
+                let patched = apply(&object, &answer.patch);
+                for (k, v) in &labels {
+                    prop_assert_eq!(&patched["metadata"]["labels"][k], v);
+                }
+                for (k, v) in &ann {
+                    prop_assert_eq!(&patched["metadata"]["annotations"][k], v);
+                }
+                prop_assert!(patched["metadata"]["labels"]["job-id"].is_string());
+                if let Some(t) = ttl {
+                    prop_assert_eq!(&patched["spec"]["ttlSecondsAfterFinished"], &json!(t));
+                }
+                if let Some(d) = ads {
+                    let now = patched["spec"]["activeDeadlineSeconds"].as_i64();
+                    prop_assert!(now.is_some_and(|n| n <= d), "raised {} to {:?}", d, now);
+                }
+                a.validate(&request(patched), t0()).expect("verdict");
+            }
+        }
+    }
+}
