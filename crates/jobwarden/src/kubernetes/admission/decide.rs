@@ -336,7 +336,11 @@ impl Admission {
             }
             Kind::CronJob => {
                 let cron: CronJobIn = parse_object(object)?;
-                let template = cron.spec.and_then(|s| s.job_template).unwrap_or_default();
+                // No jobTemplate: nothing to give a policy to (the API server refuses such a
+                // CronJob itself), and no path a patch could add to.
+                let Some(template) = cron.spec.and_then(|s| s.job_template) else {
+                    return Ok(None);
+                };
                 (
                     cron.metadata.unwrap_or_default(),
                     template.metadata,
@@ -747,6 +751,23 @@ mod tests {
             .expect("verdict");
         assert!(v.answer.allowed && v.audit.is_none());
         assert_eq!(v.answer.warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_cronjob_without_a_job_template_is_left_to_the_api_server() {
+        let a = admission(Mode::Enforce);
+        for object in [
+            json!({"metadata": {"name": "c"}, "spec": {"schedule": "* * * * *"}}),
+            json!({"metadata": {"name": "c"}}),
+        ] {
+            let mut req = request(object);
+            req.kind.kind = "CronJob".into();
+            assert_eq!(a.mutate(&req, t0()).expect("answer"), Answer::allow());
+            assert_eq!(
+                a.validate(&req, t0()).expect("verdict").answer,
+                Answer::allow()
+            );
+        }
     }
 
     proptest! {
