@@ -1248,3 +1248,147 @@ fn config_check_and_run_refuse_a_bad_admission_section_alike() {
     let (code, out, err) = jobwarden(&["config", "check", &path], dir.path());
     assert_eq!((code, out.trim()), (0, "ok"), "{err}");
 }
+
+/// `run --runtime kubernetes` with `[admission] mode = "enforce"` serves the webhook next to the
+/// API from its start (the webhook needs neither the cluster nor the store to answer: here the
+/// API server it was given answers nothing), counts it in the API's `/metrics`, writes the
+/// denial's audit row to its store, and stops on SIGTERM.
+#[tokio::test]
+async fn run_serves_the_webhook_next_to_the_api_and_counts_it_in_metrics() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = tls_support::make(dir.path(), "jw", "DNS:localhost,IP:127.0.0.1");
+    // An API server that is not there: the controller retries, the webhook serves regardless.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+            pair.ca.display()
+        ),
+    )
+    .expect("kubeconfig");
+    let config = dir.path().join("jw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{CONFIG}\n[admission]\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\nmode = \"enforce\"\n",
+            pair.cert.display().to_string(),
+            pair.key.display().to_string()
+        ),
+    )
+    .expect("config");
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jobwarden"))
+        .args(["run", "--runtime", "kubernetes", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{api_port}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", dir.path())
+        .env("JOBWARDEN_LOG", "warn")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("JOBWARDEN_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn jobwarden");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let webhook = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("jobwarden did not say where the webhook listens")
+            });
+        if let Some(rest) = line.split("admission webhook (enforce) on ").nth(1) {
+            break rest.split_whitespace().next().expect("address").to_owned();
+        }
+    };
+    let client = tls_support::client(&pair.ca);
+    let over = job(
+        "flowforge",
+        "build-17",
+        json!({"job-id": "j-17"}),
+        ann(&[
+            ("flowforge.io/organization-id", "acme"),
+            ("flowforge.io/timeout-seconds", "5h"),
+        ]),
+        json!({}),
+    );
+    let body: Value = client
+        .post(format!("{webhook}/admission/validate"))
+        .json(&review("l1", &over, false))
+        .send()
+        .await
+        .expect("the webhook answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(body["response"]["allowed"], false, "{body}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{api_port}/metrics"))
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(
+            "jobwarden_admission_requests_total{webhook=\"validate\",result=\"denied\"} 1"
+        ),
+        "{metrics}"
+    );
+    // The denial's row is in the store `run` opened.
+    let store = Store::open(&format!("sqlite://{}", data.join("jobwarden.db").display()))
+        .await
+        .expect("store");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = store
+            .query_audit(&AuditQuery {
+                action: Some(AuditAction::AdmissionDenied),
+                ..AuditQuery::default()
+            })
+            .await
+            .expect("query");
+        if rows.len() == 1 {
+            assert_eq!(rows[0].job_id, "j-17");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no denial row: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = i32::try_from(child.id()).expect("pid");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).expect("pid"),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("jobwarden did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

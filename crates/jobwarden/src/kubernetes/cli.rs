@@ -386,6 +386,30 @@ pub async fn run(
         .await
         .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The admission webhook before anything else runs: a port taken or a certificate gone
+    // since the preflight stops `run` with nothing started.
+    let admission = match &admission_plan {
+        Some(plan) => Some(
+            super::admission::start(
+                plan,
+                &admission_config,
+                admission_store,
+                reconciler.metrics(),
+                opts.dry_run,
+                stop_rx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let admission_note = match (&admission, &admission_plan) {
+        (Some(running), Some(plan)) => format!(
+            "; admission webhook ({}) on https://{}",
+            plan.mode.as_str(),
+            running.addr
+        ),
+        _ => String::new(),
+    };
     // Every replica works the cleanup queue (task leases keep a task to one worker); dry-run
     // queues nothing and works nothing (see `cleanup`).
     let workers = match artifacts {
@@ -418,28 +442,6 @@ pub async fn run(
             )
         }
         None => Vec::new(),
-    };
-    let admission = match &admission_plan {
-        Some(plan) => Some(
-            super::admission::start(
-                plan,
-                &admission_config,
-                admission_store,
-                reconciler.metrics(),
-                opts.dry_run,
-                stop_rx.clone(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let admission_note = match (&admission, &admission_plan) {
-        (Some(running), Some(plan)) => format!(
-            "; admission webhook ({}) on https://{}",
-            plan.mode.as_str(),
-            running.addr
-        ),
-        _ => String::new(),
     };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
