@@ -76,6 +76,8 @@ pub struct Config {
     pub artifacts: crate::artifacts::config::ArtifactsConfig,
     /// `[kubernetes]`: the Kubernetes runtime (ignored by the local runtime).
     pub kubernetes: crate::kubernetes::config::KubernetesConfig,
+    /// `[admission]`: the Kubernetes runtime's admission webhook (off by default).
+    pub admission: crate::kubernetes::admission::AdmissionConfig,
 }
 
 /// `[server]`.
@@ -406,6 +408,9 @@ impl Config {
             return bad("annotations.prefix", "must not be empty".into());
         }
         if let Err((key, problem)) = self.kubernetes.check(self.store.url.as_deref()) {
+            return bad(&key, problem);
+        }
+        if let Err((key, problem)) = self.admission.check() {
             return bad(&key, problem);
         }
         for (i, h) in self.hooks.iter().enumerate() {

@@ -343,6 +343,10 @@ string_enum! {
         ConfigWarning => "config_warning",
         /// A hook ran (or failed).
         Hook => "hook",
+        /// The admission webhook denied a Job or CronJob (`initiated_by = admission`): its
+        /// requested timeout exceeds a maximum, or a setting is malformed. The object was
+        /// never created.
+        AdmissionDenied => "admission_denied",
     }
 }
 

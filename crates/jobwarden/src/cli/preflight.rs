@@ -64,6 +64,8 @@ pub struct Preflight {
     pub store_url: String,
     /// The artifacts URL.
     pub artifacts_url: String,
+    /// The admission webhook (`[admission] mode` not `off`; the Kubernetes runtime serves it).
+    pub admission: Option<crate::kubernetes::admission::Plan>,
 }
 
 /// The one validation path of `run` (both runtimes) and `config check`, beyond the file's own
@@ -110,12 +112,67 @@ pub fn preflight(
         };
         fail(2, format!("{key}: {e}"))
     })?;
+    let admission = admission_plan(config, source, listen)?;
     Ok(Preflight {
         listen,
         token,
         store_url,
         artifacts_url,
+        admission,
     })
+}
+
+/// `[admission]` when it is on: its listen address (not the API's), and a certificate and key
+/// that load and go together.
+fn admission_plan(
+    config: &Config,
+    source: &str,
+    api: SocketAddr,
+) -> Result<Option<crate::kubernetes::admission::Plan>, Failure> {
+    use crate::kubernetes::admission::tls::{TlsError, load};
+    let a = &config.admission;
+    if !a.enabled() {
+        return Ok(None);
+    }
+    let listen = a
+        .listen_addr()
+        .map_err(|e| fail(2, format!("{source}: admission.listen: {e}")))?;
+    let overlaps =
+        listen.ip() == api.ip() || listen.ip().is_unspecified() || api.ip().is_unspecified();
+    if listen.port() == api.port() && listen.port() != 0 && overlaps {
+        return Err(fail(
+            2,
+            format!(
+                "{source}: admission.listen: {listen} takes the port of the API ({api}); give the webhook its own port"
+            ),
+        ));
+    }
+    let (Some(cert_file), Some(key_file)) = (&a.cert_file, &a.key_file) else {
+        // Config::validate requires both; a Config built in code may lack them.
+        return Err(fail(
+            2,
+            format!(
+                "{source}: admission.cert_file and admission.key_file are required unless admission.mode = \"off\""
+            ),
+        ));
+    };
+    load(cert_file, key_file).map_err(|e| {
+        let key = match &e {
+            TlsError::Read { file, .. } | TlsError::Pem { file, .. } if file == key_file => {
+                "admission.key_file"
+            }
+            TlsError::NoKey { .. } | TlsError::Pair { .. } => "admission.key_file",
+            _ => "admission.cert_file",
+        };
+        fail(2, format!("{source}: {key}: {e}"))
+    })?;
+    Ok(Some(crate::kubernetes::admission::Plan {
+        listen,
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        mode: a.mode,
+        reload_every: crate::kubernetes::admission::tls::RELOAD_EVERY,
+    }))
 }
 
 /// The store URL schemes [`crate::store::Store::open`] takes.

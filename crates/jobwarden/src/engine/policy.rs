@@ -185,16 +185,18 @@ pub struct SettingWarning {
     pub key: String,
     /// The value as given.
     pub value: String,
-    /// What was wrong and what was used instead.
+    /// What was wrong.
     pub problem: String,
+    /// What is used instead (`the job type's or global timeout`, …).
+    pub fallback: String,
 }
 
 impl std::fmt::Display for SettingWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "job {}: ignoring {}={:?}: {}",
-            self.job, self.key, self.value, self.problem
+            "job {}: ignoring {}={:?}: {}; using {}",
+            self.job, self.key, self.value, self.problem, self.fallback
         )
     }
 }
@@ -209,6 +211,17 @@ pub enum TimeoutSource {
     JobType,
     /// `policy.global_default`.
     Global,
+}
+
+impl TimeoutSource {
+    /// The level's name (as serialised): `job`, `job_type`, `global`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutSource::Job => "job",
+            TimeoutSource::JobType => "job_type",
+            TimeoutSource::Global => "global",
+        }
+    }
 }
 
 /// What capped the timeout, if anything.
@@ -232,6 +245,11 @@ pub struct Resolved {
     pub capped_by: Option<Cap>,
     /// Effective grace period (≤ grace_max).
     pub grace: Duration,
+    /// Where the grace period came from (before `grace_max`): the job, its type
+    /// (`policy.job_type_grace`) or `policy.grace_period`.
+    pub grace_source: TimeoutSource,
+    /// `policy.grace_max` lowered the grace period.
+    pub grace_capped: bool,
     /// The job's TTL override, if any (otherwise retention per outcome applies).
     pub ttl: Option<Duration>,
     /// Heartbeat threshold, if the job opted in.
@@ -280,18 +298,44 @@ pub fn resolve(job: &JobSettings, policy: &PolicyConfig) -> Resolved {
         .as_ref()
         .and_then(|t| policy.job_type_grace.get(t))
         .map(|d| d.0);
-    let grace = job
-        .grace
-        .or(type_grace)
-        .unwrap_or(policy.grace_period.0)
-        .min(policy.grace_max.0);
+    let (grace, grace_source) = match (job.grace, type_grace) {
+        (Some(g), _) => (g, TimeoutSource::Job),
+        (None, Some(g)) => (g, TimeoutSource::JobType),
+        (None, None) => (policy.grace_period.0, TimeoutSource::Global),
+    };
+    let grace_capped = grace > policy.grace_max.0;
     Resolved {
         timeout,
         source,
         capped_by,
-        grace,
+        grace: grace.min(policy.grace_max.0),
+        grace_source,
+        grace_capped,
         ttl: job.ttl,
         heartbeat_timeout: job.heartbeat_timeout.filter(|d| !d.is_zero()),
+    }
+}
+
+impl Resolved {
+    /// Where the effective timeout came from, as recorded on a Job (`<prefix>timeout-source`):
+    /// the level (`job`, `job_type`, `global`), or the cap that lowered it
+    /// (`organization_max`, `hard_max`).
+    pub fn timeout_origin(&self) -> &'static str {
+        match self.capped_by {
+            Some(Cap::OrganizationMax) => "organization_max",
+            Some(Cap::HardMax) => "hard_max",
+            None => self.source.as_str(),
+        }
+    }
+
+    /// Where the effective grace period came from (`<prefix>grace-source`): the level, or
+    /// `grace_max` when that lowered it.
+    pub fn grace_origin(&self) -> &'static str {
+        if self.grace_capped {
+            "grace_max"
+        } else {
+            self.grace_source.as_str()
+        }
     }
 }
 
@@ -310,6 +354,12 @@ pub struct AnnotationKeys {
     pub org: String,
     /// `<prefix>job-type`
     pub job_type: String,
+    /// `<prefix>timeout-source`: where a recorded timeout came from ([`Resolved::timeout_origin`]).
+    /// Written by `manifest job` and admission; never read back as a setting.
+    pub timeout_source: String,
+    /// `<prefix>grace-source`: where a recorded grace period came from
+    /// ([`Resolved::grace_origin`]).
+    pub grace_source: String,
 }
 
 impl AnnotationKeys {
@@ -322,6 +372,8 @@ impl AnnotationKeys {
             heartbeat_timeout: format!("{prefix}heartbeat-timeout-seconds"),
             org: format!("{prefix}organization-id"),
             job_type: format!("{prefix}job-type"),
+            timeout_source: format!("{prefix}timeout-source"),
+            grace_source: format!("{prefix}grace-source"),
         }
     }
 }
@@ -344,7 +396,8 @@ pub fn settings_from_annotations(
                     job: job.to_owned(),
                     key: key.to_owned(),
                     value: value.clone(),
-                    problem: format!("must be greater than 0; using {fallback}"),
+                    problem: "must be greater than 0".to_owned(),
+                    fallback: fallback.to_owned(),
                 });
                 None
             }
@@ -354,7 +407,8 @@ pub fn settings_from_annotations(
                     job: job.to_owned(),
                     key: key.to_owned(),
                     value: value.clone(),
-                    problem: format!("{}; using {fallback}", e.problem),
+                    problem: e.problem.to_string(),
+                    fallback: fallback.to_owned(),
                 });
                 None
             }
@@ -383,7 +437,8 @@ pub fn settings_from_annotations(
                     job: job.to_owned(),
                     key: key.to_owned(),
                     value: value.clone(),
-                    problem: format!("{e}; using {fallback}"),
+                    problem: e.to_string(),
+                    fallback: fallback.to_owned(),
                 });
                 None
             }
@@ -464,6 +519,12 @@ mod tests {
         assert_eq!(r.timeout.as_secs(), 1800);
         let r = resolve(&job(Some("acme"), None, Some(60)), &p);
         assert_eq!((r.timeout.as_secs(), r.capped_by), (60, None));
+        assert_eq!(r.timeout_origin(), "job");
+        let r = resolve(&job(Some("acme"), Some("build"), None), &p);
+        assert_eq!(
+            (r.source, r.timeout_origin()),
+            (TimeoutSource::JobType, "organization_max")
+        );
     }
 
     #[test]
@@ -474,6 +535,7 @@ mod tests {
             (r.timeout.as_secs(), r.capped_by),
             (24 * 3600, Some(Cap::HardMax))
         );
+        assert_eq!(r.timeout_origin(), "hard_max");
     }
 
     #[test]
@@ -492,12 +554,17 @@ mod tests {
     fn grace_resolves_job_type_global_capped() {
         let p = policy();
         let mut j = job(None, Some("build"), None);
-        assert_eq!(resolve(&j, &p).grace.as_secs(), 60);
+        let r = resolve(&j, &p);
+        assert_eq!((r.grace.as_secs(), r.grace_origin()), (60, "job_type"));
         j.grace = Some(Duration::from_secs(120));
-        assert_eq!(resolve(&j, &p).grace.as_secs(), 120);
+        let r = resolve(&j, &p);
+        assert_eq!((r.grace.as_secs(), r.grace_origin()), (120, "job"));
         j.grace = Some(Duration::from_secs(7200));
-        assert_eq!(resolve(&j, &p).grace.as_secs(), 3600);
-        assert_eq!(resolve(&job(None, None, None), &p).grace.as_secs(), 300);
+        let r = resolve(&j, &p);
+        assert_eq!((r.grace.as_secs(), r.grace_origin()), (3600, "grace_max"));
+        assert_eq!(r.grace_source, TimeoutSource::Job);
+        let r = resolve(&job(None, None, None), &p);
+        assert_eq!((r.grace.as_secs(), r.grace_origin()), (300, "global"));
     }
 
     #[test]
@@ -564,9 +631,8 @@ mod tests {
         assert_eq!(w[0].key, "flowforge.io/organization-id");
         assert_eq!(w[0].value, "../../x");
         assert!(
-            w[0].problem.contains("invalid organisation") && w[0].problem.contains("using no"),
-            "{}",
-            w[0].problem
+            w[0].problem.contains("invalid organisation") && w[0].fallback.starts_with("no "),
+            "{w:?}"
         );
         assert_eq!(w[1].key, "flowforge.io/job-type");
     }

@@ -16,6 +16,42 @@ pub enum ManifestCmd {
     /// Print a FlowForge batch/v1 Job whose timeout, grace, deadline and TTL agree with the
     /// policy, with jobwarden-init as its entrypoint.
     Job(JobArgs),
+    /// Print the MutatingWebhookConfiguration and ValidatingWebhookConfiguration that send
+    /// Job and CronJob creations to jobwarden's admission webhook (`[admission]`).
+    Webhook(WebhookArgs),
+}
+
+/// `manifest webhook`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("endpoint").required(true).args(["url", "service"])))]
+#[command(group(clap::ArgGroup::new("ca").required(true).args(["ca_file", "inject_ca_from"])))]
+pub struct WebhookArgs {
+    /// jobwarden's webhook as an https:// URL (the paths /admission/mutate and
+    /// /admission/validate are appended).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// jobwarden's webhook as a Service, NAMESPACE/NAME[:PORT] (port 443 by default), e.g.
+    /// jobwarden/jobwarden for deploy/.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// The PEM CA that signed the webhook's certificate (becomes caBundle).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Let cert-manager's CA injector fill caBundle from this Certificate,
+    /// NAMESPACE/CERTIFICATE (deploy/components/cert-manager).
+    #[arg(long)]
+    pub inject_ca_from: Option<String>,
+    /// failurePolicy: Fail (no Job is created while jobwarden cannot answer) instead of
+    /// Ignore.
+    #[arg(long)]
+    pub fail_closed: bool,
+    /// The TOML config whose [kubernetes] namespaces and protected_namespaces the
+    /// namespaceSelector follows [default: built-in defaults].
+    #[arg(long, env = "JOBWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
+    pub output: Format,
 }
 
 /// Output format.
@@ -49,7 +85,62 @@ pub struct JobArgs {
 
 /// Runs `manifest …`: the text for stdout, or (exit code, message).
 pub fn manifest(cmd: ManifestCmd, now: Timestamp) -> Result<String, (u8, String)> {
-    let ManifestCmd::Job(a) = cmd;
+    match cmd {
+        ManifestCmd::Job(a) => manifest_job(a, now),
+        ManifestCmd::Webhook(a) => manifest_webhook(a),
+    }
+}
+
+/// `manifest webhook`: both configurations, as two YAML documents or a JSON `v1` List.
+fn manifest_webhook(a: WebhookArgs) -> Result<String, (u8, String)> {
+    use super::admission::webhook;
+    let config = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| (2, e.to_string()))?,
+        None => Config::default(),
+    };
+    let usage = |e: webhook::WebhookError| (2, e.to_string());
+    let endpoint = match (&a.url, &a.service) {
+        (Some(url), _) => webhook::parse_url(url).map_err(usage)?,
+        (None, Some(service)) => webhook::parse_service(service).map_err(usage)?,
+        (None, None) => return Err((2, "give --url or --service".to_owned())),
+    };
+    let ca = match (&a.ca_file, &a.inject_ca_from) {
+        (Some(file), _) => webhook::read_ca(file).map_err(usage)?,
+        (None, Some(cert)) => webhook::parse_inject(cert).map_err(usage)?,
+        (None, None) => return Err((2, "give --ca-file or --inject-ca-from".to_owned())),
+    };
+    let req = webhook::WebhookRequest {
+        endpoint,
+        ca,
+        fail_closed: a.fail_closed,
+    };
+    let (mutating, validating) = webhook::render(&req, &config.kubernetes);
+    let values = [
+        serde_json::to_value(&mutating).map_err(|e| (1, e.to_string()))?,
+        serde_json::to_value(&validating).map_err(|e| (1, e.to_string()))?,
+    ];
+    match a.output {
+        Format::Yaml => {
+            let mut out = String::new();
+            for v in &values {
+                out.push_str("---\n");
+                out.push_str(
+                    &serde_saphyr::to_string(v)
+                        .map_err(|e| (1, format!("cannot render YAML: {e}")))?,
+                );
+            }
+            Ok(out)
+        }
+        Format::Json => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": values});
+            serde_json::to_string_pretty(&list)
+                .map(|s| s + "\n")
+                .map_err(|e| (1, e.to_string()))
+        }
+    }
+}
+
+fn manifest_job(a: JobArgs, now: Timestamp) -> Result<String, (u8, String)> {
     let config = match &a.config {
         Some(p) => Config::load(p).map_err(|e| (2, e.to_string()))?,
         None => Config::default(),
@@ -180,11 +271,12 @@ pub async fn run(
         },
     )
     .map_err(|f| (f.code, f.message))?;
-    let (listen, token, store_url, artifacts_url) = (
+    let (listen, token, store_url, artifacts_url, admission_plan) = (
         checked.listen,
         checked.token,
         checked.store_url,
         checked.artifacts_url,
+        checked.admission,
     );
     // The cluster first: without one, nothing is opened or created (no empty store file).
     let client = kube::Client::try_default().await.map_err(|e| {
@@ -234,6 +326,8 @@ pub async fn run(
     )
     .with_limiter(limiter.clone());
     let cleanup_config = config.clone();
+    let admission_config = config.clone();
+    let admission_store = store.clone();
     let api = super::api::ApiState::new(
         store.clone(),
         config.clone(),
@@ -254,6 +348,30 @@ pub async fn run(
         .await
         .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The admission webhook before anything else runs: a port taken or a certificate gone
+    // since the preflight stops `run` with nothing started.
+    let admission = match &admission_plan {
+        Some(plan) => Some(
+            super::admission::start(
+                plan,
+                &admission_config,
+                admission_store,
+                reconciler.metrics(),
+                opts.dry_run,
+                stop_rx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let admission_note = match (&admission, &admission_plan) {
+        (Some(running), Some(plan)) => format!(
+            "; admission webhook ({}) on https://{}",
+            plan.mode.as_str(),
+            running.addr
+        ),
+        _ => String::new(),
+    };
     // Every replica works the cleanup queue (task leases keep a task to one worker); dry-run
     // queues nothing and works nothing (see `cleanup`).
     let workers = match artifacts {
@@ -317,7 +435,7 @@ pub async fn run(
         )
     };
     eprintln!(
-        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; {cleanup}; API and health on http://{listen} (config: {source})",
+        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; {cleanup}; API and health on http://{listen}{admission_note} (config: {source})",
         if opts.dry_run { ", dry-run" } else { "" }
     );
     // Shutdown order: the controller stops acting first, then the elector releases the Lease.
@@ -363,5 +481,8 @@ pub async fn run(
         let _ = elector.await;
     }
     let _ = http.await;
+    if let Some(admission) = admission {
+        admission.join().await;
+    }
     Ok(())
 }

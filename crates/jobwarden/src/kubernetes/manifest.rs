@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api_types::SubmitRequest;
-use crate::config::Config;
+use crate::config::{Config, RetentionConfig};
 use crate::http::submit::SubmitError;
 use crate::model::JobId;
 use crate::policy::{AnnotationKeys, JobSettings, Resolved, resolve};
@@ -211,6 +211,36 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// The annotations that record a resolved policy on a Job, as `manifest job` renders them and
+/// admission adds them ([`super::admission`]): the effective timeout and grace in seconds
+/// (which the controller reads back as the Job's own settings, so its ladder acts at that
+/// timeout) and where each came from ([`Resolved::timeout_origin`],
+/// [`Resolved::grace_origin`]).
+pub fn policy_annotations(resolved: &Resolved, keys: &AnnotationKeys) -> [(String, String); 4] {
+    [
+        (keys.timeout.clone(), resolved.timeout.as_secs().to_string()),
+        (keys.grace.clone(), resolved.grace.as_secs().to_string()),
+        (
+            keys.timeout_source.clone(),
+            resolved.timeout_origin().to_owned(),
+        ),
+        (
+            keys.grace_source.clone(),
+            resolved.grace_origin().to_owned(),
+        ),
+    ]
+}
+
+/// Kubernetes' `ttlSecondsAfterFinished` for a Job jobwarden cleans up: the longest TTL
+/// jobwarden may give it (its own TTL, else the longest per-outcome `[retention]`) plus an
+/// hour, so jobwarden's TTL delete always comes first and Kubernetes' TTL controller only steps
+/// in when jobwarden did not. `manifest job` and admission set the same value.
+pub fn backstop_ttl(job_ttl: Option<Duration>, retention: &RetentionConfig) -> i32 {
+    let r = retention;
+    let worst = job_ttl.unwrap_or_else(|| r.successful.0.max(r.failed.0).max(r.terminated.0));
+    i32::try_from(worst.as_secs().saturating_add(3600)).unwrap_or(i32::MAX)
+}
+
 /// Renders the Job for `req` under `config`.
 pub fn render_job(req: &JobRequest, config: &Config) -> Result<Rendered, ManifestError> {
     if req.command.is_empty() {
@@ -288,19 +318,14 @@ pub fn render_job(req: &JobRequest, config: &Config) -> Result<Rendered, Manifes
     let resolved = resolve(&settings, &config.policy);
     let keys = AnnotationKeys::new(&config.annotations.prefix);
     let k = &config.kubernetes;
-    let r = &config.retention;
-    let worst_ttl = req
-        .ttl
-        .unwrap_or_else(|| r.successful.0.max(r.failed.0).max(r.terminated.0));
 
     let mut labels = BTreeMap::new();
     labels.insert(k.job_id_label.clone(), req.job_id.to_string());
-    let mut annotations = BTreeMap::new();
+    let mut annotations: BTreeMap<String, String> =
+        policy_annotations(&resolved, &keys).into_iter().collect();
     if let Some(org) = &req.org {
         annotations.insert(keys.org.clone(), org.clone());
     }
-    annotations.insert(keys.timeout.clone(), resolved.timeout.as_secs().to_string());
-    annotations.insert(keys.grace.clone(), resolved.grace.as_secs().to_string());
     if let Some(t) = &req.job_type {
         annotations.insert(keys.job_type.clone(), t.clone());
     }
@@ -349,9 +374,7 @@ pub fn render_job(req: &JobRequest, config: &Config) -> Result<Rendered, Manifes
         spec: Some(JobSpec {
             active_deadline_seconds: Some(secs(resolved.timeout) + secs(resolved.grace)),
             backoff_limit: Some(0),
-            ttl_seconds_after_finished: Some(
-                i32::try_from(worst_ttl.as_secs() + 3600).unwrap_or(i32::MAX),
-            ),
+            ttl_seconds_after_finished: Some(backstop_ttl(req.ttl, &config.retention)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
@@ -437,6 +460,14 @@ mod tests {
         assert_eq!(
             v["metadata"]["annotations"]["flowforge.io/grace-period-seconds"],
             "300"
+        );
+        assert_eq!(
+            v["metadata"]["annotations"]["flowforge.io/timeout-source"],
+            "organization_max"
+        );
+        assert_eq!(
+            v["metadata"]["annotations"]["flowforge.io/grace-source"],
+            "global"
         );
         assert_eq!(v["spec"]["activeDeadlineSeconds"], 2100);
         assert_eq!(v["spec"]["backoffLimit"], 0);

@@ -15,13 +15,16 @@
 //! - [`watch`]: the reflectors, cluster-wide or one per watched namespace, as one cache.
 //! - [`controller`]: the watch loop (Job and Pod reflectors, the deadline scheduler), acting
 //!   only while [`leader`] says this replica leads.
-//! - [`api`]: the job API in this mode (the shared read routes, heartbeats; 501 for the
-//!   routes that only make sense for local processes).
-//! - [`cli`]: `jobwarden manifest job` and `jobwarden run --runtime kubernetes`.
+//! - [`api`]: the job API in this mode (the shared routes over Jobs: submit creates one,
+//!   cancel requests the soft kill, orphans run a pass).
+//! - [`admission`]: the mutating and validating admission webhooks (`[admission]`): every Job
+//!   in scope is born with its policy.
+//! - [`cli`]: `jobwarden manifest job|webhook` and `jobwarden run --runtime kubernetes`.
 //!
 //! Times from the API server are `jiff` timestamps (k8s-openapi); the engine uses `chrono`.
 //! [`to_chrono`] / [`to_jiff`] convert, never reading the clock.
 
+pub mod admission;
 pub mod api;
 pub mod cleanup;
 pub mod cli;

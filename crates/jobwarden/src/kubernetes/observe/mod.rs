@@ -213,6 +213,26 @@ pub fn replacement_policy_failed(job: &Job) -> bool {
     })
 }
 
+/// A Job's settings as jobwarden reads them, from its annotations and labels
+/// ([`settings_from_annotations`]) and its `spec.activeDeadlineSeconds` (a job override: the
+/// smaller of it and the timeout annotation wins in [`crate::policy::resolve`]). The one
+/// reading shared by the controller ([`observe_job`]) and admission
+/// ([`super::admission`]), which reads a CronJob's `jobTemplate` the same way. `who` names the
+/// Job in warnings.
+pub fn job_settings(
+    who: &str,
+    annotations: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    active_deadline_seconds: Option<i64>,
+    keys: &AnnotationKeys,
+) -> (JobSettings, Vec<SettingWarning>) {
+    let (mut settings, warnings) = settings_from_annotations(who, annotations, labels, keys);
+    settings.active_deadline = active_deadline_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs);
+    (settings, warnings)
+}
+
 /// Reads a Job and its pods. `pods` may include other Jobs' pods: only those controlled by
 /// this Job's UID are looked at.
 pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob, Ignored> {
@@ -226,8 +246,14 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
     let annotations = meta.annotations.as_ref().unwrap_or(&empty);
     let labels = meta.labels.as_ref().unwrap_or(&empty);
     let who = format!("{id} ({namespace}/{name})");
-    let (mut settings, mut warnings) =
-        settings_from_annotations(&who, annotations, labels, &scope.keys);
+    let spec = job.spec.as_ref();
+    let (settings, mut warnings) = job_settings(
+        &who,
+        annotations,
+        labels,
+        spec.and_then(|s| s.active_deadline_seconds),
+        &scope.keys,
+    );
     let cancel_requested = annotations.get(&scope.cancel_requested).and_then(|v| {
         let at = v.parse::<Timestamp>().ok();
         if at.is_none() {
@@ -235,17 +261,12 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
                 job: who.clone(),
                 key: scope.cancel_requested.clone(),
                 value: v.clone(),
-                problem: "not an RFC 3339 time (e.g. 2026-12-07T10:00:00Z); no cancel requested"
-                    .to_owned(),
+                problem: "not an RFC 3339 time (e.g. 2026-12-07T10:00:00Z)".to_owned(),
+                fallback: "no cancel requested".to_owned(),
             });
         }
         at
     });
-    let spec = job.spec.as_ref();
-    settings.active_deadline = spec
-        .and_then(|s| s.active_deadline_seconds)
-        .and_then(|s| u64::try_from(s).ok())
-        .map(Duration::from_secs);
     let terminated_by_us =
         annotations.get(&scope.terminated_by).map(String::as_str) == Some(TERMINATED_BY_VALUE);
     let status = job.status.as_ref();

@@ -23,6 +23,7 @@ pub fn action_name(a: AuditAction) -> &'static str {
         AuditAction::Cancel => "Cancel",
         AuditAction::ConfigWarning => "Check",
         AuditAction::Hook => "Hook",
+        AuditAction::AdmissionDenied => "AdmissionDenied",
     }
 }
 
