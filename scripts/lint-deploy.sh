@@ -49,8 +49,8 @@ render() {
 }
 render namespaced namespaced
 render cluster cluster
-render namespaced-all namespaced secret-cleanup servicemonitor
-render cluster-all cluster secret-cleanup servicemonitor
+render namespaced-all namespaced secret-cleanup servicemonitor cert-manager
+render cluster-all cluster secret-cleanup servicemonitor cert-manager
 
 echo "lint-deploy: checkov $("$CHECKOV" --version)" >&2
 echo "lint-deploy: checks skipped, each with its reason in .checkov.yaml:" \

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use jobwarden::config::{Config, WarnBefore};
 use jobwarden::duration::Dur;
-use jobwarden::kubernetes::actions::Actions;
 use jobwarden::kubernetes::controller;
 use jobwarden::kubernetes::observe::Scope;
 use jobwarden::kubernetes::reconcile::Reconciler;
 use jobwarden::model::{Timestamp, add, sub};
+use jobwarden::runtime::kubernetes::actions::Actions;
 use jobwarden::store::Store;
 use k8s_support::fake::{Fake, k8s_time};
 use serde_json::json;

@@ -32,6 +32,14 @@ pub struct SubmitRequest {
     /// Heartbeat threshold (opt-in dead-job detection and recovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout: Option<Dur>,
+    /// Container image: required by a Kubernetes-mode daemon (it must hold jobwarden-init at
+    /// `[kubernetes] init_path`); the local daemon refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Namespace of the Job (Kubernetes mode; default: the one namespace jobwarden watches);
+    /// the local daemon refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// A step as the API shows it.
@@ -192,16 +200,20 @@ pub type AuditRow = AuditEntry;
 /// One orphan in `GET /v1/orphans`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OrphanView {
-    /// `workspace`, `log`, `object_prefix`.
+    /// `workspace`, `log`, `object_prefix`; in Kubernetes mode `pod`,
+    /// `persistentvolumeclaim`, `secret`, `configmap`.
     pub kind: String,
     /// The job id it is labelled with.
     pub job_id: String,
-    /// Path or key prefix.
+    /// Path or key prefix; in Kubernetes mode `namespace/name`.
     pub name: String,
-    /// Size in bytes.
+    /// Size in bytes (0 for Kubernetes objects).
     pub bytes: u64,
     /// Age in seconds.
     pub age_seconds: u64,
+    /// Why it is an orphan (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// `GET /v1/orphans` and `POST /v1/orphans/clean`.
@@ -211,6 +223,20 @@ pub struct OrphanReport {
     pub orphans: Vec<OrphanView>,
     /// Kinds skipped this pass (fail closed), with the reason.
     pub skipped: Vec<String>,
-    /// Cleanup tasks queued (only for `clean`).
+    /// Cleanup tasks queued (only for `clean`; the local daemon queues its orphans).
     pub queued: usize,
+    /// Deleted at once (only for `clean`; Kubernetes mode deletes objects in the request,
+    /// each with its UID as precondition and one audit row).
+    #[serde(default)]
+    pub deleted: usize,
+    /// Left for a later pass: beyond `[safety] max_batch`, or the per-minute limit on
+    /// destructive calls (then `stopped` says so); in a report without `clean`, all of them.
+    #[serde(default)]
+    pub deferred: usize,
+    /// Why a clean stopped early (a retryable error, the rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// Objects refused with a reason worth a look (a label value that is not a job id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }

@@ -5,13 +5,16 @@
 //! problem (`jobwarden config check` prints it and exits 2). Unknown keys are errors, so a
 //! typo never silently falls back to a default.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Dur;
+
+pub use crate::engine::policy::{
+    ArtifactRetention, PolicyConfig, RecoveryConfig, RetentionConfig, WarnBefore,
+};
 
 /// A configuration problem: where, and what.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,8 @@ pub struct Config {
     pub artifacts: crate::artifacts::config::ArtifactsConfig,
     /// `[kubernetes]`: the Kubernetes runtime (ignored by the local runtime).
     pub kubernetes: crate::kubernetes::config::KubernetesConfig,
+    /// `[admission]`: the Kubernetes runtime's admission webhook (off by default).
+    pub admission: crate::kubernetes::admission::AdmissionConfig,
 }
 
 /// `[server]`.
@@ -100,116 +105,6 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://…`; default `sqlite://<data-dir>/jobwarden.db`.
     pub url: Option<String>,
-}
-
-/// `[policy]`: the timeout hierarchy and the escalation ladder.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// Timeout for jobs without a job or job-type override.
-    pub global_default: Dur,
-    /// Grace between soft_kill and hard_kill (and hard_kill and force_delete).
-    pub grace_period: Dur,
-    /// Upper bound on any grace period.
-    pub grace_max: Dur,
-    /// Platform-wide ceiling on any timeout.
-    pub hard_max: Dur,
-    /// Warn this long before the deadline; a list gives several warnings.
-    pub warn_before: WarnBefore,
-    /// Longest a job may stay pending (not started) before it is failed.
-    pub startup_timeout: Dur,
-    /// Per-organisation ceiling on timeouts; a job's own setting can never exceed it.
-    pub organization_max: BTreeMap<String, Dur>,
-    /// Timeout per job type.
-    pub job_type_overrides: BTreeMap<String, Dur>,
-    /// Grace period per job type.
-    pub job_type_grace: BTreeMap<String, Dur>,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig {
-            global_default: Dur::secs(2 * 3600),
-            grace_period: Dur::secs(300),
-            grace_max: Dur::secs(3600),
-            hard_max: Dur::secs(24 * 3600),
-            warn_before: WarnBefore::One(Dur::secs(600)),
-            startup_timeout: Dur::secs(600),
-            organization_max: BTreeMap::new(),
-            job_type_overrides: BTreeMap::new(),
-            job_type_grace: BTreeMap::new(),
-        }
-    }
-}
-
-/// `warn_before = "10m"` or `warn_before = ["30m", "10m"]`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum WarnBefore {
-    /// One warning.
-    One(Dur),
-    /// Several warnings.
-    Many(Vec<Dur>),
-}
-
-impl WarnBefore {
-    /// Offsets before the deadline, largest first, without duplicates.
-    pub fn offsets(&self) -> Vec<Duration> {
-        let mut v: Vec<Duration> = match self {
-            WarnBefore::One(d) => vec![d.0],
-            WarnBefore::Many(ds) => ds.iter().map(|d| d.0).collect(),
-        };
-        v.sort_unstable_by(|a, b| b.cmp(a));
-        v.dedup();
-        v
-    }
-}
-
-/// `[retention]`: how long finished jobs are kept.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionConfig {
-    /// TTL after a successful finish.
-    pub successful: Dur,
-    /// TTL after a failure (also `lost`).
-    pub failed: Dur,
-    /// TTL after jobwarden terminated the job.
-    pub terminated: Dur,
-    /// Per artifact type: `logs`, `partial`, `artifacts` (default: the job's TTL).
-    pub artifacts: ArtifactRetention,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        RetentionConfig {
-            successful: Dur::secs(3600),
-            failed: Dur::secs(24 * 3600),
-            terminated: Dur::secs(24 * 3600),
-            artifacts: ArtifactRetention::default(),
-        }
-    }
-}
-
-/// `[retention.artifacts]`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ArtifactRetention {
-    /// Job logs.
-    pub logs: Dur,
-    /// Work saved on termination (`partial/<id>/`).
-    pub partial: Dur,
-    /// Final artifacts; None means "the job's own TTL".
-    pub artifacts: Option<Dur>,
-}
-
-impl Default for ArtifactRetention {
-    fn default() -> Self {
-        ArtifactRetention {
-            logs: Dur::secs(7 * 86_400),
-            partial: Dur::secs(3 * 86_400),
-            artifacts: None,
-        }
-    }
 }
 
 /// `[orphans]`.
@@ -252,31 +147,6 @@ impl Default for SafetyConfig {
         SafetyConfig {
             max_deletions_per_minute: 600,
             max_batch: 100,
-        }
-    }
-}
-
-/// `[recovery]`: what happens to dead jobs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RecoveryConfig {
-    /// Restarts before a dead job is marked failed.
-    pub max_attempts: u32,
-    /// Wait before the first restart.
-    pub backoff_initial: Dur,
-    /// Growth of the wait per attempt.
-    pub backoff_multiplier: f64,
-    /// Longest wait.
-    pub backoff_max: Dur,
-}
-
-impl Default for RecoveryConfig {
-    fn default() -> Self {
-        RecoveryConfig {
-            max_attempts: 3,
-            backoff_initial: Dur::secs(10),
-            backoff_multiplier: 2.0,
-            backoff_max: Dur::secs(3600),
         }
     }
 }
@@ -381,35 +251,80 @@ impl Config {
             })
         };
         let p = &self.policy;
-        if p.global_default.0.is_zero() {
-            return bad(
-                "policy.global_default",
-                "a timeout must be greater than 0".into(),
-            );
+        let (r, q) = (&self.recovery, &self.queue);
+        // Durations that must be more than zero.
+        let timeout = "a timeout must be greater than 0";
+        let positive = [
+            (
+                "policy.global_default".to_owned(),
+                p.global_default,
+                timeout,
+            ),
+            ("policy.hard_max".to_owned(), p.hard_max, timeout),
+            (
+                "policy.startup_timeout".to_owned(),
+                p.startup_timeout,
+                "must be greater than 0",
+            ),
+        ];
+        let per_org = p.organization_max.iter().map(|(org, d)| {
+            (
+                format!("policy.organization_max.{}", toml_key(org)),
+                *d,
+                timeout,
+            )
+        });
+        let per_type = p.job_type_overrides.iter().map(|(t, d)| {
+            (
+                format!("policy.job_type_overrides.{}", toml_key(t)),
+                *d,
+                timeout,
+            )
+        });
+        for (key, d, problem) in positive.into_iter().chain(per_org).chain(per_type) {
+            if d.0.is_zero() {
+                return bad(&key, problem.into());
+            }
         }
-        if p.hard_max.0.is_zero() {
-            return bad("policy.hard_max", "a timeout must be greater than 0".into());
-        }
-        if p.global_default > p.hard_max {
-            return bad(
-                "policy.global_default",
-                format!(
-                    "{} exceeds policy.hard_max ({})",
-                    p.global_default, p.hard_max
-                ),
-            );
-        }
-        if p.grace_period > p.grace_max {
-            return bad(
-                "policy.grace_period",
-                format!(
-                    "{} exceeds policy.grace_max ({})",
-                    p.grace_period, p.grace_max
-                ),
-            );
-        }
-        if p.startup_timeout.0.is_zero() {
-            return bad("policy.startup_timeout", "must be greater than 0".into());
+        // Durations bounded by another setting.
+        let bounded = [
+            (
+                "policy.global_default".to_owned(),
+                p.global_default,
+                "policy.hard_max",
+                p.hard_max,
+            ),
+            (
+                "policy.grace_period".to_owned(),
+                p.grace_period,
+                "policy.grace_max",
+                p.grace_max,
+            ),
+            (
+                "recovery.backoff_initial".to_owned(),
+                r.backoff_initial,
+                "recovery.backoff_max",
+                r.backoff_max,
+            ),
+            (
+                "queue.backoff_initial".to_owned(),
+                q.backoff_initial,
+                "queue.backoff_max",
+                q.backoff_max,
+            ),
+        ];
+        let per_type_grace = p.job_type_grace.iter().map(|(t, d)| {
+            (
+                format!("policy.job_type_grace.{}", toml_key(t)),
+                *d,
+                "policy.grace_max",
+                p.grace_max,
+            )
+        });
+        for (key, d, limit, max) in bounded.into_iter().chain(per_type_grace) {
+            if d > max {
+                return bad(&key, format!("{d} exceeds {limit} ({max})"));
+            }
         }
         if let WarnBefore::Many(v) = &p.warn_before
             && v.is_empty()
@@ -445,76 +360,40 @@ impl Config {
                 }
             }
         }
-        for (org, d) in &p.organization_max {
-            if d.0.is_zero() {
-                return bad(
-                    &format!("policy.organization_max.{org}"),
-                    "a timeout must be greater than 0".into(),
-                );
-            }
-        }
-        for (t, d) in &p.job_type_overrides {
-            if d.0.is_zero() {
-                return bad(
-                    &format!("policy.job_type_overrides.{t}"),
-                    "a timeout must be greater than 0".into(),
-                );
-            }
-        }
-        for (t, d) in &p.job_type_grace {
-            if *d > p.grace_max {
-                return bad(
-                    &format!("policy.job_type_grace.{t}"),
-                    format!("{d} exceeds policy.grace_max ({})", p.grace_max),
-                );
-            }
-        }
-        let r = &self.recovery;
         if !(r.backoff_multiplier.is_finite() && r.backoff_multiplier >= 1.0) {
             return bad(
                 "recovery.backoff_multiplier",
                 format!("{} must be a number >= 1.0", r.backoff_multiplier),
             );
         }
-        if r.backoff_initial > r.backoff_max {
-            return bad(
-                "recovery.backoff_initial",
-                format!(
-                    "{} exceeds recovery.backoff_max ({})",
-                    r.backoff_initial, r.backoff_max
-                ),
-            );
-        }
-        let q = &self.queue;
-        if q.workers == 0 {
-            return bad("queue.workers", "must be at least 1".into());
-        }
-        if q.max_attempts == 0 {
-            return bad("queue.max_attempts", "must be at least 1".into());
-        }
-        if q.lease.0 < Duration::from_secs(1) {
-            return bad("queue.lease", "must be at least 1s".into());
-        }
-        if q.backoff_initial > q.backoff_max {
-            return bad(
-                "queue.backoff_initial",
-                format!(
-                    "{} exceeds queue.backoff_max ({})",
-                    q.backoff_initial, q.backoff_max
-                ),
-            );
-        }
-        if self.safety.max_deletions_per_minute == 0 {
-            return bad(
+        // Counts and intervals with a floor.
+        let second = Duration::from_secs(1);
+        let floors = [
+            ("queue.workers", q.workers == 0, "must be at least 1"),
+            (
+                "queue.max_attempts",
+                q.max_attempts == 0,
+                "must be at least 1",
+            ),
+            ("queue.lease", q.lease.0 < second, "must be at least 1s"),
+            (
                 "safety.max_deletions_per_minute",
-                "must be at least 1 (cleanup would never run)".into(),
-            );
-        }
-        if self.safety.max_batch == 0 {
-            return bad("safety.max_batch", "must be at least 1".into());
-        }
-        if self.orphans.scan_interval.0 < Duration::from_secs(1) {
-            return bad("orphans.scan_interval", "must be at least 1s".into());
+                self.safety.max_deletions_per_minute == 0,
+                "must be at least 1 (cleanup would never run)",
+            ),
+            (
+                "safety.max_batch",
+                self.safety.max_batch == 0,
+                "must be at least 1",
+            ),
+            (
+                "orphans.scan_interval",
+                self.orphans.scan_interval.0 < second,
+                "must be at least 1s",
+            ),
+        ];
+        if let Some((key, _, problem)) = floors.into_iter().find(|f| f.1) {
+            return bad(key, problem.into());
         }
         if let Err(problems) = self.artifacts.validate()
             && let Some(first) = problems.into_iter().next()
@@ -529,6 +408,9 @@ impl Config {
             return bad("annotations.prefix", "must not be empty".into());
         }
         if let Err((key, problem)) = self.kubernetes.check(self.store.url.as_deref()) {
+            return bad(&key, problem);
+        }
+        if let Err((key, problem)) = self.admission.check() {
             return bad(&key, problem);
         }
         for (i, h) in self.hooks.iter().enumerate() {
@@ -582,6 +464,24 @@ fn toml_key(name: &str) -> String {
         name.to_owned()
     } else {
         format!("{name:?}")
+    }
+}
+
+/// The engine's policy is built from the config here: the engine never sees the config file's
+/// types.
+impl crate::engine::Policy {
+    /// From the whole config.
+    pub fn from_config(c: &Config) -> Self {
+        crate::engine::Policy {
+            warn_before: c.policy.warn_before.offsets(),
+            retention: c.retention.clone(),
+            recovery: c.recovery.clone(),
+            limits: crate::engine::recovery::RecoveryLimits {
+                startup_timeout: c.policy.startup_timeout.0,
+                crash_loop_restarts: 5,
+            },
+            layout: None,
+        }
     }
 }
 

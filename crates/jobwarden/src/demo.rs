@@ -29,9 +29,9 @@ terminated = "1h"
 "#;
 
 /// Runs the demo.
-pub async fn run() -> Result<(), String> {
+pub async fn run() -> crate::Result<()> {
     let dir = tempfile_dir()?;
-    let config = Config::parse(CONFIG, "<demo config>").map_err(|e| e.to_string())?;
+    let config = Config::parse(CONFIG, "<demo config>")?;
     let data_dir = dir.join("data");
     let opts = crate::daemon::DaemonOptions {
         config,
@@ -42,9 +42,7 @@ pub async fn run() -> Result<(), String> {
         dry_run: false,
         token: None,
     };
-    let running = crate::daemon::start(opts)
-        .await
-        .map_err(|e| e.to_string())?;
+    let running = crate::daemon::start(opts).await?;
     let server = ServerArgs {
         server: format!("http://{}", running.addr),
     };
@@ -56,7 +54,7 @@ pub async fn run() -> Result<(), String> {
     println!(
         "policy: warn 1s before the deadline, SIGTERM at the deadline, SIGKILL 2s later; org acme max 4s\n"
     );
-    let client = Client::new(&server).map_err(|f| f.message)?;
+    let client = Client::new(&server)?;
     let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
     let jobs = [
         (
@@ -95,14 +93,14 @@ pub async fn run() -> Result<(), String> {
             timeout: timeout.map(Dur::secs),
             ..SubmitRequest::default()
         };
-        let job: JobView = client.post("/v1/jobs", &req).await.map_err(|f| f.message)?;
+        let job: JobView = client.post("/v1/jobs", &req).await?;
         ids.push(job.id.clone());
     }
     let started = Instant::now();
     let mut done = false;
     while !done && started.elapsed() < Duration::from_secs(45) {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let jobs: Vec<JobView> = client.get("/v1/jobs").await.map_err(|f| f.message)?;
+        let jobs: Vec<JobView> = client.get("/v1/jobs").await?;
         done = jobs.iter().all(|j| j.finished_at.is_some());
         println!("t+{:>4.1}s", started.elapsed().as_secs_f64());
         print!("{}", crate::cli::jobs_table(&jobs, crate::clock::now()));
@@ -113,7 +111,7 @@ pub async fn run() -> Result<(), String> {
         Ok(s) => println!("saves-work wrote {}: {}", saved.display(), s.trim()),
         Err(e) => println!("saves-work left no file ({}: {e})", saved.display()),
     }
-    let rows: Vec<AuditEntry> = client.get("/v1/audit").await.map_err(|f| f.message)?;
+    let rows: Vec<AuditEntry> = client.get("/v1/audit").await?;
     println!("\naudit log ({} rows):", rows.len());
     for r in rows {
         let name = ids
@@ -133,13 +131,16 @@ pub async fn run() -> Result<(), String> {
     let _ = running.done.await;
     let _ = std::fs::remove_dir_all(&dir);
     if !done {
-        return Err("demo jobs did not all finish within 45 s".into());
+        return Err(crate::Error::Timeout {
+            what: "the demo's jobs finishing".into(),
+            secs: 45,
+        });
     }
     Ok(())
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+fn tempfile_dir() -> crate::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("jobwarden-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::file(&dir, e))?;
     Ok(dir)
 }

@@ -229,7 +229,7 @@ impl Hooks {
                         error: None,
                     };
                 }
-                Ok(Err(e)) => last_err = Some(e),
+                Ok(Err(e)) => last_err = Some(e.to_string()),
                 Err(_) => last_err = Some(format!("timed out after {}", hook.timeout)),
             }
             if attempt < attempts {
@@ -246,7 +246,7 @@ impl Hooks {
         }
     }
 
-    async fn once(&self, hook: &HookConfig, payload: &HookPayload) -> Result<(), String> {
+    async fn once(&self, hook: &HookConfig, payload: &HookPayload) -> crate::Result<()> {
         if let Some(url) = &hook.webhook {
             let resp = self
                 .http
@@ -254,14 +254,19 @@ impl Hooks {
                 .json(payload)
                 .send()
                 .await
-                .map_err(|e| format!("POST {url}: {e}"))?;
+                .map_err(|e| crate::Error::Hook(format!("POST {url}: {e}")))?;
             if !resp.status().is_success() {
-                return Err(format!("POST {url}: HTTP {}", resp.status()));
+                return Err(crate::Error::Hook(format!(
+                    "POST {url}: HTTP {}",
+                    resp.status()
+                )));
             }
             return Ok(());
         }
         let Some((prog, args)) = hook.command.as_ref().and_then(|c| c.split_first()) else {
-            return Err("hook has neither webhook nor command".into());
+            return Err(crate::Error::Hook(
+                "hook has neither webhook nor command".into(),
+            ));
         };
         let mut cmd = tokio::process::Command::new(prog);
         cmd.args(args)
@@ -275,7 +280,7 @@ impl Hooks {
         let out = cmd
             .output()
             .await
-            .map_err(|e| format!("running {prog}: {e}"))?;
+            .map_err(|e| crate::Error::Hook(format!("running {prog}: {e}")))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -284,7 +289,7 @@ impl Hooks {
                 text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             }
             text.truncate(1000);
-            Err(format!(
+            Err(crate::Error::Hook(format!(
                 "{prog} {}{}",
                 describe_exit(out.status),
                 if text.is_empty() {
@@ -292,7 +297,7 @@ impl Hooks {
                 } else {
                     format!(": {text}")
                 }
-            ))
+            )))
         }
     }
 }

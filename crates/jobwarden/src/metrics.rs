@@ -15,6 +15,49 @@ pub const DELAY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Upper bounds (seconds) of the admission-latency histogram buckets.
+pub const ADMISSION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+];
+
+/// The results an admission request is counted under.
+pub const ADMISSION_RESULTS: &[&str] = &["allowed", "patched", "warned", "denied", "bad_request"];
+
+/// Which admission webhook answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionWebhook {
+    /// `POST /admission/mutate`.
+    Mutate,
+    /// `POST /admission/validate`.
+    Validate,
+}
+
+impl AdmissionWebhook {
+    const ALL: [AdmissionWebhook; 2] = [AdmissionWebhook::Mutate, AdmissionWebhook::Validate];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AdmissionWebhook::Mutate => "mutate",
+            AdmissionWebhook::Validate => "validate",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            AdmissionWebhook::Mutate => 0,
+            AdmissionWebhook::Validate => 1,
+        }
+    }
+}
+
+/// One webhook's latency histogram.
+#[derive(Debug, Default)]
+struct Latency {
+    buckets: [AtomicU64; 14],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
 /// All metrics of one daemon.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -36,6 +79,12 @@ pub struct Metrics {
     /// The reclaimed figures' lines, recomputed from the store
     /// ([`crate::reclaimed::refresh_metrics`]); empty until the first computation.
     reclaimed: Mutex<String>,
+    /// The admission webhook runs: its metrics are rendered.
+    admission_on: std::sync::atomic::AtomicBool,
+    /// Admission requests by (webhook, result).
+    admission_requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Admission latency per webhook (mutate, validate).
+    admission_latency: [Latency; 2],
 }
 
 /// Counts of the jobs past their TTL.
@@ -135,6 +184,101 @@ impl Metrics {
     /// Replaces the reclaimed figures' lines (`crate::reclaimed::metrics_text`).
     pub fn set_reclaimed(&self, text: String) {
         *self.reclaimed.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    }
+
+    /// The admission webhook runs: `/metrics` renders its counters (zero until requests
+    /// come) and histogram.
+    pub fn admission_enabled(&self) {
+        self.admission_on.store(true, Ordering::Relaxed);
+    }
+
+    /// An admission request answered by `webhook` with `result` (one of
+    /// [`ADMISSION_RESULTS`]) after `seconds` (from the body's arrival to the answer).
+    pub fn admission_request(&self, webhook: AdmissionWebhook, result: &'static str, seconds: f64) {
+        *self
+            .admission_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((webhook.as_str(), result))
+            .or_default() += 1;
+        let h = &self.admission_latency[webhook.index()];
+        let d = seconds.max(0.0);
+        for (i, b) in ADMISSION_BUCKETS.iter().enumerate() {
+            if d <= *b {
+                h.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_nanos.fetch_add((d * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// Admission requests counted so far under (`webhook`, `result`).
+    pub fn admission_requests(&self, webhook: AdmissionWebhook, result: &str) -> u64 {
+        self.admission_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|((w, r), _)| *w == webhook.as_str() && *r == result)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn render_admission(&self, o: &mut String) {
+        if !self.admission_on.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "# HELP jobwarden_admission_requests_total Admission webhook requests by webhook and result."
+        );
+        let _ = writeln!(o, "# TYPE jobwarden_admission_requests_total counter");
+        let counts = self
+            .admission_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for w in AdmissionWebhook::ALL {
+            for r in ADMISSION_RESULTS {
+                let n = counts.get(&(w.as_str(), *r)).copied().unwrap_or(0);
+                let _ = writeln!(
+                    o,
+                    "jobwarden_admission_requests_total{{webhook=\"{}\",result=\"{r}\"}} {n}",
+                    w.as_str()
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP jobwarden_admission_duration_seconds Time from an admission request's body to its answer."
+        );
+        let _ = writeln!(o, "# TYPE jobwarden_admission_duration_seconds histogram");
+        for w in AdmissionWebhook::ALL {
+            let h = &self.admission_latency[w.index()];
+            for (i, b) in ADMISSION_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "jobwarden_admission_duration_seconds_bucket{{webhook=\"{}\",le=\"{b}\"}} {}",
+                    w.as_str(),
+                    h.buckets[i].load(Ordering::Relaxed)
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                o,
+                "jobwarden_admission_duration_seconds_bucket{{webhook=\"{}\",le=\"+Inf\"}} {count}",
+                w.as_str()
+            );
+            let _ = writeln!(
+                o,
+                "jobwarden_admission_duration_seconds_sum{{webhook=\"{}\"}} {}",
+                w.as_str(),
+                h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(
+                o,
+                "jobwarden_admission_duration_seconds_count{{webhook=\"{}\"}} {count}",
+                w.as_str()
+            );
+        }
     }
 
     /// Steps taken so far, by step.
@@ -254,6 +398,7 @@ impl Metrics {
             let _ = writeln!(o, "# TYPE jobwarden_leader gauge");
             let _ = writeln!(o, "jobwarden_leader {}", u8::from(leading));
         }
+        self.render_admission(&mut o);
         o.push_str(&self.reclaimed.lock().unwrap_or_else(|e| e.into_inner()));
         o
     }
@@ -295,6 +440,32 @@ mod tests {
         assert!(m.render().contains("\njobwarden_leader 1\n"));
         m.set_leader(false);
         assert!(m.render().contains("\njobwarden_leader 0\n"));
+    }
+
+    #[test]
+    fn admission_metrics_appear_once_enabled_with_every_result() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("admission"), "off: not rendered");
+        m.admission_enabled();
+        m.admission_request(AdmissionWebhook::Mutate, "patched", 0.0003);
+        m.admission_request(AdmissionWebhook::Validate, "denied", 0.02);
+        let text = m.render();
+        for line in [
+            "jobwarden_admission_requests_total{webhook=\"mutate\",result=\"patched\"} 1",
+            "jobwarden_admission_requests_total{webhook=\"mutate\",result=\"denied\"} 0",
+            "jobwarden_admission_requests_total{webhook=\"validate\",result=\"denied\"} 1",
+            "jobwarden_admission_duration_seconds_bucket{webhook=\"mutate\",le=\"0.00025\"} 0",
+            "jobwarden_admission_duration_seconds_bucket{webhook=\"mutate\",le=\"0.0005\"} 1",
+            "jobwarden_admission_duration_seconds_bucket{webhook=\"validate\",le=\"0.01\"} 0",
+            "jobwarden_admission_duration_seconds_bucket{webhook=\"validate\",le=\"0.025\"} 1",
+            "jobwarden_admission_duration_seconds_count{webhook=\"validate\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        assert_eq!(
+            m.admission_requests(AdmissionWebhook::Validate, "denied"),
+            1
+        );
     }
 
     #[test]

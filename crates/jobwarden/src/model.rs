@@ -225,22 +225,33 @@ macro_rules! string_enum {
         }
 
         impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = $crate::model::UnknownName;
+            fn from_str(s: &str) -> Result<Self, $crate::model::UnknownName> {
                 match s {
                     $($s => Ok($name::$v),)+
-                    _ => Err(format!(
-                        "unknown {} {:?} (expected one of: {})",
-                        $crate::model::type_words(stringify!($name)),
-                        s,
-                        [$($s),+].join(", ")
-                    )),
+                    _ => Err($crate::model::UnknownName {
+                        kind: $crate::model::type_words(stringify!($name)),
+                        value: s.to_owned(),
+                        expected: &[$($s),+],
+                    }),
                 }
             }
         }
     };
 }
 pub(crate) use string_enum;
+
+/// A name that is none of an enumeration's (a stage, a step, an audit action…).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?} (expected one of: {})", expected.join(", "))]
+pub struct UnknownName {
+    /// What it should name (`stage`, `audit action`).
+    pub kind: String,
+    /// What was given.
+    pub value: String,
+    /// The names there are.
+    pub expected: &'static [&'static str],
+}
 
 string_enum! {
     /// Lifecycle stage of a job (the README's Concepts, "Stages").
@@ -332,6 +343,10 @@ string_enum! {
         ConfigWarning => "config_warning",
         /// A hook ran (or failed).
         Hook => "hook",
+        /// The admission webhook denied a Job or CronJob (`initiated_by = admission`): its
+        /// requested timeout exceeds a maximum, or a setting is malformed. The object was
+        /// never created.
+        AdmissionDenied => "admission_denied",
     }
 }
 
@@ -442,6 +457,48 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job first seen (or submitted) at `created_at`, not started: stage `pre_start`, no
+    /// policy resolved yet (timeout and grace zero), no run state. Callers set what they know
+    /// with struct update syntax.
+    pub fn new(
+        id: JobId,
+        run_id: impl Into<String>,
+        runtime: RuntimeKind,
+        name: impl Into<String>,
+        created_at: Timestamp,
+    ) -> Self {
+        JobRecord {
+            id,
+            run_id: run_id.into(),
+            attempt: 0,
+            runtime,
+            namespace: None,
+            name: name.into(),
+            org: None,
+            job_type: None,
+            stage: Stage::PreStart,
+            outcome: None,
+            reason: None,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            timeout: Duration::ZERO,
+            grace: Duration::ZERO,
+            ttl: None,
+            deadline: None,
+            steps: Vec::new(),
+            heartbeat_timeout: None,
+            last_heartbeat: None,
+            recovery_attempts: 0,
+            pid: None,
+            pid_start_ticks: None,
+            exit_code: None,
+            signal: None,
+            spec: serde_json::Value::Null,
+            dry_run: false,
+        }
+    }
+
     /// Whether `step` was already taken in the current run.
     pub fn has_step(&self, step: Step) -> bool {
         self.steps.iter().any(|s| s.step == step)
@@ -569,9 +626,13 @@ mod tests {
             "bogus"
                 .parse::<Step>()
                 .expect_err("unknown")
+                .to_string()
                 .contains("soft_kill")
         );
-        let e = "explode".parse::<AuditAction>().expect_err("unknown");
+        let e = "explode"
+            .parse::<AuditAction>()
+            .expect_err("unknown")
+            .to_string();
         assert!(
             e.starts_with("unknown audit action \"explode\" (expected one of: warn, "),
             "{e}"

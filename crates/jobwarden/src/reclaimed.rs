@@ -83,6 +83,13 @@ impl Usage {
     }
 }
 
+/// Whether `plan` (a soft kill of `job`) is a cancel: due before the deadline (the local
+/// cancel is due when asked, a Kubernetes one when the annotation asked), which a timeout
+/// never is.
+pub fn cancelled(job: &JobRecord, plan: &crate::engine::plan::StepPlan) -> bool {
+    job.deadline.is_some_and(|d| plan.taken.due_at < d)
+}
+
 /// The latest `job` could have run until had it not been killed at `killed_at`, and what that
 /// bound is: the earliest of the end of the timeout it would have had without jobwarden's cap
 /// (only when a cap lowered it), its deadline when it was cancelled before it, and

@@ -93,7 +93,7 @@ impl<K: Ord + Hash + Clone> Scheduler<K> {
 
     /// Removes and returns every key due at or before `now`, earliest first, at most `max`.
     ///
-    /// Pops one entry at a time for the usual handful; past [`BULK_AFTER`] due entries (a
+    /// Pops one entry at a time for the usual handful; past `BULK_AFTER` (1,024) due entries (a
     /// restart after downtime, a benchmark) it switches to one linear partition of the heap
     /// plus a sort of the due part, which is several times faster than popping each entry
     /// through a heap far larger than the cache.

@@ -213,8 +213,11 @@ fn bad_http_bodies_are_400_naming_the_field() {
     let Some(d) = Daemon::start(Backend::Sqlite, &config("")) else {
         return;
     };
-    let cases: [(&[u8], &str); 9] = [
+    let cases: [(&[u8], &str); 11] = [
         (br#"{"command":["true"],"timout":"1h"}"#, "timout"),
+        // A Job's settings: a local daemon never runs them as a process instead.
+        (br#"{"command":["true"],"image":"img:1"}"#, "image"),
+        (br#"{"command":["true"],"namespace":"ns"}"#, "namespace"),
         (br#"{"command":"true"}"#, "command"),
         (br#"{"command":["true"],"timeout":"2x"}"#, "timeout"),
         (br#"{"command":["true"],"grace":-1}"#, "grace"),

@@ -344,8 +344,10 @@ terminated = "1h"
         "a job was killed while the store was down"
     );
 
-    pg.start_server();
+    // Taken before the restart begins: the daemon may reconnect, record and signal before
+    // start_server returns to this thread, so a later reading could follow the SIGTERM.
     let up_at = now_ns();
+    pg.start_server();
     wait_ready(&d, 200, Duration::from_secs(30));
 
     for id in &escalating {

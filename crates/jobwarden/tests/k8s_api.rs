@@ -12,14 +12,19 @@ mod k8s_support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use jobwarden::api_types::SubmitRequest;
 use jobwarden::config::Config;
-use jobwarden::kubernetes::actions::Actions;
 use jobwarden::kubernetes::api::{ApiState, router};
 use jobwarden::kubernetes::cli::health_router;
+use jobwarden::kubernetes::manifest::{JobRequest, render_job, to_json_value};
 use jobwarden::kubernetes::observe::Scope;
+use jobwarden::kubernetes::orphans::OrphanPass;
 use jobwarden::kubernetes::reconcile::Reconciler;
-use jobwarden::model::{JobId, RuntimeKind, Stage, Timestamp};
+use jobwarden::model::{AuditAction, JobId, RuntimeKind, Stage, Timestamp};
+use jobwarden::runtime::kubernetes::actions::Actions;
 use jobwarden::store::{AuditQuery, JobFilter, Store};
+use k8s_support::fake::Fake;
+use k8s_support::wiring::{self, JOB_PATH, NS_JOBS, assert_in_api_calls};
 use k8s_support::*;
 use serde_json::{Value, json};
 
@@ -58,6 +63,7 @@ fn finished_job_json() -> Value {
 struct Server {
     base: String,
     store: Store,
+    fake: Fake,
     ready: Arc<AtomicBool>,
     leading: tokio::sync::watch::Sender<bool>,
     http: reqwest::Client,
@@ -84,16 +90,18 @@ async fn server_on(token: Option<&str>, pg: Option<common::PgDb>) -> Server {
         None => format!("sqlite://{}", dir.path().join("jobwarden.db").display()),
     };
     let store = Store::open(&url).await.expect("store");
-    let (client, _server) = scripted(vec![]);
-    let config = Config::default();
+    let fake = Fake::new(|| t("10:30:00"));
+    let mut config = Config::default();
+    config.kubernetes.namespaces = vec!["flowforge".into()];
     let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
-    let api_config = config.clone();
+    // The records, as a dry-run reconciler writes them (it sends nothing).
     let r = Reconciler::new(
-        config,
+        config.clone(),
         store.clone(),
-        Actions::new(client, scope, true, "jw-0"),
+        Actions::new(fake.client(), scope.clone(), true, "jw-0"),
     );
     for v in [job_json(), finished_job_json()] {
+        fake.insert(v.clone());
         r.reconcile(&job(v), &[], t("10:30:00"))
             .await
             .expect("reconcile");
@@ -101,12 +109,15 @@ async fn server_on(token: Option<&str>, pg: Option<common::PgDb>) -> Server {
     let ready = Arc::new(AtomicBool::new(true));
     let (leading, leading_rx) = tokio::sync::watch::channel(false);
     // As `run` builds it.
-    let app = health_router(ready.clone(), r.metrics(), leading_rx).merge(router(ApiState::new(
+    let api = ApiState::new(
         store.clone(),
-        &api_config,
+        config.clone(),
+        Actions::new(fake.client(), scope, false, "jw-0"),
+        OrphanPass::from_config(fake.client(), &config, store.clone(), false),
         token.map(str::to_owned),
         r.events(),
-    )));
+    );
+    let app = health_router(ready.clone(), r.metrics(), leading_rx).merge(router(api));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -117,6 +128,7 @@ async fn server_on(token: Option<&str>, pg: Option<common::PgDb>) -> Server {
     Server {
         base,
         store,
+        fake,
         ready,
         leading,
         http: reqwest::Client::new(),
@@ -378,13 +390,22 @@ async fn the_token_guards_reads_but_not_heartbeats_or_health() {
         let (status, text) = s.call("GET", path, Some(TOKEN), None).await;
         assert_eq!(status, 200, "{path}: {text}");
     }
-    // The refused routes are behind the token too: 401 first, then the 501.
-    let (status, text) = s.call("POST", "/v1/jobs/j-42/cancel", None, None).await;
-    assert_eq!(status, 401, "{text}");
+    // The routes that act are behind the token too: 401 first, and nothing reaches the
+    // cluster; with the token, the answer.
+    for (method, path) in [
+        ("POST", "/v1/jobs/j-42/cancel"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/orphans"),
+        ("POST", "/v1/orphans/clean"),
+    ] {
+        let (status, text) = s.call(method, path, None, None).await;
+        assert_eq!(status, 401, "{method} {path}: {text}");
+    }
+    assert!(s.fake.requests().is_empty(), "{:?}", s.fake.requests());
     let (status, text) = s
-        .call("POST", "/v1/jobs/j-42/cancel", Some(TOKEN), None)
+        .call("POST", "/v1/jobs/j-99/cancel", Some(TOKEN), None)
         .await;
-    assert_eq!(status, 501, "{text}");
+    assert_eq!(status, 404, "{text}");
 
     let (status, text) = s.call("POST", "/v1/jobs/j-42/heartbeat", None, None).await;
     assert_eq!(status, 204, "heartbeats need no token: {text}");
@@ -395,37 +416,9 @@ async fn the_token_guards_reads_but_not_heartbeats_or_health() {
 }
 
 #[tokio::test]
-async fn submit_cancel_and_orphans_answer_501_and_write_nothing() {
+async fn unknown_routes_and_wrong_methods_answer_in_the_json_error_shape() {
     let s = server(None).await;
     let snapshot = s.snapshot().await;
-    let submit = json!({"command": ["sleep", "60"], "timeout": "1h"});
-    for (method, path, body, says) in [
-        ("POST", "/v1/jobs", Some(submit), "kubectl apply"),
-        ("POST", "/v1/jobs/j-42/cancel", None, "kubectl delete job"),
-        ("POST", "/v1/jobs/j-99/cancel", None, "kubectl delete job"),
-        ("GET", "/v1/orphans", None, "orphan pass"),
-        ("POST", "/v1/orphans/clean", None, "orphan pass"),
-    ] {
-        let (status, text) = s.call(method, path, None, body).await;
-        assert_eq!(status, 501, "{method} {path}: {text}");
-        let msg = error_of(status, &text);
-        assert!(msg.contains("Kubernetes mode"), "{msg}");
-        assert!(msg.contains(says), "{method} {path}: {msg}");
-    }
-    assert_eq!(
-        s.snapshot().await,
-        snapshot,
-        "a refused request changed the store"
-    );
-    let j42 = s
-        .store
-        .get_job(&JobId::parse("j-42").expect("id"))
-        .await
-        .expect("get")
-        .expect("stored");
-    assert_eq!(j42.stage, Stage::Running, "cancel must not end the job");
-
-    // Unknown routes and wrong methods answer in the JSON error shape.
     let (status, text) = s.call("GET", "/v1/nothing-here", None, None).await;
     assert_eq!(status, 404, "{text}");
     error_of(status, &text);
@@ -433,6 +426,7 @@ async fn submit_cancel_and_orphans_answer_501_and_write_nothing() {
     assert_eq!(status, 405, "{text}");
     error_of(status, &text);
     assert_eq!(s.snapshot().await, snapshot);
+    assert!(s.fake.requests().is_empty(), "{:?}", s.fake.requests());
 }
 
 /// The web console is served in Kubernetes mode too, from the same routes: the stored Jobs,
@@ -501,4 +495,430 @@ async fn readyz_says_whether_this_replica_leads() {
             && text.ends_with("; leading\n"),
         "{text}"
     );
+}
+
+// ----- The routes that act in Kubernetes mode: submit, cancel, orphans -----
+
+/// The config of [`server`]: the one watched namespace `flowforge`.
+fn api_config() -> Config {
+    let mut config = Config::default();
+    config.kubernetes.namespaces = vec!["flowforge".into()];
+    config
+}
+
+#[tokio::test]
+async fn submit_creates_the_job_manifest_job_renders_and_stores_it() {
+    let s = server(None).await;
+    let body = json!({"command": ["make", "test"], "image": "ghcr.io/flowforge/runner:1",
+                      "org": "acme", "type": "build", "timeout": "1h",
+                      "heartbeat_timeout": "2m"});
+    let (status, text) = s.call("POST", "/v1/jobs", None, Some(body.clone())).await;
+    assert_eq!(status, 201, "{text}");
+    let view: Value = serde_json::from_str(&text).expect("json");
+    let id = view["id"].as_str().expect("id").to_owned();
+    // One call: the POST, in the one watched namespace, of exactly the Job `manifest job`
+    // renders for the same request and id.
+    let seen = s.fake.requests();
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(lines, ["POST /apis/batch/v1/namespaces/flowforge/jobs"]);
+    assert_in_api_calls(&seen);
+    let config = api_config();
+    let mut req: SubmitRequest = serde_json::from_value(body).expect("request");
+    req.namespace = Some("flowforge".into());
+    let job_id = JobId::parse(&id).expect("id");
+    let expected = render_job(
+        &JobRequest::from_submit(req, job_id.clone(), &config.kubernetes.api_url),
+        &config,
+    )
+    .expect("renders");
+    assert_eq!(seen[0].body, to_json_value(&expected.job).expect("json"));
+    let env = &seen[0].body["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.to_string().contains(&format!(
+            "http://jobwarden.jobwarden.svc:7800/v1/jobs/{id}/heartbeat"
+        )),
+        "heartbeats go to [kubernetes] api_url: {env}"
+    );
+    // Stored at once: `job show` finds it before the leader's watch did.
+    let (status, j) = s.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(
+        (
+            &j["namespace"],
+            &j["org"],
+            &j["type"],
+            &j["effective_timeout_seconds"]
+        ),
+        (
+            &json!("flowforge"),
+            &json!("acme"),
+            &json!("build"),
+            &json!(3600)
+        )
+    );
+    let name = format!("flowforge-{id}");
+    let created = s.fake.get("jobs", "flowforge", &name).expect("created");
+    assert_eq!(created["metadata"]["labels"]["job-id"], json!(id));
+    // The leader's first sighting takes the record over as a new run.
+    let r = Reconciler::new(
+        config.clone(),
+        s.store.clone(),
+        Actions::new(
+            s.fake.client(),
+            Scope::new(&config.kubernetes, &config.annotations.prefix),
+            true,
+            "jw-0",
+        ),
+    );
+    r.reconcile(&job(created), &[], t("10:30:01"))
+        .await
+        .expect("reconcile");
+    let stored = s
+        .store
+        .get_job(&job_id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert!(stored.spec.get("submitted").is_none(), "{}", stored.spec);
+    assert_eq!(stored.timeout, std::time::Duration::from_secs(3600));
+}
+
+#[tokio::test]
+async fn a_bad_submit_names_the_field_and_creates_nothing() {
+    let s = server(None).await;
+    let snapshot = s.snapshot().await;
+    let ok = json!({"command": ["true"], "image": "img:1"});
+    let with = |k: &str, v: Value| {
+        let mut b = ok.clone();
+        b[k] = v;
+        b
+    };
+    let cases = [
+        (json!({"command": ["true"]}), "field `image`"),
+        (with("image", json!("two words")), "field `image`"),
+        (with("imagee", json!("img:2")), "imagee"),
+        (with("org", json!("../x")), "field `org`"),
+        (with("type", json!("-build")), "field `type`"),
+        (with("namespace", json!("other")), "field `namespace`"),
+        (with("namespace", json!("kube-system")), "field `namespace`"),
+        (with("name", json!("Bad_Name")), "field `name`"),
+        (with("timeout", json!("0s")), "field `timeout`"),
+        (
+            with("heartbeat_timeout", json!("0s")),
+            "field `heartbeat_timeout`",
+        ),
+        (with("command", json!([])), "field `command`"),
+    ];
+    for (body, says) in cases {
+        let (status, text) = s.call("POST", "/v1/jobs", None, Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        let msg = error_of(status, &text);
+        assert!(msg.contains(says), "{body}: want {says:?} in {msg}");
+    }
+    assert!(s.fake.requests().is_empty(), "{:?}", s.fake.requests());
+    assert!(s.fake.all("jobs").len() == 2, "{:?}", s.fake.names("jobs"));
+    assert_eq!(
+        s.snapshot().await,
+        snapshot,
+        "a refused submit changed the store"
+    );
+}
+
+#[tokio::test]
+async fn what_the_api_server_refuses_is_not_stored() {
+    let s = server(None).await;
+    let snapshot = s.snapshot().await;
+    let mut taken = job_json();
+    taken["metadata"]["name"] = "taken".into();
+    taken["metadata"]["uid"] = "uid-taken".into();
+    taken["metadata"]["labels"]["job-id"] = "j-taken".into();
+    s.fake.insert(taken);
+    let body = json!({"command": ["true"], "image": "img:1", "name": "taken"});
+    let (status, text) = s.call("POST", "/v1/jobs", None, Some(body)).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(error_of(status, &text).contains("already exists"), "{text}");
+    let path = "/apis/batch/v1/namespaces/flowforge/jobs";
+    for (code, want) in [(403, 502), (503, 503), (422, 400)] {
+        s.fake.fail("POST", path, code, None, 1);
+        let body = json!({"command": ["true"], "image": "img:1"});
+        let (status, text) = s.call("POST", "/v1/jobs", None, Some(body)).await;
+        assert_eq!(status, want, "API server {code}: {text}");
+        error_of(status, &text);
+    }
+    assert_eq!(s.fake.names("jobs").len(), 3, "{:?}", s.fake.names("jobs"));
+    assert_eq!(s.snapshot().await, snapshot, "a Job not created was stored");
+}
+
+#[tokio::test]
+async fn a_cancel_annotates_the_job_and_the_leader_soft_kills_it() {
+    let s = server(None).await;
+    let id = JobId::parse("j-42").expect("id");
+    let read_rv =
+        s.fake.get("jobs", "flowforge", "build-42").expect("job")["metadata"]["resourceVersion"]
+            .clone();
+    // No leader here: the request is on the Job, the answer 202 after the wait.
+    let (status, text) = s.call("POST", "/v1/jobs/j-42/cancel", None, None).await;
+    assert_eq!(status, 202, "{text}");
+    let view: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(view["stage"], "running", "{view}");
+    let seen = s.fake.requests();
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("GET {JOB_PATH}"),
+            format!("PATCH {JOB_PATH}?fieldManager=jobwarden")
+        ]
+    );
+    assert_in_api_calls(&seen);
+    let patch = &seen[1].body;
+    assert_eq!(
+        patch["metadata"]["resourceVersion"], read_rv,
+        "the PATCH carries the resourceVersion it read: {patch}"
+    );
+    let job_now = s.fake.get("jobs", "flowforge", "build-42").expect("job");
+    let requested = job_now["metadata"]["annotations"]["flowforge.io/cancel-requested"]
+        .as_str()
+        .expect("annotated")
+        .to_owned();
+    assert!(
+        requested.parse::<Timestamp>().is_ok(),
+        "an RFC 3339 time: {requested}"
+    );
+    // Nothing ended by the request itself: no deadline patched, the record still running.
+    assert!(
+        job_now["spec"]["activeDeadlineSeconds"].is_null(),
+        "{job_now}"
+    );
+    let audit = s
+        .store
+        .query_audit(&AuditQuery {
+            job_id: Some("j-42".into()),
+            action: Some(AuditAction::Cancel),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert_eq!(
+        (
+            audit[0].initiated_by.as_str(),
+            audit[0].success,
+            audit[0].dry_run
+        ),
+        ("user", true, false)
+    );
+    // The leader sees the annotation: the soft kill, for the reason "cancelled".
+    let config = api_config();
+    let leader = Reconciler::new(
+        config.clone(),
+        s.store.clone(),
+        Actions::new(
+            s.fake.client(),
+            Scope::new(&config.kubernetes, &config.annotations.prefix),
+            false,
+            "jw-0",
+        ),
+    );
+    leader
+        .reconcile(&job(job_now), &[], t("10:30:05"))
+        .await
+        .expect("reconcile");
+    let stored = s.store.get_job(&id).await.expect("get").expect("stored");
+    assert_eq!(stored.stage, Stage::Terminating);
+    let soft = stored
+        .steps
+        .iter()
+        .find(|st| st.step == jobwarden::model::Step::SoftKill)
+        .expect("soft kill recorded");
+    assert_eq!(soft.at, t("10:30:05"));
+    assert!(
+        stored
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("cancelled")),
+        "{:?}",
+        stored.reason
+    );
+    let killed = s.fake.get("jobs", "flowforge", "build-42").expect("job");
+    assert_eq!(killed["spec"]["activeDeadlineSeconds"], 1, "{killed}");
+    // Again: the soft kill is recorded, so 200 at once and nothing more sent.
+    let before = s.fake.requests().len();
+    let (status, text) = s.call("POST", "/v1/jobs/j-42/cancel", None, None).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(s.fake.requests().len(), before);
+}
+
+#[tokio::test]
+async fn a_cancel_of_what_is_not_running_touches_nothing() {
+    let s = server(None).await;
+    let (status, text) = s.call("POST", "/v1/jobs/j-99/cancel", None, None).await;
+    assert_eq!(status, 404, "{text}");
+    let (status, text) = s.call("POST", "/v1/jobs/j-43/cancel", None, None).await;
+    assert_eq!(status, 409, "a finished job: {text}");
+    assert!(error_of(status, &text).contains("not running"), "{text}");
+    assert!(s.fake.requests().is_empty(), "{:?}", s.fake.requests());
+    // The Job gone from the cluster (the record not settled yet): 409, no PATCH.
+    s.fake.remove("jobs", "flowforge", "build-42");
+    let (status, text) = s.call("POST", "/v1/jobs/j-42/cancel", None, None).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(error_of(status, &text).contains("gone"), "{text}");
+    // A Job of that name that is another job's: left alone.
+    let mut other = job_json();
+    other["metadata"]["labels"]["job-id"] = "j-other".into();
+    other["metadata"]["uid"] = "uid-other".into();
+    s.fake.insert(other);
+    let (status, text) = s.call("POST", "/v1/jobs/j-42/cancel", None, None).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(
+        s.fake.mutations().is_empty(),
+        "nothing may change: {:?}",
+        s.fake.mutations()
+    );
+}
+
+#[tokio::test]
+async fn orphans_are_reported_and_cleaned_on_request_never_a_live_jobs_objects() {
+    let s = server(None).await;
+    let mut orphan = pod_json("orphan-a", "uid-orphan", "Running");
+    orphan["metadata"]["labels"] = json!({"job-id": "j-gone"});
+    orphan["metadata"]["ownerReferences"] = json!([]);
+    orphan["metadata"]["finalizers"] = json!([]);
+    s.fake.insert(orphan);
+    // j-42's pod: its Job is there.
+    let mut live = pod_json("build-42-a", "uid-live", "Running");
+    live["metadata"]["finalizers"] = json!([]);
+    s.fake.insert(live);
+
+    let (status, r) = s.get("/v1/orphans").await;
+    assert_eq!(status, 200, "{r}");
+    let found: Vec<(&str, &str)> = r["orphans"]
+        .as_array()
+        .expect("orphans")
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().expect("kind"),
+                o["name"].as_str().expect("name"),
+            )
+        })
+        .collect();
+    assert_eq!(found, [("pod", "flowforge/orphan-a")], "{r}");
+    assert_eq!(
+        (r["deleted"].as_u64(), r["deferred"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert!(s.fake.mutations().is_empty(), "a report deletes nothing");
+    assert_in_api_calls(&s.fake.requests());
+
+    // The Job listing fails: fail closed, nothing deleted.
+    s.fake.fail("GET", NS_JOBS, 500, None, 1);
+    let (status, text) = s.call("POST", "/v1/orphans/clean", None, None).await;
+    assert_eq!(status, 200, "{text}");
+    let r: Value = serde_json::from_str(&text).expect("json");
+    assert!(
+        r["skipped"][0].as_str().is_some_and(|m| m.contains("Jobs")),
+        "{r}"
+    );
+    assert_eq!(r["deleted"], 0, "{r}");
+    assert!(s.fake.mutations().is_empty(), "{:?}", s.fake.mutations());
+
+    let (status, text) = s.call("POST", "/v1/orphans/clean", None, None).await;
+    assert_eq!(status, 200, "{text}");
+    let r: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(r["deleted"], 1, "{r}");
+    let deletes: Vec<Seen> = s.fake.mutations();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(
+        deletes[0].line(),
+        "DELETE /api/v1/namespaces/flowforge/pods/orphan-a"
+    );
+    assert_eq!(deletes[0].body["preconditions"]["uid"], "uid-orphan");
+    assert_eq!(s.fake.names("pods"), ["flowforge/build-42-a"]);
+    let rows = s
+        .store
+        .query_audit(&AuditQuery {
+            action: Some(AuditAction::OrphanCleanup),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].resource_name, "flowforge/orphan-a");
+    assert_in_api_calls(&s.fake.requests());
+}
+
+#[tokio::test]
+async fn with_a_leader_running_a_cancel_answers_with_the_soft_kill_taken() {
+    let started = std::time::Instant::now();
+    let fake = Fake::new(wiring::clock(started));
+    let config = api_config();
+    let running = wiring::start(&fake, config.clone(), false, wiring::clock(started)).await;
+    fake.insert(wiring::running_job(
+        "build-42",
+        JOB_UID,
+        wiring::t0(),
+        json!({"flowforge.io/timeout-seconds": "3600", "flowforge.io/grace-period-seconds": "60"}),
+    ));
+    let id = JobId::parse("j-42").expect("id");
+    let stored = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Ok(Some(j)) = running.store.get_job(&id).await {
+                break j;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the leader stores the Job");
+    assert_eq!(stored.stage, Stage::Running);
+    // This replica's API, over the leader's store and cluster.
+    let api = ApiState::new(
+        running.store.clone(),
+        config.clone(),
+        Actions::new(
+            fake.client(),
+            Scope::new(&config.kubernetes, &config.annotations.prefix),
+            false,
+            "jw-1",
+        ),
+        OrphanPass::from_config(fake.client(), &config, running.store.clone(), false),
+        None,
+        jobwarden::events::EventBus::new(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let serving = tokio::spawn(async move {
+        let _ = axum::serve(listener, router(api)).await;
+    });
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/jobs/j-42/cancel"))
+        .send()
+        .await
+        .expect("answer");
+    let status = resp.status().as_u16();
+    let view: Value = resp.json().await.expect("json");
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["stage"], "terminating", "{view}");
+    assert_eq!(view["steps"][0]["step"], "soft_kill", "{view}");
+    // The leader's soft kill: the deadline patch, well before the timeout.
+    running
+        .until(5, "the soft kill patch", |f| {
+            f.get("jobs", "flowforge", "build-42")
+                .is_some_and(|j| j["spec"]["activeDeadlineSeconds"] == 1)
+        })
+        .await;
+    let rows = running.audit().await;
+    let soft: Vec<_> = rows
+        .iter()
+        .filter(|r| r.action == AuditAction::SoftKill && r.details.is_some())
+        .collect();
+    assert!(
+        soft.iter().any(|r| r.reason.starts_with("cancelled")),
+        "{rows:#?}"
+    );
+    serving.abort();
+    running.finish().await;
 }

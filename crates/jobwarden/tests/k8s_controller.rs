@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use jobwarden::config::{Config, WarnBefore};
 use jobwarden::duration::Dur;
-use jobwarden::kubernetes::actions::classify;
 use jobwarden::model::{AuditAction, AuditEntry, Timestamp, add};
+use jobwarden::runtime::kubernetes::actions::classify;
 use k8s_support::fake::{Fake, k8s_time};
 use k8s_support::wiring::*;
 use k8s_support::*;

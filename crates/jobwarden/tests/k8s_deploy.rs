@@ -11,23 +11,28 @@
 //!   its labelled objects, an orphan pass) is one the rendered RBAC allows, namespace by
 //!   namespace, as the API server's authorizer would decide;
 //! - the config passes `config check`, the Deployment, Service, PodDisruptionBudget and
-//!   NetworkPolicy fit it and each other, the image (Dockerfile) holds what they run; the
-//!   example Job is what `jobwarden manifest job` renders under that config.
+//!   NetworkPolicy fit it and each other (the API port and the admission webhook's, its TLS
+//!   Secret), the image (Dockerfile) holds what they run; the example Job is what
+//!   `jobwarden manifest job` renders under that config;
+//! - `jobwarden manifest webhook` under that config renders webhook configurations that parse
+//!   as the admissionregistration.k8s.io/v1 types and call the Service deploy/ installs (with
+//!   the cert-manager component: its Certificate, for that Service, into the mounted Secret).
 //!
 //! kubectl comes from `KUBECTL` or PATH (scripts/test.sh installs one: scripts/tools.sh);
 //! without it these tests fail, never skip.
 
 mod k8s_support;
+mod tls_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use jobwarden::config::Config;
-use jobwarden::kubernetes::actions::{API_CALLS, Grant, classify};
 use jobwarden::kubernetes::manifest::{JobRequest, render_job};
 use jobwarden::kubernetes::observe::{Scope, observe_job};
 use jobwarden::model::JobId;
+use jobwarden::runtime::kubernetes::actions::{API_CALLS, Grant, classify};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
@@ -139,6 +144,7 @@ fn variants() -> Vec<Rendered> {
         all.push(render(overlay, &[]));
         all.push(render(overlay, &["secret-cleanup"]));
         all.push(render(overlay, &["servicemonitor"]));
+        all.push(render(overlay, &["cert-manager"]));
     }
     all
 }
@@ -240,6 +246,59 @@ struct Endpoint {
     interval: String,
 }
 
+/// A cert-manager Issuer (cert-manager.io/v1; no k8s-openapi type): the fields we use,
+/// unknown ones rejected.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Issuer {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: IssuerSpec,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct IssuerSpec {
+    self_signed: BTreeMap<String, Value>,
+}
+
+/// A cert-manager Certificate (cert-manager.io/v1).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Certificate {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: CertificateSpec,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CertificateSpec {
+    secret_name: String,
+    dns_names: Vec<String>,
+    issuer_ref: IssuerRef,
+    private_key: PrivateKey,
+    duration: String,
+    renew_before: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerRef {
+    name: String,
+    kind: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PrivateKey {
+    algorithm: String,
+    size: u32,
+    rotation_policy: String,
+}
+
 fn selects(selector: &LabelSelector, labels: &Option<BTreeMap<String, String>>) -> bool {
     assert!(selector.match_expressions.is_none(), "{selector:?}");
     let want = selector.match_labels.clone().unwrap_or_default();
@@ -267,6 +326,8 @@ fn every_rendered_object_parses_into_its_kubernetes_type() {
                 "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(what, v)),
                 "NetworkPolicy" => drop(typed::<NetworkPolicy>(what, v)),
                 "ServiceMonitor" => drop(typed::<ServiceMonitor>(what, v)),
+                "Issuer" => drop(typed::<Issuer>(what, v)),
+                "Certificate" => drop(typed::<Certificate>(what, v)),
                 other => panic!("{what}: no test parses kind {other:?}; add it here"),
             }
             // Nothing lands in whatever namespace kubectl's context happens to name.
@@ -297,6 +358,9 @@ fn every_rendered_object_parses_into_its_kubernetes_type() {
         }
         if what.contains("servicemonitor") {
             want.insert("ServiceMonitor".to_owned());
+        }
+        if what.contains("cert-manager") {
+            want.extend(["Issuer".to_owned(), "Certificate".to_owned()]);
         }
         assert_eq!(kinds, want, "{what}");
     }
@@ -629,14 +693,47 @@ fn the_deployment_runs_two_replicas_that_roll_safely_and_fit_the_config() {
         assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
         let port = container_port(c, &IntOrString::String("http".into()));
         assert!(config.server.listen.ends_with(&format!(":{port}")));
+        // The admission webhook: its own port, HTTPS with the mounted Secret's pair.
+        let webhook_port = container_port(c, &IntOrString::String("webhook".into()));
+        assert_eq!(
+            config.admission.listen_addr().map(|a| a.port()),
+            Ok(u16::try_from(webhook_port).expect("port")),
+            "{what}: [admission] listen is the container port named webhook"
+        );
+        assert_eq!(
+            config.admission.mode,
+            jobwarden::kubernetes::admission::Mode::Enforce
+        );
+        for file in [&config.admission.cert_file, &config.admission.key_file] {
+            let file = file.clone().expect("[admission] cert_file and key_file");
+            let volume = volume_of(&file.display().to_string());
+            assert_eq!(
+                volume.secret.and_then(|s| s.secret_name).as_deref(),
+                Some("jobwarden-webhook-tls"),
+                "{what}: {} comes from the TLS Secret",
+                file.display()
+            );
+        }
 
         let svc: Service = r.one("Service");
         let svc_spec = svc.spec.as_ref().expect("spec");
         assert_eq!(svc_spec.selector, labels.clone(), "{what}");
+        let mut targets = BTreeMap::new();
         for p in svc_spec.ports.iter().flatten() {
             let target = p.target_port.clone().expect("targetPort");
-            assert_eq!(container_port(c, &target), port);
+            targets.insert(
+                p.name.clone().expect("a named port"),
+                (p.port, container_port(c, &target)),
+            );
         }
+        assert_eq!(
+            targets,
+            BTreeMap::from([
+                ("http".to_owned(), (port, port)),
+                ("webhook".to_owned(), (443, webhook_port)),
+            ]),
+            "{what}: the Service's ports"
+        );
 
         // A drain leaves one replica running.
         let pdb: PodDisruptionBudget = r.one("PodDisruptionBudget");
@@ -654,14 +751,20 @@ fn the_deployment_runs_two_replicas_that_roll_safely_and_fit_the_config() {
         assert_eq!(np.policy_types, Some(vec!["Ingress".to_owned()]));
         let rules = np.ingress.expect("ingress rules");
         assert!(!rules.is_empty());
+        let mut allowed = BTreeSet::new();
         for rule in rules {
             let ports = rule.ports.expect("every ingress rule names its ports");
             assert!(!ports.is_empty());
             for p in ports {
                 assert_eq!(p.protocol.as_deref(), Some("TCP"));
-                container_port(c, &p.port.expect("port"));
+                allowed.insert(container_port(c, &p.port.expect("port")));
             }
         }
+        assert_eq!(
+            allowed,
+            BTreeSet::from([port, webhook_port]),
+            "{what}: ingress to the API and the admission webhook, nothing else"
+        );
     }
 }
 
@@ -777,10 +880,10 @@ fn the_example_job_is_what_manifest_job_renders_and_jobwarden_polices_it() {
     let rendered = render_job(
         &JobRequest {
             job_id: JobId::parse("example-0001").expect("id"),
-            timeout: Duration::from_secs(7200),
+            timeout: Some(Duration::from_secs(7200)),
             grace: None,
             ttl: None,
-            org: "acme".into(),
+            org: Some("acme".into()),
             job_type: Some("build".into()),
             name: Some("flowforge-example".into()),
             namespace: Some("flowforge".into()),
@@ -1443,5 +1546,279 @@ fn manifest_job_refuses_bad_input_naming_the_flag() {
                 "{args:?} blames a --name that was not passed: {stderr}"
             );
         }
+    }
+}
+
+fn docs_of(what: &str, text: &str) -> Vec<Value> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+        .unwrap_or_else(|e| panic!("{what}: not YAML: {e}\n{text}"));
+    docs.into_iter().filter(|v| !v.is_null()).collect()
+}
+
+/// `jobwarden manifest webhook` under each overlay's config: both configurations parse as the
+/// admissionregistration.k8s.io/v1 types without losing a field; they call the Service of
+/// deploy/ on its webhook port at the webhook paths, trust the CA given, and leave out the
+/// protected namespaces (the namespaced overlay: take only its namespaces); `--fail-closed`
+/// and `-o json`; with the cert-manager component, `--inject-ca-from` its Certificate, which
+/// is for that Service and fills the Secret the Deployment mounts.
+#[test]
+fn the_webhook_configurations_parse_and_call_the_deploy_service() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhookConfiguration,
+        WebhookClientConfig,
+    };
+    for overlay in OVERLAYS {
+        let r = render(overlay, &["cert-manager"]);
+        let what = r.what.clone();
+        let config = r.config();
+        let cm: ConfigMap = r.one("ConfigMap");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_file = dir.path().join("config.toml");
+        std::fs::write(
+            &config_file,
+            &cm.data.as_ref().expect("data")["config.toml"],
+        )
+        .expect("write");
+        let config_file = config_file.display().to_string();
+        let pair = tls_support::make(dir.path(), "jw", "DNS:jobwarden.jobwarden.svc");
+        let ca = pair.ca.display().to_string();
+        let svc: Service = r.one("Service");
+        let svc_ns = svc.metadata.namespace.clone().expect("namespace");
+        let svc_name = svc.metadata.name.clone().expect("name");
+        let webhook_port = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some("webhook"))
+            .expect("a webhook port")
+            .port;
+        let service = format!("{svc_ns}/{svc_name}");
+
+        let render_hooks =
+            |extra: &[&str]| -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
+                let mut args = vec![
+                    "manifest",
+                    "webhook",
+                    "--service",
+                    &service,
+                    "--config",
+                    &config_file,
+                ];
+                args.extend(extra);
+                let out = jobwarden(&args);
+                assert!(
+                    out.status.success(),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = String::from_utf8(out.stdout).expect("utf-8");
+                let docs = docs_of(&what, &text);
+                assert_eq!(docs.len(), 2, "{what}: two documents");
+                (typed(&what, &docs[0]), typed(&what, &docs[1]))
+            };
+        let check_client = |c: &WebhookClientConfig, path: &str| {
+            let s = c.service.as_ref().expect("a service reference");
+            assert_eq!(
+                (
+                    s.namespace.as_str(),
+                    s.name.as_str(),
+                    s.port,
+                    s.path.as_deref()
+                ),
+                (
+                    svc_ns.as_str(),
+                    svc_name.as_str(),
+                    Some(webhook_port),
+                    Some(path)
+                ),
+                "{what}"
+            );
+            assert!(c.url.is_none());
+        };
+        let check_common = |rules: &Option<Vec<RuleWithOperations>>,
+                            selector: &Option<LabelSelector>,
+                            versions: &[String],
+                            timeout: Option<i32>| {
+            let [rule] = rules.as_deref().expect("rules") else {
+                panic!("{what}: one rule");
+            };
+            assert_eq!(rule.api_groups, Some(vec!["batch".to_owned()]));
+            assert_eq!(rule.api_versions, Some(vec!["v1".to_owned()]));
+            assert_eq!(rule.operations, Some(vec!["CREATE".to_owned()]));
+            assert_eq!(
+                rule.resources,
+                Some(vec!["jobs".to_owned(), "cronjobs".to_owned()])
+            );
+            assert_eq!(versions, ["v1"]);
+            assert_eq!(timeout, Some(2));
+            let exprs = selector
+                .clone()
+                .and_then(|s| s.match_expressions)
+                .expect("namespaceSelector");
+            let by_op: BTreeMap<String, Vec<String>> = exprs
+                .into_iter()
+                .map(|e| {
+                    assert_eq!(e.key, "kubernetes.io/metadata.name");
+                    (e.operator, e.values.unwrap_or_default())
+                })
+                .collect();
+            assert_eq!(
+                by_op["NotIn"], config.kubernetes.protected_namespaces,
+                "{what}"
+            );
+            assert_eq!(
+                by_op.get("In").cloned().unwrap_or_default(),
+                config.kubernetes.namespaces,
+                "{what}: the watched namespaces, if listed"
+            );
+        };
+
+        let (m, v) = render_hooks(&["--ca-file", &ca]);
+        let pem = std::fs::read(&pair.ca).expect("CA");
+        let [mw] = m.webhooks.as_deref().expect("webhooks") else {
+            panic!("{what}: one mutating webhook");
+        };
+        let [vw] = v.webhooks.as_deref().expect("webhooks") else {
+            panic!("{what}: one validating webhook");
+        };
+        check_client(&mw.client_config, "/admission/mutate");
+        check_client(&vw.client_config, "/admission/validate");
+        assert_eq!(
+            mw.client_config.ca_bundle.as_ref().map(|b| &b.0),
+            Some(&pem)
+        );
+        assert_eq!(
+            vw.client_config.ca_bundle.as_ref().map(|b| &b.0),
+            Some(&pem)
+        );
+        check_common(
+            &mw.rules,
+            &mw.namespace_selector,
+            &mw.admission_review_versions,
+            mw.timeout_seconds,
+        );
+        check_common(
+            &vw.rules,
+            &vw.namespace_selector,
+            &vw.admission_review_versions,
+            vw.timeout_seconds,
+        );
+        assert_eq!(mw.failure_policy.as_deref(), Some("Ignore"));
+        assert_eq!(vw.failure_policy.as_deref(), Some("Ignore"));
+        assert_eq!(mw.side_effects, "None");
+        // The validating webhook writes an audit row per denial, never on a dry run.
+        assert_eq!(vw.side_effects, "NoneOnDryRun");
+
+        let (m, v) = render_hooks(&["--ca-file", &ca, "--fail-closed"]);
+        assert_eq!(
+            m.webhooks.expect("webhooks")[0].failure_policy.as_deref(),
+            Some("Fail")
+        );
+        assert_eq!(
+            v.webhooks.expect("webhooks")[0].failure_policy.as_deref(),
+            Some("Fail")
+        );
+
+        // JSON: a v1 List of the same two objects.
+        let out = jobwarden(&[
+            "manifest",
+            "webhook",
+            "--service",
+            &service,
+            "--config",
+            &config_file,
+            "--ca-file",
+            &ca,
+            "-o",
+            "json",
+        ]);
+        assert!(out.status.success());
+        let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(
+            (list["apiVersion"].as_str(), list["kind"].as_str()),
+            (Some("v1"), Some("List"))
+        );
+        let (m, v) = render_hooks(&["--ca-file", &ca]);
+        assert_eq!(list["items"][0], serde_json::to_value(&m).expect("json"));
+        assert_eq!(list["items"][1], serde_json::to_value(&v).expect("json"));
+
+        // cert-manager: the Certificate is for the Service and fills the mounted Secret.
+        let cert: Certificate = r.one("Certificate");
+        let issuer: Issuer = r.one("Issuer");
+        assert_eq!(
+            cert.spec.issuer_ref.name,
+            issuer.metadata.name.clone().expect("name")
+        );
+        assert_eq!(cert.metadata.namespace.as_deref(), Some(svc_ns.as_str()));
+        assert!(
+            cert.spec
+                .dns_names
+                .contains(&format!("{svc_name}.{svc_ns}.svc")),
+            "{what}: {:?}",
+            cert.spec.dns_names
+        );
+        let d: Deployment = r.one("Deployment");
+        let mounted: Vec<String> = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.volumes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.secret.and_then(|s| s.secret_name))
+            .collect();
+        assert!(
+            mounted.contains(&cert.spec.secret_name),
+            "{what}: {mounted:?}"
+        );
+        let inject = format!("{svc_ns}/{}", cert.metadata.name.clone().expect("name"));
+        let (m, v) = render_hooks(&["--inject-ca-from", &inject]);
+        for (meta, client) in [
+            (
+                &m.metadata,
+                &m.webhooks.as_ref().expect("webhooks")[0].client_config,
+            ),
+            (
+                &v.metadata,
+                &v.webhooks.as_ref().expect("webhooks")[0].client_config,
+            ),
+        ] {
+            let a = meta.annotations.clone().unwrap_or_default();
+            assert_eq!(
+                a.get("cert-manager.io/inject-ca-from"),
+                Some(&inject),
+                "{what}"
+            );
+            assert!(client.ca_bundle.is_none(), "the CA injector fills it");
+        }
+    }
+    // Bad flags: exit 2, the flag named, nothing printed.
+    for (args, want) in [
+        (
+            vec!["--service", "jobwarden", "--ca-file", "/nonexistent"],
+            "--service \"jobwarden\"",
+        ),
+        (
+            vec!["--url", "http://jw:8443", "--ca-file", "/nonexistent"],
+            "--url \"http://jw:8443\"",
+        ),
+        (
+            vec![
+                "--service",
+                "jobwarden/jobwarden",
+                "--ca-file",
+                "/nonexistent/ca.crt",
+            ],
+            "--ca-file /nonexistent/ca.crt: cannot read",
+        ),
+        (vec!["--service", "jobwarden/jobwarden"], "--ca-file"),
+        (vec!["--ca-file", "/nonexistent/ca.crt"], "--url"),
+    ] {
+        let mut all = vec!["manifest", "webhook"];
+        all.extend(args.iter().copied());
+        let out = jobwarden(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
 }

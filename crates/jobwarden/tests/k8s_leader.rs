@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jobwarden::config::Config;
-use jobwarden::kubernetes::actions::{API_CALLS, Actions, Grant, classify};
 use jobwarden::kubernetes::controller;
 use jobwarden::kubernetes::leader::{self, Elector, LeaseSettings, Role};
 use jobwarden::kubernetes::observe::Scope;
 use jobwarden::kubernetes::reconcile::Reconciler;
 use jobwarden::model::{Timestamp, add};
+use jobwarden::runtime::kubernetes::actions::{API_CALLS, Actions, Grant, classify};
 use jobwarden::store::Store;
 use k8s_support::fake::Fake;
 use k8s_support::*;

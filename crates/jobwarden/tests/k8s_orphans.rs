@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobwarden::config::Config;
-use jobwarden::kubernetes::actions::{API_CALLS, classify};
 use jobwarden::kubernetes::config::{KubernetesConfig, OrphanMinAge};
 use jobwarden::kubernetes::observe::Scope;
 use jobwarden::kubernetes::orphans::{
@@ -20,6 +19,7 @@ use jobwarden::kubernetes::orphans::{
 };
 use jobwarden::model::{AuditAction, Timestamp};
 use jobwarden::ratelimit::RateLimiter;
+use jobwarden::runtime::kubernetes::actions::{API_CALLS, classify};
 use jobwarden::store::{AuditQuery, Store};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_support::*;

@@ -8,10 +8,10 @@ mod k8s_support;
 use std::time::Duration;
 
 use jobwarden::config::Config;
-use jobwarden::kubernetes::actions::Actions;
 use jobwarden::kubernetes::observe::Scope;
 use jobwarden::kubernetes::reconcile::{Reconciled, Reconciler};
 use jobwarden::model::{AuditAction, JobId, Outcome, Stage, Step, Timestamp};
+use jobwarden::runtime::kubernetes::actions::Actions;
 use jobwarden::store::{AuditQuery, Store};
 use k8s_support::*;
 use serde_json::{Value, json};

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use jobwarden::config::Config;
 use jobwarden::duration::Dur;
-use jobwarden::kubernetes::actions::{Actions, Outcome};
 use jobwarden::kubernetes::observe::{Ignored, Scope, job_template, observe_job, to_record};
 use jobwarden::kubernetes::reconcile::{Reconciled, Reconciler};
 use jobwarden::model::{AuditAction, AuditEntry, JobId, JobRecord, Outcome as JobOutcome, Stage};
 use jobwarden::model::{Timestamp, fmt_ts};
+use jobwarden::runtime::kubernetes::actions::{Actions, Outcome};
 use jobwarden::store::{AuditQuery, Store};
 use k8s_support::fake::{Fake, k8s_time};
 use k8s_support::wiring::*;

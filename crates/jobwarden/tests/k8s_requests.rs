@@ -8,9 +8,10 @@ mod k8s_support;
 
 use std::time::Duration;
 
-use jobwarden::kubernetes::actions::{Outcome, Report};
 use jobwarden::kubernetes::observe::Ignored;
 use jobwarden::model::{AuditAction, Timestamp};
+use jobwarden::runtime::kubernetes::actions::{Outcome, Report};
+use jobwarden::runtime::kubernetes::requests::CancelRequest;
 use k8s_support::wiring::against;
 use k8s_support::*;
 use serde_json::{Value, json};
@@ -706,4 +707,102 @@ async fn the_ttl_cleanup_of_labelled_objects_fails_closed_and_dry_run_sends_noth
     .await;
     assert!(seen.is_empty());
     assert_eq!(r.outcome, Outcome::Done);
+}
+
+#[tokio::test]
+async fn a_cancel_request_patches_the_job_it_read_and_reads_again_on_a_conflict() {
+    let id = jobwarden::model::JobId::parse("j-42").expect("id");
+    let mut newer = job_json();
+    newer["metadata"]["resourceVersion"] = "4712".into();
+    let ((asked, rows), seen) = against(
+        vec![
+            (200, job_json()),
+            (409, status(409, "Conflict", "the object has been modified")),
+            (200, newer.clone()),
+            (200, newer),
+        ],
+        // A request, not a decision: sent in dry-run too.
+        true,
+        |a| async move { a.request_cancel("flowforge", "build-42", &id, now()).await },
+    )
+    .await;
+    assert_eq!(asked, CancelRequest::Requested);
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    let path = "/apis/batch/v1/namespaces/flowforge/jobs/build-42";
+    assert_eq!(
+        lines,
+        [
+            format!("GET {path}"),
+            format!("PATCH {path}?fieldManager=jobwarden"),
+            format!("GET {path}"),
+            format!("PATCH {path}?fieldManager=jobwarden"),
+        ]
+    );
+    let want = |rv: &str| {
+        json!({"metadata": {"resourceVersion": rv,
+            "annotations": {"flowforge.io/cancel-requested": "2026-11-28T11:00:01.250Z"}}})
+    };
+    assert_eq!(seen[1].body, want("4711"));
+    assert_eq!(
+        seen[3].body,
+        want("4712"),
+        "the second PATCH carries what was read again"
+    );
+    // One row per PATCH, the user's, the conflict failed.
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.action == AuditAction::Cancel && r.initiated_by == "user" && !r.dry_run)
+    );
+    assert_eq!((rows[0].success, rows[1].success), (false, true));
+}
+
+#[tokio::test]
+async fn a_cancel_request_never_patches_another_jobs_job_nor_asks_twice() {
+    let id = jobwarden::model::JobId::parse("j-42").expect("id");
+    // The name now holds another job's Job: read, left alone.
+    let mut other = job_json();
+    other["metadata"]["labels"]["job-id"] = "j-7".into();
+    let ((asked, rows), seen) = against(vec![(200, other)], false, |a| {
+        let id = id.clone();
+        async move { a.request_cancel("flowforge", "build-42", &id, now()).await }
+    })
+    .await;
+    assert_eq!((asked, rows.len(), seen.len()), (CancelRequest::Gone, 0, 1));
+    // Asked already: the first request's time stays; one row says so.
+    let mut asked_before = job_json();
+    asked_before["metadata"]["annotations"]["flowforge.io/cancel-requested"] =
+        "2026-11-28T10:59:00Z".into();
+    let ((asked, rows), seen) = against(vec![(200, asked_before)], false, |a| async move {
+        a.request_cancel("flowforge", "build-42", &id, now()).await
+    })
+    .await;
+    assert_eq!((asked, seen.len()), (CancelRequest::Requested, 1));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].details.as_ref().expect("details")["alreadyRequested"],
+        "2026-11-28T10:59:00Z"
+    );
+    // Gone: 404 on the read; forbidden: refused, nothing patched.
+    for (code, want) in [
+        (404, CancelRequest::Gone),
+        (
+            403,
+            CancelRequest::Refused("jobs \"build-42\" is forbidden".into()),
+        ),
+    ] {
+        let id = jobwarden::model::JobId::parse("j-42").expect("id");
+        let ((asked, _), seen) = against(
+            vec![(code, status(code, "x", "jobs \"build-42\" is forbidden"))],
+            false,
+            |a| async move { a.request_cancel("flowforge", "build-42", &id, now()).await },
+        )
+        .await;
+        assert_eq!(seen.len(), 1, "{code}");
+        assert_eq!(
+            std::mem::discriminant(&asked),
+            std::mem::discriminant(&want),
+            "{code}: {asked:?}"
+        );
+    }
 }

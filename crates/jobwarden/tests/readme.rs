@@ -6,6 +6,10 @@
 //!   exactly as written, in a temporary directory, with `--listen 127.0.0.1:0` added; the other
 //!   local commands run against it (`JOBWARDEN_SERVER`) and must exit 0; `demo` runs and takes
 //!   about as long as the README says; `manifest job` runs offline and prints a Job;
+//!   `manifest webhook` runs offline and prints the two admissionregistration.k8s.io/v1
+//!   configurations;
+//! - `openssl …` (the admission webhook's certificate) runs as written in the sandbox, so the
+//!   files the commands after it name exist;
 //!   a `run` that needs a cluster or another server is parsed by the CLI's own clap
 //!   definition.
 //! - A block that sets `jw=target/release/jobwarden` runs as one `sh -e` script, with that path
@@ -215,6 +219,7 @@ fn every_readme_command_runs() {
     let mut sandbox = Sandbox::new();
     let mut checked = 0;
     let mut ran_demo = false;
+    let mut assigned: Vec<String> = Vec::new();
     for (lang, body, line) in blocks(&md) {
         if lang != "sh" {
             continue;
@@ -236,6 +241,21 @@ fn every_readme_command_runs() {
         }
         for command in commands(&body) {
             checked += 1;
+            // `VAR=$(command)`: the command inside is what is checked; later commands get a
+            // job id for `$VAR`.
+            let command = match command.split_once("=$(") {
+                Some((var, inner))
+                    if !var.is_empty()
+                        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && inner.ends_with(')') =>
+                {
+                    assigned.push(format!("${var}"));
+                    inner[..inner.len() - 1].to_owned()
+                }
+                _ => assigned.iter().fold(command, |c, v| {
+                    c.replace(v.as_str(), "01jexample0000000000000000")
+                }),
+            };
             let command = match command
                 .strip_prefix("cargo run --release --bin jobwarden -- ")
                 .or_else(|| command.strip_prefix("$jw "))
@@ -246,7 +266,9 @@ fn every_readme_command_runs() {
             if command.starts_with("jw=") {
                 continue;
             }
-            if command == "bash scripts/test.sh" {
+            if command.starts_with("openssl ") {
+                sandbox.ok(&command, line);
+            } else if command == "bash scripts/test.sh" {
                 let ci = std::fs::read_to_string(repo_root().join(".ci/run")).expect(".ci/run");
                 assert!(
                     ci.lines().any(|l| l.trim() == command),
@@ -308,6 +330,24 @@ fn every_readme_command_runs() {
                     );
                     assert!(out.contains("audit log ("), "{out}");
                     ran_demo = true;
+                } else if sub == "manifest" && args.split_whitespace().nth(1) == Some("webhook") {
+                    let out = sandbox.ok(&jobwarden, line);
+                    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out)
+                        .unwrap_or_else(|e| panic!("README.md:{line}: not YAML ({e}):\n{out}"));
+                    let [mutating, validating] = docs.as_slice() else {
+                        panic!("README.md:{line}: not two configurations:\n{out}");
+                    };
+                    use k8s_openapi::api::admissionregistration::v1 as ar;
+                    let m: ar::MutatingWebhookConfiguration =
+                        serde_json::from_value(mutating.clone()).unwrap_or_else(|e| {
+                            panic!("README.md:{line}: not a MutatingWebhookConfiguration ({e})")
+                        });
+                    let v: ar::ValidatingWebhookConfiguration =
+                        serde_json::from_value(validating.clone()).unwrap_or_else(|e| {
+                            panic!("README.md:{line}: not a ValidatingWebhookConfiguration ({e})")
+                        });
+                    assert!(m.webhooks.is_some_and(|w| w.len() == 1), "README.md:{line}");
+                    assert!(v.webhooks.is_some_and(|w| w.len() == 1), "README.md:{line}");
                 } else if sub == "manifest" {
                     // Paths in the README are relative to the repository.
                     let root = format!("{}/deploy/", repo_root().display());

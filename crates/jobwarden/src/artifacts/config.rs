@@ -159,9 +159,9 @@ impl ArtifactsConfig {
             }
         }
         if let Some(endpoint) = &self.endpoint
-            && let Err(problem) = check_endpoint(endpoint, self.allow_http)
+            && let Err(e) = check_endpoint(endpoint, self.allow_http)
         {
-            errors.push(ConfigError::new("artifacts.endpoint", problem));
+            errors.push(e);
         }
         if let Some(region) = &self.region
             && (region.is_empty()
@@ -290,32 +290,38 @@ pub fn parse_url(input: &str) -> Result<StoreUrl, ConfigError> {
     }
 }
 
-fn check_endpoint(endpoint: &str, allow_http: Option<bool>) -> Result<(), String> {
-    let url = url::Url::parse(endpoint).map_err(|e| {
-        format!("{endpoint:?} is not a URL ({e}); use e.g. \"https://minio.example:9000\"")
-    })?;
+/// The endpoint as `artifacts.endpoint` must be, or the error naming the key.
+fn check_endpoint(endpoint: &str, allow_http: Option<bool>) -> Result<(), ConfigError> {
+    let bad = |problem: String| Err(ConfigError::new("artifacts.endpoint", problem));
+    let url = match url::Url::parse(endpoint) {
+        Ok(u) => u,
+        Err(e) => {
+            return bad(format!(
+                "{endpoint:?} is not a URL ({e}); use e.g. \"https://minio.example:9000\""
+            ));
+        }
+    };
     match url.scheme() {
-        "https" => {}
-        "http" if allow_http == Some(false) => {
-            return Err(format!(
+        "https" | "http" if allow_http != Some(false) || url.scheme() == "https" => {}
+        "http" => {
+            return bad(format!(
                 "{endpoint:?} is plain http but artifacts.allow_http = false; use https or set allow_http = true"
             ));
         }
-        "http" => {}
         other => {
-            return Err(format!(
+            return bad(format!(
                 "{endpoint:?}: scheme {other:?} is not http or https"
             ));
         }
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{endpoint:?} names no host"));
+        return bad(format!("{endpoint:?} names no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials do not belong in the endpoint URL".to_owned());
+        return bad("credentials do not belong in the endpoint URL".to_owned());
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{endpoint:?}: a query or fragment is not allowed"));
+        return bad(format!("{endpoint:?}: a query or fragment is not allowed"));
     }
     Ok(())
 }

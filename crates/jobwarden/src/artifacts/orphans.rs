@@ -2,7 +2,7 @@
 //! (pure), and deleting one after re-checking it.
 //!
 //! **Definition.** An *orphan prefix* is a job prefix (`jobs/<org>/<id>`, `partial/<id>`,
-//! `logs/<id>`, see [`keys`](super::keys)) whose job id the job store has no record of at all —
+//! `logs/<id>`, see [`super::keys`]) whose job id the job store has no record of at all —
 //! a job in any stage, including `cleaned`, is known, and its objects follow retention instead —
 //! and whose **newest** object is at least `min_age` old (`[orphans] artifact_min_age`, 7 days by
 //! default). One young object keeps the whole prefix. Keys that do not fit the layout are

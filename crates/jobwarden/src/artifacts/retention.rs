@@ -153,34 +153,19 @@ mod tests {
 
     fn job(id: &str, stage: Stage, finished_at: Option<Timestamp>) -> JobRecord {
         JobRecord {
-            id: JobId::parse(id).expect("id"),
-            run_id: "run-1".into(),
-            attempt: 0,
-            runtime: RuntimeKind::Local,
-            namespace: None,
-            name: id.into(),
             org: Some("acme".into()),
-            job_type: None,
             stage,
-            outcome: None,
-            reason: None,
-            created_at: ts(1_000),
             started_at: Some(ts(1_000)),
             finished_at,
             timeout: Duration::from_secs(3600),
             grace: Duration::from_secs(30),
-            ttl: None,
-            deadline: None,
-            steps: Vec::new(),
-            heartbeat_timeout: None,
-            last_heartbeat: None,
-            recovery_attempts: 0,
-            pid: None,
-            pid_start_ticks: None,
-            exit_code: None,
-            signal: None,
-            spec: serde_json::Value::Null,
-            dry_run: false,
+            ..JobRecord::new(
+                JobId::parse(id).expect("id"),
+                "run-1",
+                RuntimeKind::Local,
+                id,
+                ts(1_000),
+            )
         }
     }
 

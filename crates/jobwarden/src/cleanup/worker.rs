@@ -140,6 +140,8 @@ pub async fn run(shared: Arc<Context>, name: String, mut shutdown: watch::Receiv
                     }
                 }
                 Err(err) => {
+                    // The task's `last_error` and the audit row keep the error's words.
+                    let err = err.to_string();
                     shared.metrics.error("cleanup");
                     let audit = vec![failure_audit(&shared, &task, &err, now)];
                     match shared
@@ -245,12 +247,15 @@ fn failure_audit(shared: &Context, task: &Task, err: &str, now: Timestamp) -> Au
     }
 }
 
-async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
+async fn execute(shared: &Context, task: &Task) -> crate::Result<Done> {
     let job_id = task
         .job_id
         .as_deref()
-        .ok_or_else(|| format!("task {} has no job id", task.id))
-        .and_then(|s| JobId::parse(s).map_err(|e| e.to_string()))?;
+        .ok_or_else(|| crate::Error::invalid(format!("task {}", task.id), "it has no job id"))
+        .and_then(|s| {
+            JobId::parse(s)
+                .map_err(|e| crate::Error::invalid(format!("task {}", task.id), e.to_string()))
+        })?;
     let now = clock::now();
     let audit =
         |action: AuditAction, resource_type: &str, path: String, reason: String, bytes: u64| {
@@ -276,13 +281,12 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
                 .get("run_id")
                 .and_then(|v| v.as_str())
                 .unwrap_or("");
-            let job = shared
-                .store
-                .get_job(&job_id)
-                .await
-                .map_err(|e| e.to_string())?;
+            let job = shared.store.get_job(&job_id).await?;
             let Some(mut job) = job else {
-                return Err(format!("job {job_id} is not in the store"));
+                return Err(crate::Error::invalid(
+                    format!("job {job_id}"),
+                    "it is not in the store",
+                ));
             };
             let (path, rtype) = if task.kind == "workspace" {
                 (shared.layout.workspace(&job_id), "workspace")
@@ -329,15 +333,11 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
             } else {
                 remove_file(&path)
             }
-            .map_err(|e| format!("removing {}: {e}", path.display()))?;
+            .map_err(|e| crate::Error::file(&path, e))?;
             if task.kind == "workspace" && job.stage == Stage::Cleanup {
                 // Before the completion: a crash in between re-runs an idempotent removal.
                 job.stage = Stage::Cleaned;
-                shared
-                    .store
-                    .update_job(&job)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                shared.store.update_job(&job).await?;
                 shared.metrics.job_cleaned();
             }
             Ok(Done {
@@ -366,7 +366,7 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
                     .and_then(|name| local.job_id(name, meta.file_type()))
                     .is_some_and(|id| id == job_id),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(e) => return Err(format!("checking {}: {e}", path.display())),
+                Err(e) => return Err(crate::Error::file(&path, e)),
             };
             if !ours {
                 return Ok(Done {
@@ -383,11 +383,7 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
             }
             // Re-check at execution time: the job may have appeared since the scan. A store
             // error fails the task (retried later), never deletes.
-            let known = shared
-                .store
-                .known_job_ids(&[job_id.to_string()])
-                .await
-                .map_err(|e| format!("checking job {job_id}: {e}"))?;
+            let known = shared.store.known_job_ids(&[job_id.to_string()]).await?;
             if known.contains(job_id.as_str()) {
                 return Ok(Done {
                     audit: vec![audit(
@@ -416,7 +412,7 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
             } else {
                 remove_file(&path)
             }
-            .map_err(|e| format!("removing {}: {e}", path.display()))?;
+            .map_err(|e| crate::Error::file(&path, e))?;
             Ok(Done {
                 audit: vec![audit(
                     AuditAction::OrphanCleanup,
@@ -429,14 +425,12 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
         }
         "artifact_prefix" => {
             let planned: crate::artifacts::retention::RetentionTask =
-                serde_json::from_value(task.payload.clone())
-                    .map_err(|e| format!("task {}: bad payload: {e}", task.id))?;
-            let job = shared
-                .store
-                .get_job(&job_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("job {job_id} is not in the store"))?;
+                serde_json::from_value(task.payload.clone()).map_err(|e| {
+                    crate::Error::invalid(format!("task {} payload", task.id), e.to_string())
+                })?;
+            let job = shared.store.get_job(&job_id).await?.ok_or_else(|| {
+                crate::Error::invalid(format!("job {job_id}"), "it is not in the store")
+            })?;
             let mut a = audit(
                 AuditAction::TtlCleanup,
                 "object_prefix",
@@ -464,8 +458,7 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
                 crate::artifacts::DEFAULT_PAGE_SIZE,
                 shared.dry_run,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             a.reason = format!(
                 "{} retention expired; {} {} objects ({} bytes)",
                 planned.kind.root(),
@@ -498,8 +491,9 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
         }
         "orphan_prefix" => {
             let orphan: crate::artifacts::orphans::OrphanPrefix =
-                serde_json::from_value(task.payload.clone())
-                    .map_err(|e| format!("task {}: bad payload: {e}", task.id))?;
+                serde_json::from_value(task.payload.clone()).map_err(|e| {
+                    crate::Error::invalid(format!("task {} payload", task.id), e.to_string())
+                })?;
             if !shared.dry_run {
                 shared.deletions.take().await;
             }
@@ -512,8 +506,7 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
                 crate::artifacts::DEFAULT_PAGE_SIZE,
                 shared.dry_run,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             let mut a = audit(
                 AuditAction::OrphanCleanup,
                 "object_prefix",
@@ -550,6 +543,9 @@ async fn execute(shared: &Context, task: &Task) -> Result<Done, String> {
             }
             Ok(Done { audit: vec![a] })
         }
-        other => Err(format!("unknown task kind {other:?}")),
+        other => Err(crate::Error::invalid(
+            format!("task {}", task.id),
+            format!("unknown task kind {other:?}"),
+        )),
     }
 }

@@ -89,11 +89,27 @@ impl ApiState {
 #[async_trait::async_trait]
 impl Backend for ApiState {
     async fn submit(&self, req: SubmitRequest) -> Result<JobRecord, ApiError> {
+        // A Job's settings: accepted by a Kubernetes-mode daemon only. Refused rather than
+        // ignored, so a job meant for a cluster never runs as a local process.
+        for (field, set) in [
+            ("image", req.image.is_some()),
+            ("namespace", req.namespace.is_some()),
+        ] {
+            if set {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "field `{field}`: this daemon runs local processes; `{field}` is for a daemon started with `run --runtime kubernetes`"
+                    ),
+                ));
+            }
+        }
         self.ask(|tx| Command::Submit(req, tx)).await
     }
 
-    async fn cancel(&self, id: JobId) -> Result<JobRecord, ApiError> {
-        self.ask(|tx| Command::Cancel(id, tx)).await
+    async fn cancel(&self, id: JobId) -> Result<(StatusCode, JobRecord), ApiError> {
+        let job = self.ask(|tx| Command::Cancel(id, tx)).await?;
+        Ok((StatusCode::OK, job))
     }
 
     async fn heartbeat(&self, id: JobId) -> Result<(), ApiError> {
@@ -109,7 +125,10 @@ impl Backend for ApiState {
     async fn clean_orphans(&self) -> Result<serde_json::Value, ApiError> {
         match crate::daemon::orphans::clean(&self.shared, &self.runtime, clock::now()).await {
             Ok(r) => Ok(serde_json::to_value(r).unwrap_or_default()),
-            Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("queueing orphan cleanup: {e}"),
+            )),
         }
     }
 }

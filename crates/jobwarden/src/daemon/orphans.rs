@@ -4,7 +4,7 @@
 //! Fails closed: if the directory listing or the store query fails, nothing is reported as
 //! an orphan this pass. Only what the local runtime could have created is ever a candidate
 //! (and so ever deleted): a workspace is a real directory (not a symlink) named by an id
-//! jobwarden generates ([`JobId::is_generated`], the 26-character lowercase ULID `submit`
+//! jobwarden generates ([`crate::model::JobId::is_generated`], the 26-character lowercase ULID `submit`
 //! prints), a log is a regular file `<such an id>.log`, and an object prefix's id has that form
 //! too ([`StoreKnown`] answers every other id as known). Dot-files, `not-a-job`, symlinks and
 //! anything else an administrator put there are never touched. Deletion goes through the
@@ -127,6 +127,7 @@ pub async fn scan(
                         name: c.name.clone(),
                         bytes: tree_size(Path::new(&c.name)),
                         age_seconds: since(now, c.created_at).as_secs(),
+                        why: None,
                     });
                     found.push((kind.to_owned(), c));
                 }
@@ -165,6 +166,7 @@ pub async fn scan_all(
             ),
             bytes: p.bytes,
             age_seconds: since(now, p.newest_modified).as_secs(),
+            why: None,
         });
     }
     (report, found, prefixes)
@@ -175,7 +177,7 @@ pub async fn clean(
     shared: &Shared,
     runtime: &LocalRuntime,
     now: Timestamp,
-) -> Result<OrphanReport, String> {
+) -> Result<OrphanReport, crate::store::Error> {
     let (mut report, found, prefixes) = scan_all(shared, runtime, now).await;
     let mut tasks: Vec<NewTask> = found
         .iter()
@@ -201,11 +203,7 @@ pub async fn clean(
         max_attempts: shared.config.queue.max_attempts,
     }));
     if !tasks.is_empty() {
-        let res = shared
-            .store
-            .enqueue_many(&tasks, now)
-            .await
-            .map_err(|e| format!("queueing orphan cleanup: {e}"))?;
+        let res = shared.store.enqueue_many(&tasks, now).await?;
         report.queued = res.iter().filter(|r| !r.duplicate).count();
         shared.cleanup.kick.notify_waiters();
     }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, RecoveryConfig, RetentionConfig};
+use super::policy::{RecoveryConfig, RetentionConfig};
 use crate::engine::ladder;
 use crate::engine::recovery::{self, Diagnosis, RecoveryLimits, Verdict};
 use crate::engine::retention::{self, Expiry};
@@ -26,22 +26,6 @@ pub struct Policy {
     pub limits: RecoveryLimits,
     /// Where local jobs' files are (the local daemon's; None elsewhere).
     pub layout: Option<super::plan::Layout>,
-}
-
-impl Policy {
-    /// From the whole config.
-    pub fn from_config(c: &Config) -> Self {
-        Policy {
-            warn_before: c.policy.warn_before.offsets(),
-            retention: c.retention.clone(),
-            recovery: c.recovery.clone(),
-            limits: RecoveryLimits {
-                startup_timeout: c.policy.startup_timeout.0,
-                crash_loop_restarts: 5,
-            },
-            layout: None,
-        }
-    }
 }
 
 /// What to do with a job now.
@@ -158,7 +142,7 @@ mod tests {
     use crate::model::Outcome;
 
     fn policy() -> Policy {
-        Policy::from_config(&Config::default())
+        Policy::from_config(&crate::config::Config::default())
     }
 
     #[test]

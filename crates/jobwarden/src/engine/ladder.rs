@@ -95,34 +95,18 @@ pub(crate) mod tests {
     /// A running job started at t(0) with timeout 100 s and grace 10 s.
     pub(crate) fn running() -> JobRecord {
         JobRecord {
-            id: JobId::parse("job-1").expect("id"),
-            run_id: "run-1".into(),
-            attempt: 0,
-            runtime: RuntimeKind::Local,
-            namespace: None,
-            name: "job-1".into(),
-            org: None,
-            job_type: None,
             stage: Stage::Running,
-            outcome: None,
-            reason: None,
-            created_at: t(0),
             started_at: Some(t(0)),
-            finished_at: None,
             timeout: Duration::from_secs(100),
             grace: Duration::from_secs(10),
-            ttl: None,
             deadline: Some(t(100)),
-            steps: vec![],
-            heartbeat_timeout: None,
-            last_heartbeat: None,
-            recovery_attempts: 0,
-            pid: None,
-            pid_start_ticks: None,
-            exit_code: None,
-            signal: None,
-            spec: serde_json::Value::Null,
-            dry_run: false,
+            ..JobRecord::new(
+                JobId::parse("job-1").expect("id"),
+                "run-1",
+                RuntimeKind::Local,
+                "job-1",
+                t(0),
+            )
         }
     }
 

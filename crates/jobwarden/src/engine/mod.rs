@@ -7,10 +7,12 @@
 //!
 //! - [`ladder`]: warn → soft_kill → hard_kill → force_delete around the deadline.
 //! - [`lifecycle`]: stages and the events hooks fire on.
+//! - [`policy`]: the timeout hierarchy (job > type > global, capped) and the settings it
+//!   resolves from; annotations read into settings.
 //! - [`retention`]: TTL after finish per outcome and per artifact type.
 //! - [`recovery`]: startup timeout and dead jobs (heartbeats, diagnosis, backoff).
 //! - [`orphans`]: the fail-closed set difference.
-//! - [`decide`]: the one entry point that combines them for a job.
+//! - [`decide`](mod@decide): the one entry point that combines them for a job.
 //! - [`plan`]: the decision worked out completely for the executor: texts, audit rows, stage
 //!   moves, hooks, cleanup tasks.
 
@@ -19,6 +21,7 @@ pub mod ladder;
 pub mod lifecycle;
 pub mod orphans;
 pub mod plan;
+pub mod policy;
 pub mod recovery;
 pub mod retention;
 

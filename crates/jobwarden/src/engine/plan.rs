@@ -202,6 +202,11 @@ impl Layout {
 /// `JobRecord.spec` key of a mark_failed decided for the run (written by the executor).
 pub const MARKED_FAILED: &str = "marked_failed";
 
+/// `JobRecord.spec` key: when a cancel of the run was requested (RFC 3339), by a runtime
+/// that takes it asynchronously (Kubernetes: the `<prefix>cancel-requested` annotation any
+/// replica's API sets, read by the leader). [`plan`] answers it with the soft kill.
+pub const CANCEL_REQUESTED: &str = "cancel_requested";
+
 /// The deadline of a run that started at `started`: the one formula.
 pub fn deadline(started: Timestamp, timeout: Duration) -> Timestamp {
     add(started, timeout)
@@ -216,6 +221,20 @@ pub fn plan(
     now: Timestamp,
     dry_run: bool,
 ) -> Plan {
+    let requested = job
+        .spec
+        .get(CANCEL_REQUESTED)
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<Timestamp>().ok());
+    if let Some(at) = requested
+        && let Some(step) = cancel_plan(job, at.min(now), now, dry_run)
+    {
+        // The rest of the ladder counts from it: the next plan decides the hard kill.
+        return Plan {
+            work: Work::Step(step),
+            wake: None,
+        };
+    }
     let (decision, wake) = decide(job, diagnosis, policy, now);
     let work = match decision {
         Decision::Nothing => Work::Nothing,
@@ -254,11 +273,16 @@ pub fn plan(
     Plan { work, wake }
 }
 
-/// A cancel: the soft kill now (the rest of the ladder counts from it). None when the job
-/// is not active or was soft-killed already.
-pub fn cancel_plan(job: &JobRecord, now: Timestamp, dry_run: bool) -> Option<StepPlan> {
+/// A cancel requested at `requested_at`: the soft kill, taken at `now` (the rest of the
+/// ladder counts from it). None when the job is not active or was soft-killed already.
+pub fn cancel_plan(
+    job: &JobRecord,
+    requested_at: Timestamp,
+    now: Timestamp,
+    dry_run: bool,
+) -> Option<StepPlan> {
     (job.stage.is_active() && !job.has_step(Step::SoftKill))
-        .then(|| step_plan(job, Step::SoftKill, now, now, "cancelled", dry_run))
+        .then(|| step_plan(job, Step::SoftKill, requested_at, now, "cancelled", dry_run))
 }
 
 /// Failing `job` for `reason`.
@@ -493,7 +517,8 @@ pub fn settle(
     })
 }
 
-/// Why a step is taken, in the words of the job's runtime.
+/// Why a step is taken, in the words of the job's runtime: `why` is `timeout` (the deadline
+/// passed) or `cancelled` (a user asked; a soft kill only).
 pub fn step_reason(job: &JobRecord, step: Step, now: Timestamp, why: &str) -> String {
     let deadline = job.deadline.map(fmt_ts).unwrap_or_default();
     let timeout = format_duration(job.timeout);
@@ -502,18 +527,24 @@ pub fn step_reason(job: &JobRecord, step: Step, now: Timestamp, why: &str) -> St
         (_, Step::Warn) => {
             crate::duration::deadline_note(job.deadline.unwrap_or(now), now, job.timeout)
         }
-        (RuntimeKind::Local, Step::SoftKill) => format!(
+        (RuntimeKind::Local, Step::SoftKill) if why == "timeout" => format!(
             "{why}: deadline {deadline} reached; SIGTERM to the process group, grace {grace}"
         ),
+        (RuntimeKind::Local, Step::SoftKill) => {
+            format!("{why}: SIGTERM to the process group, grace {grace}")
+        }
         (RuntimeKind::Local, Step::HardKill) => {
             format!("still running {grace} after SIGTERM; SIGKILL to the process group")
         }
         (RuntimeKind::Local, Step::ForceDelete) => {
             "still present after SIGKILL; removing the workspace and marking the job".into()
         }
-        (RuntimeKind::Kubernetes, Step::SoftKill) => format!(
+        (RuntimeKind::Kubernetes, Step::SoftKill) if why == "timeout" => format!(
             "timeout {timeout} reached at {deadline}: the Job's activeDeadlineSeconds ends it, grace {grace}"
         ),
+        (RuntimeKind::Kubernetes, Step::SoftKill) => {
+            format!("{why}: the Job's activeDeadlineSeconds ends it, grace {grace}")
+        }
         (RuntimeKind::Kubernetes, Step::HardKill) => {
             "grace period over: remaining pods deleted with grace 0".to_owned()
         }
@@ -613,11 +644,52 @@ mod tests {
     #[test]
     fn a_cancel_is_a_soft_kill_now_once() {
         let j = running();
-        let s = cancel_plan(&j, t(30), false).expect("a soft kill");
+        let s = cancel_plan(&j, t(30), t(30), false).expect("a soft kill");
         assert_eq!((s.step(), s.taken.due_at), (Step::SoftKill, t(30)));
         assert!(s.reason.starts_with("cancelled"), "{}", s.reason);
         let after = s.apply(&j);
-        assert_eq!(cancel_plan(&after, t(31), false), None);
+        assert_eq!(cancel_plan(&after, t(31), t(31), false), None);
+    }
+
+    #[test]
+    fn a_requested_cancel_is_planned_as_the_soft_kill_then_the_ladder_counts_from_it() {
+        let mut j = running();
+        take(&mut j, Step::Warn, 0, 0);
+        // Requested at t(30) (deadline t(100)), seen at t(31).
+        j.spec[CANCEL_REQUESTED] = serde_json::json!(fmt_ts(t(30)));
+        let Work::Step(s) = plan(&j, &Diagnosis::Healthy, &policy(), t(31), false).work else {
+            panic!("a step");
+        };
+        assert_eq!(
+            (s.step(), s.taken.due_at, s.taken.at),
+            (Step::SoftKill, t(30), t(31))
+        );
+        assert!(s.reason.starts_with("cancelled"), "{}", s.reason);
+        // Once: then the hard kill a grace period (10 s) after the soft kill, not at D + G.
+        let after = s.apply(&j);
+        let p = plan(&after, &Diagnosis::Healthy, &policy(), t(32), false);
+        assert_eq!(p.work, Work::Nothing);
+        assert_eq!(p.wake, Some(t(41)));
+        // A request dated later than `now` (clock skew between replicas) is taken now.
+        j.spec[CANCEL_REQUESTED] = serde_json::json!(fmt_ts(t(50)));
+        let Work::Step(s) = plan(&j, &Diagnosis::Healthy, &policy(), t(40), false).work else {
+            panic!("a step");
+        };
+        assert_eq!(s.taken.due_at, t(40));
+        // Nothing for a job that is no longer active, or a value that is not a time.
+        let mut done = j.clone();
+        done.stage = Stage::Completed;
+        done.outcome = Some(Outcome::Succeeded);
+        done.finished_at = Some(t(35));
+        assert!(!matches!(
+            plan(&done, &Diagnosis::Healthy, &policy(), t(40), false).work,
+            Work::Step(_)
+        ));
+        j.spec[CANCEL_REQUESTED] = serde_json::json!("soon");
+        assert_eq!(
+            plan(&j, &Diagnosis::Healthy, &policy(), t(40), false).work,
+            Work::Nothing
+        );
     }
 
     #[test]

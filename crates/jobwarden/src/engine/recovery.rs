@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::config::RecoveryConfig;
+use super::policy::RecoveryConfig;
 use crate::model::{JobRecord, Stage, Timestamp, add};
 
 /// What the runtime observed about a job that looks stuck or dead.

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use crate::config::RetentionConfig;
+use super::policy::RetentionConfig;
 use crate::model::{JobRecord, Outcome, Timestamp, add};
 
 /// The TTL that applies to a finished job.

@@ -33,7 +33,7 @@ use crate::engine::plan::{
 use crate::hooks::HookRunner;
 use crate::metrics::Metrics;
 use crate::model::{AuditEntry, JobRecord, Stage, Step, StepTaken, Timestamp, add, fmt_ts, since};
-use crate::runtime::{ActOutcome, Runtime};
+use crate::runtime::{ActOutcome, Acted, Runtime};
 use crate::store::{NewTask, StepWrite, Store};
 
 #[cfg(test)]
@@ -281,9 +281,8 @@ impl<R: Runtime> Executor<R> {
         let started = std::time::Instant::now();
         let acted = self.runtime.step(target, job, plan, now).await;
         let step = plan.step();
-        if let Some(at) = self.retry_at(job, step.as_str(), &acted.outcome, now) {
-            self.append_audit(&acted.audit).await?;
-            return Ok(Carried::Retry(at));
+        if let Some(retry) = self.retried(job, step.as_str(), &acted, now).await? {
+            return Ok(retry);
         }
         let mut write = !acted.audit.is_empty();
         if job.spec.get(ACTING).is_some() {
@@ -301,24 +300,11 @@ impl<R: Runtime> Executor<R> {
             s.at = s.at.max(now);
             write = true;
         }
-        let mut hooks = plan.hooks.clone();
-        hooks.extend(acted.hooks.iter().cloned());
-        if let Some((outcome, reason)) = acted.settled.clone() {
-            match plan::settle(job, outcome, (None, None), reason, now) {
-                Ok(h) => hooks.push(h),
-                Err(e) => tracing::warn!("{e}"),
-            }
-            write = true;
-        }
-        if write {
-            self.store.update_job_with_audit(job, &acted.audit).await?;
-            self.metrics.audit_written(acted.audit.len() as u64);
-        }
         let late = (now - plan.taken.due_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
         self.metrics
             .step_taken(step, late.max(0.0) + started.elapsed().as_secs_f64());
-        self.fire(job, &hooks, now);
-        Ok(Carried::Done)
+        self.finish(job, &acted, plan.hooks.clone(), write, now)
+            .await
     }
 
     // ----- TTL cleanup -----
@@ -333,9 +319,8 @@ impl<R: Runtime> Executor<R> {
         now: Timestamp,
     ) -> Result<Carried> {
         let acted = self.runtime.cleanup(target, job, plan, now).await;
-        if let Some(at) = self.retry_at(job, "ttl_delete", &acted.outcome, now) {
-            self.append_audit(&acted.audit).await?;
-            return Ok(Carried::Retry(at));
+        if let Some(retry) = self.retried(job, "ttl_delete", &acted, now).await? {
+            return Ok(retry);
         }
         let before = job.stage;
         let moved = job.stage != Stage::Cleanup;
@@ -424,9 +409,8 @@ impl<R: Runtime> Executor<R> {
             self.store.update_job(job).await?;
         }
         let acted = self.runtime.mark_failed(target, job, plan, now).await;
-        if let Some(at) = self.retry_at(job, "mark_failed", &acted.outcome, now) {
-            self.append_audit(&acted.audit).await?;
-            return Ok(Carried::Retry(at));
+        if let Some(retry) = self.retried(job, "mark_failed", &acted, now).await? {
+            return Ok(retry);
         }
         Marker {
             attempt: 0,
@@ -436,23 +420,14 @@ impl<R: Runtime> Executor<R> {
         }
         .set(job, MARKED_FAILED);
         let mut hooks = Vec::new();
-        if ending {
+        // A run the act settled fires its outcome's hook instead.
+        if ending && acted.settled.is_none() {
             hooks.push(HookEvent {
                 event: "terminating",
                 reason: Some(reason),
             });
         }
-        if let Some((outcome, why)) = acted.settled.clone() {
-            hooks.clear();
-            match plan::settle(job, outcome, (None, None), why, now) {
-                Ok(h) => hooks.push(h),
-                Err(e) => tracing::warn!("{e}"),
-            }
-        }
-        self.store.update_job_with_audit(job, &acted.audit).await?;
-        self.metrics.audit_written(acted.audit.len() as u64);
-        self.fire(job, &hooks, now);
-        Ok(Carried::Done)
+        self.finish(job, &acted, hooks, true, now).await
     }
 
     /// Recovers a dead job: recorded first (the attempt counted, the `recovering` marker, the
@@ -498,9 +473,8 @@ impl<R: Runtime> Executor<R> {
         };
         let run = job.run_id.clone();
         let acted = self.runtime.recover(target, job, &plan, now).await;
-        if let Some(at) = self.retry_at(job, "recover", &acted.outcome, now) {
-            self.append_audit(&acted.audit).await?;
-            return Ok(Carried::Retry(at));
+        if let Some(retry) = self.retried(job, "recover", &acted, now).await? {
+            return Ok(retry);
         }
         if job.run_id == run {
             Marker {
@@ -516,20 +490,37 @@ impl<R: Runtime> Executor<R> {
                 set_spec(job, key, None);
             }
         }
-        let mut hooks = acted.hooks.clone();
+        self.finish(job, &acted, Vec::new(), true, now).await
+    }
+
+    // ----- shared -----
+
+    /// Finishes an act that went through: the run settled if the act ended it, the record
+    /// and the act's rows written (when `write`, or the run settled), then `hooks`, the act's
+    /// own and the settled outcome's fired.
+    async fn finish(
+        &self,
+        job: &mut JobRecord,
+        acted: &Acted,
+        mut hooks: Vec<HookEvent>,
+        mut write: bool,
+        now: Timestamp,
+    ) -> Result<Carried> {
+        hooks.extend(acted.hooks.iter().cloned());
         if let Some((outcome, why)) = acted.settled.clone() {
             match plan::settle(job, outcome, (None, None), why, now) {
                 Ok(h) => hooks.push(h),
                 Err(e) => tracing::warn!("{e}"),
             }
+            write = true;
         }
-        self.store.update_job_with_audit(job, &acted.audit).await?;
-        self.metrics.audit_written(acted.audit.len() as u64);
+        if write {
+            self.store.update_job_with_audit(job, &acted.audit).await?;
+            self.metrics.audit_written(acted.audit.len() as u64);
+        }
         self.fire(job, &hooks, now);
         Ok(Carried::Done)
     }
-
-    // ----- shared -----
 
     /// Fires `hooks` for `job` (each in a task of its own).
     pub fn fire(&self, job: &JobRecord, hooks: &[HookEvent], now: Timestamp) {
@@ -552,6 +543,21 @@ impl<R: Runtime> Executor<R> {
     /// failures for the backoff, forgotten once the act succeeds. A runtime whose acts are
     /// not retried (local signals) never waits: its failures are audited and the ladder goes
     /// on.
+    /// When the act is to be tried again: its rows written, and when.
+    async fn retried(
+        &self,
+        job: &JobRecord,
+        act: &'static str,
+        acted: &Acted,
+        now: Timestamp,
+    ) -> Result<Option<Carried>> {
+        let Some(at) = self.retry_at(job, act, &acted.outcome, now) else {
+            return Ok(None);
+        };
+        self.append_audit(&acted.audit).await?;
+        Ok(Some(Carried::Retry(at)))
+    }
+
     fn retry_at(
         &self,
         job: &JobRecord,

@@ -416,7 +416,7 @@ async fn dry_run_records_and_audits_but_moves_no_stage() {
     // A cancel in dry-run is decided the same way.
     let mut j2 = running();
     j2.id = crate::model::JobId::parse("job-2").expect("id");
-    let c = cancel_plan(&j2, t(5), true).expect("cancel");
+    let c = cancel_plan(&j2, t(5), t(5), true).expect("cancel");
     assert!(c.dry_run && c.row.dry_run && c.stage_after.is_none());
 }
 

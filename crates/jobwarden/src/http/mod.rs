@@ -73,8 +73,10 @@ impl IntoResponse for ApiError {
 pub trait Backend: ReadState {
     /// Starts a job (201 with it).
     async fn submit(&self, req: SubmitRequest) -> Result<JobRecord, ApiError>;
-    /// Starts the ladder now: the soft kill, then the normal grace.
-    async fn cancel(&self, id: JobId) -> Result<JobRecord, ApiError>;
+    /// Starts the ladder now: the soft kill, then the normal grace. 200 with the job once the
+    /// soft kill is recorded; 202 when it was requested of another part (the Kubernetes
+    /// leader) and is not recorded yet.
+    async fn cancel(&self, id: JobId) -> Result<(StatusCode, JobRecord), ApiError>;
     /// A heartbeat from the job (204); never moves a deadline.
     async fn heartbeat(&self, id: JobId) -> Result<(), ApiError>;
     /// What is orphaned now, and why.
@@ -173,7 +175,7 @@ async fn cancel<B: Backend>(
         Err(r) => return r,
     };
     match b.cancel(id).await {
-        Ok(job) => axum::Json(view(b.policy(), &job)).into_response(),
+        Ok((status, job)) => (status, axum::Json(view(b.policy(), &job))).into_response(),
         Err(e) => e.into_response(),
     }
 }

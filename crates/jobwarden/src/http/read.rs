@@ -191,13 +191,13 @@ pub async fn audit<S: ReadState>(
 }
 
 /// `since` is a duration back from now (`1h`) or an RFC 3339 time.
-pub(crate) fn parse_since(s: &str) -> Result<crate::model::Timestamp, String> {
+pub(crate) fn parse_since(s: &str) -> crate::Result<crate::model::Timestamp> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
     crate::duration::parse_duration(s)
         .map(|d| sub(clock::now(), d))
-        .map_err(|e| format!("{e}; or an RFC 3339 time"))
+        .map_err(|e| crate::Error::invalid(format!("{s:?}"), format!("{e}; or an RFC 3339 time")))
 }
 
 /// `GET /v1/plan`: what the engine would do now for each stored job, and the next steps.

@@ -45,7 +45,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Body
 }
 
 /// A submit request that breaks a rule beyond its types: which field, and what is wrong.
-/// The API answers 400 `field `<field>`: <problem>`; `jobwarden submit` names the flag
+/// The API answers 400 naming the field and the problem; `jobwarden submit` names the flag
 /// ([`SubmitError::flag`]) and exits 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field `{field}`: {problem}")]
@@ -57,7 +57,8 @@ pub struct SubmitError {
 }
 
 impl SubmitError {
-    fn new(field: &'static str, problem: impl Into<String>) -> Self {
+    /// `field` is wrong: `problem`.
+    pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
         SubmitError {
             field,
             problem: problem.into(),
@@ -75,6 +76,8 @@ impl SubmitError {
             "grace" => "--grace",
             "ttl" => "--ttl",
             "heartbeat_timeout" => "--heartbeat-timeout",
+            "image" => "--image",
+            "namespace" => "--namespace",
             _ => "the command after `--`",
         }
     }
@@ -131,6 +134,14 @@ pub fn validate_submit(req: &SubmitRequest) -> Result<(), SubmitError> {
         return Err(SubmitError::new(
             "heartbeat_timeout",
             "must be greater than 0",
+        ));
+    }
+    if let Some(image) = &req.image
+        && (image.trim().is_empty() || image.chars().any(char::is_whitespace))
+    {
+        return Err(SubmitError::new(
+            "image",
+            "must be an image reference without spaces",
         ));
     }
     Ok(())

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::cli::JobFlags;
 use crate::config::Config;
-use crate::duration::Dur;
 use crate::model::{JobId, Timestamp};
 
 use super::manifest::{JobRequest, render_job, to_json_value, to_yaml};
@@ -16,6 +16,42 @@ pub enum ManifestCmd {
     /// Print a FlowForge batch/v1 Job whose timeout, grace, deadline and TTL agree with the
     /// policy, with jobwarden-init as its entrypoint.
     Job(JobArgs),
+    /// Print the MutatingWebhookConfiguration and ValidatingWebhookConfiguration that send
+    /// Job and CronJob creations to jobwarden's admission webhook (`[admission]`).
+    Webhook(WebhookArgs),
+}
+
+/// `manifest webhook`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("endpoint").required(true).args(["url", "service"])))]
+#[command(group(clap::ArgGroup::new("ca").required(true).args(["ca_file", "inject_ca_from"])))]
+pub struct WebhookArgs {
+    /// jobwarden's webhook as an https:// URL (the paths /admission/mutate and
+    /// /admission/validate are appended).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// jobwarden's webhook as a Service, NAMESPACE/NAME[:PORT] (port 443 by default), e.g.
+    /// jobwarden/jobwarden for deploy/.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// The PEM CA that signed the webhook's certificate (becomes caBundle).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Let cert-manager's CA injector fill caBundle from this Certificate,
+    /// NAMESPACE/CERTIFICATE (deploy/components/cert-manager).
+    #[arg(long)]
+    pub inject_ca_from: Option<String>,
+    /// failurePolicy: Fail (no Job is created while jobwarden cannot answer) instead of
+    /// Ignore.
+    #[arg(long)]
+    pub fail_closed: bool,
+    /// The TOML config whose [kubernetes] namespaces and protected_namespaces the
+    /// namespaceSelector follows [default: built-in defaults].
+    #[arg(long, env = "JOBWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
+    pub output: Format,
 }
 
 /// Output format.
@@ -30,54 +66,81 @@ pub enum Format {
 /// `manifest job`.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
-    /// Timeout (capped by the organisation maximum and the hard maximum of the config).
-    #[arg(long)]
-    pub timeout: Dur,
-    /// Organisation.
-    #[arg(long)]
-    pub org: String,
-    /// Container image; it must contain jobwarden-init at `[kubernetes] init_path`.
-    #[arg(long)]
-    pub image: String,
-    /// Grace period between SIGTERM and SIGKILL [default: the type's or global grace].
-    #[arg(long)]
-    pub grace: Option<Dur>,
-    /// Keep the finished Job this long [default: the retention for its outcome].
-    #[arg(long)]
-    pub ttl: Option<Dur>,
-    /// Job type.
-    #[arg(long = "type")]
-    pub job_type: Option<String>,
-    /// Job name [default: flowforge-<job id>].
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Namespace [default: kubectl's current one].
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub job: JobFlags,
     /// Job id (the job-id label) [default: a fresh one].
     #[arg(long)]
     pub job_id: Option<String>,
     /// The TOML config whose policy applies [default: built-in defaults].
     #[arg(long, env = "JOBWARDEN_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Judge the job dead after this long without a heartbeat; jobwarden-init then sends
-    /// heartbeats to --heartbeat-server [default: no heartbeat check].
-    #[arg(long)]
-    pub heartbeat_timeout: Option<Dur>,
-    /// jobwarden's API as the Job's pods reach it (the Service in deploy/).
-    #[arg(long, requires = "heartbeat_timeout", default_value = super::manifest::DEFAULT_HEARTBEAT_SERVER)]
-    pub heartbeat_server: String,
+    /// jobwarden's API as the Job's pods reach it, for --heartbeat-timeout
+    /// [default: the config's `[kubernetes] api_url`].
+    #[arg(long, requires = "heartbeat_timeout")]
+    pub heartbeat_server: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     pub output: Format,
-    /// The job's command and its arguments.
-    #[arg(last = true, required = true, num_args = 1..)]
-    pub command: Vec<String>,
 }
 
 /// Runs `manifest …`: the text for stdout, or (exit code, message).
 pub fn manifest(cmd: ManifestCmd, now: Timestamp) -> Result<String, (u8, String)> {
-    let ManifestCmd::Job(a) = cmd;
+    match cmd {
+        ManifestCmd::Job(a) => manifest_job(a, now),
+        ManifestCmd::Webhook(a) => manifest_webhook(a),
+    }
+}
+
+/// `manifest webhook`: both configurations, as two YAML documents or a JSON `v1` List.
+fn manifest_webhook(a: WebhookArgs) -> Result<String, (u8, String)> {
+    use super::admission::webhook;
+    let config = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| (2, e.to_string()))?,
+        None => Config::default(),
+    };
+    let usage = |e: webhook::WebhookError| (2, e.to_string());
+    let endpoint = match (&a.url, &a.service) {
+        (Some(url), _) => webhook::parse_url(url).map_err(usage)?,
+        (None, Some(service)) => webhook::parse_service(service).map_err(usage)?,
+        (None, None) => return Err((2, "give --url or --service".to_owned())),
+    };
+    let ca = match (&a.ca_file, &a.inject_ca_from) {
+        (Some(file), _) => webhook::read_ca(file).map_err(usage)?,
+        (None, Some(cert)) => webhook::parse_inject(cert).map_err(usage)?,
+        (None, None) => return Err((2, "give --ca-file or --inject-ca-from".to_owned())),
+    };
+    let req = webhook::WebhookRequest {
+        endpoint,
+        ca,
+        fail_closed: a.fail_closed,
+    };
+    let (mutating, validating) = webhook::render(&req, &config.kubernetes);
+    let values = [
+        serde_json::to_value(&mutating).map_err(|e| (1, e.to_string()))?,
+        serde_json::to_value(&validating).map_err(|e| (1, e.to_string()))?,
+    ];
+    match a.output {
+        Format::Yaml => {
+            let mut out = String::new();
+            for v in &values {
+                out.push_str("---\n");
+                out.push_str(
+                    &serde_saphyr::to_string(v)
+                        .map_err(|e| (1, format!("cannot render YAML: {e}")))?,
+                );
+            }
+            Ok(out)
+        }
+        Format::Json => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": values});
+            serde_json::to_string_pretty(&list)
+                .map(|s| s + "\n")
+                .map_err(|e| (1, e.to_string()))
+        }
+    }
+}
+
+fn manifest_job(a: JobArgs, now: Timestamp) -> Result<String, (u8, String)> {
     let config = match &a.config {
         Some(p) => Config::load(p).map_err(|e| (2, e.to_string()))?,
         None => Config::default(),
@@ -86,31 +149,23 @@ pub fn manifest(cmd: ManifestCmd, now: Timestamp) -> Result<String, (u8, String)
         Some(s) => JobId::parse(s).map_err(|e| (2, format!("--job-id: {e}")))?,
         None => JobId::generate(now),
     };
-    let req = JobRequest {
-        job_id,
-        timeout: a.timeout.0,
-        grace: a.grace.map(|d| d.0),
-        ttl: a.ttl.map(|d| d.0),
-        org: a.org,
-        job_type: a.job_type,
-        name: a.name,
-        namespace: a.namespace,
-        image: a.image,
-        command: a.command,
-        heartbeat: a
-            .heartbeat_timeout
-            .map(|t| super::manifest::HeartbeatRequest {
-                timeout: t.0,
-                server: a.heartbeat_server,
-            }),
-    };
+    let server = a
+        .heartbeat_server
+        .unwrap_or_else(|| config.kubernetes.api_url.clone());
+    let submitted = a.job.request();
+    crate::http::submit::validate_submit(&submitted)
+        .map_err(|e| (2, format!("{}: {}", e.flag(), e.problem)))?;
+    let req = JobRequest::from_submit(submitted, job_id, &server);
     let rendered = render_job(&req, &config).map_err(|e| (2, e.to_string()))?;
     match a.output {
-        Format::Yaml => to_yaml(&rendered.job).map_err(|e| (1, e)),
+        Format::Yaml => to_yaml(&rendered.job).map_err(|e| (1, e.to_string())),
         Format::Json => to_json_value(&rendered.job)
-            .and_then(|v| serde_json::to_string_pretty(&v).map_err(|e| e.to_string()))
+            .and_then(|v| {
+                serde_json::to_string_pretty(&v)
+                    .map_err(|e| crate::Error::invalid("the Job as JSON", e.to_string()))
+            })
             .map(|s| s + "\n")
-            .map_err(|e| (1, e)),
+            .map_err(|e| (1, e.to_string())),
     }
 }
 
@@ -216,11 +271,12 @@ pub async fn run(
         },
     )
     .map_err(|f| (f.code, f.message))?;
-    let (listen, token, store_url, artifacts_url) = (
+    let (listen, token, store_url, artifacts_url, admission_plan) = (
         checked.listen,
         checked.token,
         checked.store_url,
         checked.artifacts_url,
+        checked.admission,
     );
     // The cluster first: without one, nothing is opened or created (no empty store file).
     let client = kube::Client::try_default().await.map_err(|e| {
@@ -255,7 +311,8 @@ pub async fn run(
             .as_deref(),
     );
     let scope = super::observe::Scope::new(&config.kubernetes, &config.annotations.prefix);
-    let actions = super::actions::Actions::new(client.clone(), scope, opts.dry_run, &instance);
+    let actions =
+        crate::runtime::kubernetes::Actions::new(client.clone(), scope, opts.dry_run, &instance);
     let label = config.kubernetes.job_id_label.clone();
     // One budget of destructive calls for TTL deletes and orphan deletes together.
     let limiter = Arc::new(crate::ratelimit::RateLimiter::per_minute(
@@ -269,11 +326,21 @@ pub async fn run(
     )
     .with_limiter(limiter.clone());
     let cleanup_config = config.clone();
+    let admission_config = config.clone();
+    let admission_store = store.clone();
     let api_config = config.clone();
+    let api_actions = actions.clone();
     let reconciler =
         super::reconcile::Reconciler::new(config, store.clone(), actions).with_limiter(limiter);
     let events = reconciler.events();
-    let api = super::api::ApiState::new(store.clone(), &api_config, token, events.clone());
+    let api = super::api::ApiState::new(
+        store.clone(),
+        api_config,
+        api_actions,
+        orphans.clone(),
+        token,
+        events.clone(),
+    );
     let hooks_idle = reconciler.hooks_idle();
     let ready = Arc::new(AtomicBool::new(false));
     // Every replica watches; only the leader acts (dry-run acts without a Lease).
@@ -285,6 +352,30 @@ pub async fn run(
         .await
         .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The admission webhook before anything else runs: a port taken or a certificate gone
+    // since the preflight stops `run` with nothing started.
+    let admission = match &admission_plan {
+        Some(plan) => Some(
+            super::admission::start(
+                plan,
+                &admission_config,
+                admission_store,
+                reconciler.metrics(),
+                opts.dry_run,
+                stop_rx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let admission_note = match (&admission, &admission_plan) {
+        (Some(running), Some(plan)) => format!(
+            "; admission webhook ({}) on https://{}",
+            plan.mode.as_str(),
+            running.addr
+        ),
+        _ => String::new(),
+    };
     // The reclaimed figures of /metrics, from the store (every replica: they share it).
     let refresher = tokio::spawn(crate::reclaimed::refresh_metrics(
         store.clone(),
@@ -358,7 +449,7 @@ pub async fn run(
         )
     };
     eprintln!(
-        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; {cleanup}; API and health on http://{listen} (config: {source})",
+        "jobwarden (kubernetes{}) watching Jobs labelled {label}; {election}; {cleanup}; API and health on http://{listen}{admission_note} (config: {source})",
         if opts.dry_run { ", dry-run" } else { "" }
     );
     // Shutdown order: the controller stops acting first, then the elector releases the Lease.
@@ -405,5 +496,8 @@ pub async fn run(
         let _ = elector.await;
     }
     let _ = http.await;
+    if let Some(admission) = admission {
+        admission.join().await;
+    }
     Ok(())
 }

@@ -50,6 +50,10 @@ pub struct KubernetesConfig {
     /// Path of jobwarden-init inside job images (`jobwarden manifest job` uses it as the
     /// entrypoint).
     pub init_path: String,
+    /// jobwarden's job API as jobs' pods reach it (the Service of `deploy/base`): where
+    /// jobwarden-init sends the heartbeats of Jobs submitted with a heartbeat timeout
+    /// (`POST /v1/jobs`, and `manifest job` without `--heartbeat-server`).
+    pub api_url: String,
 }
 
 impl Default for KubernetesConfig {
@@ -70,6 +74,7 @@ impl Default for KubernetesConfig {
             orphan_min_age: OrphanMinAge::default(),
             destructive_calls_per_minute: 120,
             init_path: "/usr/local/bin/jobwarden-init".to_owned(),
+            api_url: super::manifest::DEFAULT_HEARTBEAT_SERVER.to_owned(),
         }
     }
 }
@@ -151,6 +156,12 @@ impl KubernetesConfig {
                     format!("{ns:?} is not a namespace name: {problem}"),
                 );
             }
+        }
+        if !super::manifest::is_http_url(&self.api_url) {
+            return bad(
+                "api_url",
+                format!("{:?} is not an http:// or https:// URL", self.api_url),
+            );
         }
         if let Some(ns) = &self.lease_namespace
             && let Some(problem) = dns_label_problem(ns)

@@ -35,9 +35,9 @@ use tokio::sync::watch;
 
 use crate::model::{Timestamp, add, fmt_ts, since};
 
-use super::actions::CallResult;
 use super::config::KubernetesConfig;
 use super::{to_chrono, to_jiff};
+use crate::runtime::kubernetes::calls::CallResult;
 
 /// Where a pod's service account token mounts its namespace.
 pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =

@@ -1,15 +1,12 @@
-//! The Kubernetes runtime: batch/v1 Jobs carrying the job-id label, policed through kube-rs.
+//! The Kubernetes controller: batch/v1 Jobs carrying the job-id label, policed through kube-rs.
 //!
 //! - [`config`]: the `[kubernetes]` section (namespaces, label, lease, orphan ages, limits).
 //! - [`observe`]: pure mapping of a Job and its Pods to the engine's job record and diagnosis.
 //!   No I/O; which Jobs are ours (the job-id label, no protected namespace) is decided here.
-//! - [`actions`]: the API calls that carry out a step (patches, deletes: `deletes.rs`) and the
-//!   audit rows they produce; [`events`]: the Events they post.
-//! - [`calls`]: the one list of calls the code makes, [`calls::API_CALLS`], which the RBAC test
-//!   checks `deploy/` against, and how an answer is read.
 //! - [`manifest`]: renders a FlowForge Job whose fields agree with the policy.
 //! - [`reconcile`]: one Job through observe → store → plan → executor.
-//! - [`runtime`]: the [`crate::runtime::Runtime`] the executor drives, over [`actions`].
+//! - The API calls that carry the plans out are the Kubernetes runtime,
+//!   [`crate::runtime::kubernetes`] (actions, calls, events).
 //! - [`cleanup`]: the cleanup workers that delete a TTL-deleted Job's artifacts and logs in
 //!   object storage (the local runtime's durable queue).
 //! - [`orphans`]: labelled Pods, PVCs, Secrets and ConfigMaps whose Job is gone (pure
@@ -18,28 +15,26 @@
 //! - [`watch`]: the reflectors, cluster-wide or one per watched namespace, as one cache.
 //! - [`controller`]: the watch loop (Job and Pod reflectors, the deadline scheduler), acting
 //!   only while [`leader`] says this replica leads.
-//! - [`api`]: the job API in this mode (the shared read routes, heartbeats; 501 for the
-//!   routes that only make sense for local processes).
-//! - [`cli`]: `jobwarden manifest job` and `jobwarden run --runtime kubernetes`.
+//! - [`api`]: the job API in this mode (the shared routes over Jobs: submit creates one,
+//!   cancel requests the soft kill, orphans run a pass).
+//! - [`admission`]: the mutating and validating admission webhooks (`[admission]`): every Job
+//!   in scope is born with its policy.
+//! - [`cli`]: `jobwarden manifest job|webhook` and `jobwarden run --runtime kubernetes`.
 //!
 //! Times from the API server are `jiff` timestamps (k8s-openapi); the engine uses `chrono`.
 //! [`to_chrono`] / [`to_jiff`] convert, never reading the clock.
 
-pub mod actions;
+pub mod admission;
 pub mod api;
-pub mod calls;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod controller;
-mod deletes;
-pub mod events;
 pub mod leader;
 pub mod manifest;
 pub mod observe;
 pub mod orphans;
 pub mod reconcile;
-pub mod runtime;
 pub mod watch;
 
 use crate::model::Timestamp;
@@ -54,6 +49,10 @@ pub const TERMINATION_REASON: &str = "termination-reason";
 pub const TERMINATION_OUTCOME: &str = "termination-outcome";
 /// The annotation on a Job jobwarden re-created from the stored spec: the attempt number.
 pub const RECOVERY_ATTEMPT: &str = "recovery-attempt";
+/// Annotation suffix: an RFC 3339 time at which a cancel of the Job was requested (set by
+/// `POST /v1/jobs/{id}/cancel` on any replica, or by hand with `kubectl annotate`); the
+/// leader answers it with the soft kill.
+pub const CANCEL_REQUESTED: &str = "cancel-requested";
 /// Label the Job controller puts on its pods: the Job's name.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 /// Label the Job controller puts on its pods: the Job's UID.

@@ -28,7 +28,7 @@
 //!   Dry-run takes no token: it sends no DELETE.
 //!
 //! RBAC: list and delete on pods, persistentvolumeclaims, secrets and configmaps
-//! ([`super::calls::API_CALLS`], the roles in `deploy/overlays/`).
+//! ([`crate::runtime::kubernetes::calls::API_CALLS`], the roles in `deploy/overlays/`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -48,10 +48,10 @@ use crate::model::{AuditAction, AuditEntry, JobId, Timestamp, since};
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
-use super::actions::CallResult;
 use super::config::OrphanMinAge;
 use super::observe::{Ignored, Scope};
 use super::to_chrono;
+use crate::runtime::kubernetes::calls::CallResult;
 
 /// Items per LIST page (`limit`); `continue` fetches the rest.
 pub const PAGE_SIZE: u32 = 500;
@@ -365,6 +365,33 @@ pub struct PassReport {
     pub stopped: Option<String>,
 }
 
+impl PassReport {
+    /// The report as `GET /v1/orphans` and `POST /v1/orphans/clean` answer it.
+    pub fn to_api(&self) -> crate::api_types::OrphanReport {
+        let s = &self.selection;
+        crate::api_types::OrphanReport {
+            orphans: s
+                .orphans
+                .iter()
+                .map(|o| crate::api_types::OrphanView {
+                    kind: o.kind.resource_type().to_owned(),
+                    job_id: o.job_id.to_string(),
+                    name: format!("{}/{}", o.namespace, o.name),
+                    bytes: 0,
+                    age_seconds: o.age.as_secs(),
+                    why: Some(o.why.clone()),
+                })
+                .collect(),
+            skipped: s.skipped.iter().cloned().collect(),
+            queued: 0,
+            deleted: self.deleted,
+            deferred: self.deferred,
+            stopped: self.stopped.clone(),
+            warnings: s.warnings.clone(),
+        }
+    }
+}
+
 /// One orphan pass against the API server (see the module docs).
 #[derive(Clone)]
 pub struct OrphanPass {
@@ -432,27 +459,78 @@ impl OrphanPass {
         now: Timestamp,
         mono: Instant,
     ) -> PassReport {
-        let mut listed = vec![self.list::<Pod>(Kind::Pod).await];
-        for kind in [Kind::PersistentVolumeClaim, Kind::Secret, Kind::ConfigMap] {
-            if !self.scope.cleans(kind.resource()) {
+        let listed = self.list_kinds().await;
+        self.select_and_clean(&listed, &live(), self.settings.clean, now, mono)
+            .await
+    }
+
+    /// One pass on request (`GET /v1/orphans`, `POST /v1/orphans/clean` on any replica):
+    /// the same listings, then the Jobs listed too (after the other kinds, as the leader's
+    /// snapshot is taken) instead of read from a reflector; a failed Job listing selects
+    /// nothing (fail closed). `clean`: delete what is selected, within `max_batch` and the
+    /// limiter, whatever `[orphans] clean` says (the request asks for it); otherwise report.
+    pub async fn run_requested(&self, clean: bool, now: Timestamp) -> PassReport {
+        let listed = self.list_kinds().await;
+        let jobs = self.list::<Job>().await;
+        let live = match &jobs {
+            Ok(metas) => {
+                let jobs: Vec<Job> = metas
+                    .iter()
+                    .map(|m| Job {
+                        metadata: m.clone(),
+                        ..Job::default()
+                    })
+                    .collect();
+                LiveJobs::from_jobs(true, &self.scope.job_id_label, &jobs)
+            }
+            Err(_) => LiveJobs::default(),
+        };
+        let mut report = self
+            .select_and_clean(&listed, &live, clean, now, Instant::now())
+            .await;
+        if let Err(e) = jobs {
+            report.selection.skipped = Some(format!("listing the labelled Jobs failed: {e}"));
+        }
+        report
+    }
+
+    /// The labelled objects of each kind the pass looks at: pods always, the others as
+    /// `[kubernetes] clean_kinds` says.
+    async fn list_kinds(&self) -> Vec<Listed> {
+        let mut listed = Vec::new();
+        for kind in Kind::ALL {
+            if kind != Kind::Pod && !self.scope.cleans(kind.resource()) {
                 continue;
             }
-            listed.push(match kind {
-                Kind::PersistentVolumeClaim => self.list::<PersistentVolumeClaim>(kind).await,
-                Kind::Secret => self.list::<Secret>(kind).await,
-                _ => self.list::<ConfigMap>(kind).await,
-            });
+            let items = match kind {
+                Kind::Pod => self.list::<Pod>().await,
+                Kind::PersistentVolumeClaim => self.list::<PersistentVolumeClaim>().await,
+                Kind::Secret => self.list::<Secret>().await,
+                Kind::ConfigMap => self.list::<ConfigMap>().await,
+            };
+            listed.push(Listed { kind, items });
         }
-        let live = live();
+        listed
+    }
+
+    /// Selects among `listed` against `live` and, with `clean`, deletes (see the module docs).
+    async fn select_and_clean(
+        &self,
+        listed: &[Listed],
+        live: &LiveJobs,
+        clean: bool,
+        now: Timestamp,
+        mono: Instant,
+    ) -> PassReport {
         let mut report = PassReport {
             listed: listed
                 .iter()
                 .map(|l| (l.kind, l.items.as_ref().map_or(0, Vec::len)))
                 .collect(),
-            selection: select(&listed, &live, &self.scope, &self.settings.min_age, now),
+            selection: select(listed, live, &self.scope, &self.settings.min_age, now),
             ..PassReport::default()
         };
-        if !self.settings.clean {
+        if !clean {
             report.deferred = report.selection.orphans.len();
             return report;
         }
@@ -498,7 +576,8 @@ impl OrphanPass {
         report
     }
 
-    async fn list<K>(&self, kind: Kind) -> Listed
+    /// Every labelled object of kind `K` (metadata only), or why the listing failed.
+    async fn list<K>(&self) -> Result<Vec<ObjectMeta>, String>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -528,19 +607,11 @@ impl OrphanPass {
                             None => break,
                         }
                     }
-                    Err(e) => {
-                        return Listed {
-                            kind,
-                            items: Err(e.to_string()),
-                        };
-                    }
+                    Err(e) => return Err(e.to_string()),
                 }
             }
         }
-        Listed {
-            kind,
-            items: Ok(items),
-        }
+        Ok(items)
     }
 
     async fn delete(&self, o: &Orphan) -> CallResult {

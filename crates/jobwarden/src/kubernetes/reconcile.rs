@@ -1,21 +1,22 @@
 //! One Job's reconcile: observe it, merge with the store, plan with the engine
 //! ([`crate::engine::plan`]), have the executor ([`crate::executor`]) carry the plan out on
-//! the Kubernetes runtime ([`super::runtime`]), and say when to look again. The watch loop (`controller.rs`) calls it for every changed Job and every
-//! scheduler wake-up; it is safe to call any number of times.
+//! the Kubernetes runtime ([`crate::runtime::kubernetes`]), and say when to look again. The
+//! watch loop (`controller.rs`) calls it for every changed Job and every scheduler wake-up;
+//! it is safe to call any number of times.
 //!
 //! Dead-job recovery and stuck Jobs (the engine's `Recover` / `MarkFailed`): mark_failed ends
 //! the Job through the Job controller and records the reason once per run (a `marked_failed`
 //! marker in `JobRecord.spec`); a recovery attempt is counted and audited first, with a
 //! `recovering` marker, then carried out (delete the dead run's Job, create the stored one),
 //! and finished after a crash from the marker, so one attempt never becomes two. "No pods"
-//! counts only once it lasted the backoff ([`Reconciler::debounce_no_pods`]). A Job that is
+//! counts only once it lasted the backoff (`Reconciler::debounce_no_pods`). A Job that is
 //! gone ([`Reconciler::reconcile_gone`]) is re-created, or its record settled (outcome, stage
 //! `cleanup`, its storage cleanup queued).
 //!
 //! Order of writes: every step is recorded before it is carried out, as in the local runtime.
 //! A warning is recorded, then its Event posted (at most one per run, even across a crash). A
 //! kill step (soft kill, hard kill, force delete) and mark_failed are recorded with a marker
-//! that says they are still to be carried out ([`Acting`], `marked_failed` with `done: false`);
+//! that says they are still to be carried out (`acting`, [`crate::executor::ACTING`]; `marked_failed` with `done: false`);
 //! the calls follow, and the marker goes once they achieved their purpose. A 429/5xx leaves
 //! the marker, and the calls are retried after the `Retry-After`; a crash anywhere in between
 //! leaves it too, and the next reconcile (after a restart, or on the next leader) carries the
@@ -79,9 +80,11 @@ use crate::model::{
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
-use super::actions::Actions;
-use super::observe::{JOB_TEMPLATE, NO_PODS_SINCE, SUPERSEDED, Scope, observe_job, to_record};
-use super::runtime::KubeTarget;
+use super::observe::{
+    JOB_TEMPLATE, NO_PODS_SINCE, SUBMITTED, SUPERSEDED, Scope, observe_job, to_record,
+};
+use crate::runtime::kubernetes::Actions;
+use crate::runtime::kubernetes::KubeTarget;
 
 pub use crate::executor::failed_act_backoff as failed_action_backoff;
 
@@ -200,7 +203,10 @@ impl Reconciler {
         let mut record = to_record(&obs, previous.as_ref(), &self.config.policy, now);
         let (diagnosis, no_pods_wake) = self.debounce_no_pods(&mut record, &obs.diagnosis, now);
         record.dry_run = actions.dry_run();
-        let new_run = previous.as_ref().is_none_or(|p| p.run_id != record.run_id);
+        // New: unseen, or stored only by the API that created it (`POST /v1/jobs`).
+        let new_run = previous
+            .as_ref()
+            .is_none_or(|p| p.run_id != record.run_id || p.spec.get(SUBMITTED).is_some());
         let warnings: Vec<AuditEntry> = if new_run {
             obs.warnings
                 .iter()
@@ -210,10 +216,12 @@ impl Reconciler {
             Vec::new()
         };
         match &previous {
-            None => {
-                self.store().insert_job(&record).await?;
-                self.executor.append_audit(&warnings).await?;
-            }
+            None => match self.store().insert_job(&record).await {
+                Ok(()) => self.executor.append_audit(&warnings).await?,
+                // Stored meanwhile (by the API that created the Job): look again at once.
+                Err(crate::store::Error::JobExists(_)) => return Ok(Reconciled::Wake(Some(now))),
+                Err(e) => return Err(e.into()),
+            },
             Some(p) if *p != record => {
                 self.store()
                     .update_job_with_audit(&record, &warnings)

@@ -422,7 +422,7 @@ impl Runtime for LocalRuntime {
         if plan.step() != Step::SoftKill || plan.dry_run {
             return None;
         }
-        let cancelled = job.deadline.is_some_and(|d| plan.taken.due_at < d);
+        let cancelled = crate::reclaimed::cancelled(job, plan);
         let (otherwise_until, bound) = crate::reclaimed::bound(job, cancelled, None);
         let group = match (job.pid, job.pid_start_ticks) {
             (Some(pid), Some(ticks)) => proc::group_usage(pid, ticks),

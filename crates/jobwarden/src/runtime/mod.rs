@@ -1,5 +1,5 @@
 //! Runtimes carry out what the engine planned, on real jobs: [`local`] on OS process groups
-//! on this machine, [`crate::kubernetes`] on batch/v1 Jobs through the API server. The
+//! on this machine, [`kubernetes`] on batch/v1 Jobs through the API server. The
 //! [`Runtime`] trait is the boundary the executor (`crate::executor`) drives; the engine never
 //! sees it.
 //!
@@ -36,6 +36,7 @@
 //!   is covered by the local daemon re-queueing the tasks of every `cleanup` job when it
 //!   starts (merged by their dedupe keys).
 
+pub mod kubernetes;
 pub mod local;
 pub mod proc;
 

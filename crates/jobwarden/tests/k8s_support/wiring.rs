@@ -8,13 +8,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use jobwarden::config::Config;
-use jobwarden::kubernetes::actions::{API_CALLS, Actions, classify};
 use jobwarden::kubernetes::config::KubernetesConfig;
 use jobwarden::kubernetes::controller;
 use jobwarden::kubernetes::observe::Scope;
 use jobwarden::kubernetes::orphans::OrphanPass;
 use jobwarden::kubernetes::reconcile::Reconciler;
 use jobwarden::model::{AuditAction, AuditEntry, Timestamp, add};
+use jobwarden::runtime::kubernetes::actions::{API_CALLS, Actions, classify};
 use jobwarden::store::{AuditQuery, Store};
 use serde_json::Value;
 

@@ -70,7 +70,7 @@ pub(crate) struct RunResult {
     /// Arrival − the soft_kill step's `at` (ms): store write, kill(2), wake-up; sorted.
     pub(crate) after_step_ms: Vec<f64>,
     /// 30 s poll baseline delays (ms) over the same due times, pooled over
-    /// [`POLL_PHASES`] random phases; sorted.
+    /// [`crate::baseline::POLL_PHASES`] random phases; sorted.
     pub(crate) poll_ms: Vec<f64>,
     /// Daemon context switches (voluntary, involuntary) during the window, all threads.
     pub(crate) window_ctx: Option<(u64, u64)>,

@@ -16,6 +16,7 @@ use crate::api_types::JobView;
 use crate::clock;
 use crate::duration::format_duration;
 use crate::engine::ladder;
+use crate::engine::plan::CANCEL_REQUESTED;
 use crate::engine::retention::{self, ArtifactClass};
 use crate::model::{
     AuditAction, AuditEntry, JobId, JobRecord, RuntimeKind, Stage, Step, StepTaken, Timestamp,
@@ -92,10 +93,10 @@ pub struct ParamError {
     pub problem: String,
 }
 
-fn bad(name: &'static str, problem: impl Into<String>) -> ParamError {
+pub(super) fn bad(name: &'static str, problem: impl ToString) -> ParamError {
     ParamError {
         name,
-        problem: problem.into(),
+        problem: problem.to_string(),
     }
 }
 
@@ -617,8 +618,16 @@ pub async fn show<B: Backend>(
             );
         }
     };
-    let flash = match p.done.as_deref() {
-        Some("cancelled") => Some("Cancelled: SIGTERM now, then the normal ladder."),
+    let flash = match (p.done.as_deref(), rt) {
+        (Some("cancelled"), RuntimeKind::Local) => {
+            Some("Cancelled: SIGTERM now, then the normal ladder.")
+        }
+        (Some("cancelled"), RuntimeKind::Kubernetes) => {
+            Some("Cancelled: the leader took the soft kill; the normal ladder follows.")
+        }
+        (Some("requested"), _) => Some(
+            "Cancel requested: the Job is annotated, and the leader has not recorded the soft kill yet. This page shows it when it does.",
+        ),
         _ => None,
     };
     let main = job_main(&st, &job, &audit, &tasks, flash, now);
@@ -667,7 +676,15 @@ fn job_main<B: Backend>(
             None => html! { "—" },
         }
     };
-    let can_cancel = st.runtime() == RuntimeKind::Local && job.stage.is_active();
+    let rt = st.runtime();
+    let can_cancel = job.stage.is_active();
+    // A Kubernetes cancel the leader has not answered yet (the annotation, as last seen).
+    let requested = job
+        .spec
+        .get(CANCEL_REQUESTED)
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<Timestamp>().ok())
+        .filter(|_| can_cancel && !job.has_step(Step::SoftKill));
     html! {
         @if let Some(f) = flash { p.flash role="status" { (f) } }
         h1 { (job.name) " " span class=(format!("stage stage-{}", job.stage)) { (job.stage) } }
@@ -677,7 +694,14 @@ fn job_main<B: Backend>(
                 (token_field(st, "cancel-token"))
                 button.danger type="submit" { "Cancel this job" }
             }
-            p.note { "Cancel sends SIGTERM now; the grace period and the rest of the ladder follow." }
+            @if rt == RuntimeKind::Local {
+                p.note { "Cancel sends SIGTERM now; the grace period and the rest of the ladder follow." }
+            } @else {
+                p.note { "Cancel annotates the Job " code { "cancel-requested" } "; the leader takes the soft kill, and the grace period and the rest of the ladder follow." }
+            }
+        }
+        @if let Some(at) = requested {
+            p.note #cancel-requested { "Cancel requested " (when(at, now)) "; the leader has not taken the soft kill yet." }
         }
         h2 { "Facts" }
         dl.facts {
@@ -835,6 +859,11 @@ pub async fn cancel<B: Backend>(
         return r;
     }
     match st.cancel(id.clone()).await {
+        // 202: asked of the Kubernetes leader, which has not recorded the soft kill yet.
+        Ok((StatusCode::ACCEPTED, _)) => {
+            tracing::info!(job = %id, at = %fmt_ts(now), "cancel requested from the console");
+            see_other(&format!("/jobs/{id}?done=requested"))
+        }
         Ok(_) => {
             tracing::info!(job = %id, at = %fmt_ts(now), "cancelled from the console");
             see_other(&format!("/jobs/{id}?done=cancelled"))

@@ -22,7 +22,7 @@ use crate::reclaimed::{METHOD, format_bytes};
 use crate::store::{AuditQuery, JobFilter, TaskFilter, TaskState};
 
 use super::super::{Backend, read::parse_since};
-use super::jobs::{ParamError, audit_table, name_param, number_param};
+use super::jobs::{ParamError, audit_table, bad, name_param, number_param};
 use super::{
     Live, Nav, action_form, authorize, error_page, html_response, page, see_other, token_field,
     when,
@@ -53,7 +53,7 @@ fn time_param(name: &'static str, v: Option<&str>) -> Result<Option<Timestamp>, 
     }
     parse_since(v)
         .map(Some)
-        .map_err(|problem| ParamError { name, problem })
+        .map_err(|problem| bad(name, problem))
 }
 
 /// `GET /audit?job=&org=&action=&since=&until=&limit=`: the audit log, newest first.
@@ -72,19 +72,13 @@ pub async fn audit<B: Backend>(
             None => None,
             Some(j) => Some(
                 crate::model::JobId::parse(j)
-                    .map_err(|e| ParamError {
-                        name: "job",
-                        problem: e.to_string(),
-                    })?
+                    .map_err(|e| bad("job", e))?
                     .to_string(),
             ),
         };
         let action = match p.action.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
             None => None,
-            Some(a) => Some(a.parse::<AuditAction>().map_err(|problem| ParamError {
-                name: "action",
-                problem,
-            })?),
+            Some(a) => Some(a.parse::<AuditAction>().map_err(|e| bad("action", e))?),
         };
         Ok::<_, ParamError>(AuditQuery {
             job_id: job,

@@ -30,11 +30,12 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::config::PolicyConfig;
 use crate::engine::lifecycle::stage_after;
 use crate::engine::recovery::Diagnosis;
-use crate::model::{IdError, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, Timestamp, add};
+use crate::model::{IdError, JobId, JobRecord, Outcome, RuntimeKind, Stage, Step, Timestamp};
 use crate::policy::{
     AnnotationKeys, JobSettings, SettingWarning, resolve, settings_from_annotations,
 };
 
+use super::CANCEL_REQUESTED;
 use super::config::KubernetesConfig;
 use super::{
     CONTROLLER_UID_LABEL, JOB_NAME_LABEL, RECOVERY_ATTEMPT, TERMINATED_BY, TERMINATED_BY_VALUE,
@@ -64,6 +65,8 @@ pub struct Scope {
     pub termination_outcome: String,
     /// `<prefix>recovery-attempt`: on a Job jobwarden re-created, which attempt it is.
     pub recovery_attempt: String,
+    /// `<prefix>cancel-requested`: when a cancel of the Job was requested.
+    pub cancel_requested: String,
 }
 
 impl Scope {
@@ -79,6 +82,7 @@ impl Scope {
             termination_reason: format!("{annotation_prefix}{TERMINATION_REASON}"),
             termination_outcome: format!("{annotation_prefix}{TERMINATION_OUTCOME}"),
             recovery_attempt: format!("{annotation_prefix}{RECOVERY_ATTEMPT}"),
+            cancel_requested: format!("{annotation_prefix}{CANCEL_REQUESTED}"),
         }
     }
 
@@ -183,6 +187,8 @@ pub struct ObservedJob {
     pub diagnosis: Diagnosis,
     /// The Job as it can be created again ([`job_template`]).
     pub template: serde_json::Value,
+    /// When a cancel was requested (`<prefix>cancel-requested`), if it was.
+    pub cancel_requested: Option<Timestamp>,
 }
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -207,6 +213,26 @@ pub fn replacement_policy_failed(job: &Job) -> bool {
     })
 }
 
+/// A Job's settings as jobwarden reads them, from its annotations and labels
+/// ([`settings_from_annotations`]) and its `spec.activeDeadlineSeconds` (a job override: the
+/// smaller of it and the timeout annotation wins in [`crate::policy::resolve`]). The one
+/// reading shared by the controller ([`observe_job`]) and admission
+/// ([`super::admission`]), which reads a CronJob's `jobTemplate` the same way. `who` names the
+/// Job in warnings.
+pub fn job_settings(
+    who: &str,
+    annotations: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    active_deadline_seconds: Option<i64>,
+    keys: &AnnotationKeys,
+) -> (JobSettings, Vec<SettingWarning>) {
+    let (mut settings, warnings) = settings_from_annotations(who, annotations, labels, keys);
+    settings.active_deadline = active_deadline_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs);
+    (settings, warnings)
+}
+
 /// Reads a Job and its pods. `pods` may include other Jobs' pods: only those controlled by
 /// this Job's UID are looked at.
 pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob, Ignored> {
@@ -220,13 +246,27 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
     let annotations = meta.annotations.as_ref().unwrap_or(&empty);
     let labels = meta.labels.as_ref().unwrap_or(&empty);
     let who = format!("{id} ({namespace}/{name})");
-    let (mut settings, warnings) =
-        settings_from_annotations(&who, annotations, labels, &scope.keys);
     let spec = job.spec.as_ref();
-    settings.active_deadline = spec
-        .and_then(|s| s.active_deadline_seconds)
-        .and_then(|s| u64::try_from(s).ok())
-        .map(Duration::from_secs);
+    let (settings, mut warnings) = job_settings(
+        &who,
+        annotations,
+        labels,
+        spec.and_then(|s| s.active_deadline_seconds),
+        &scope.keys,
+    );
+    let cancel_requested = annotations.get(&scope.cancel_requested).and_then(|v| {
+        let at = v.parse::<Timestamp>().ok();
+        if at.is_none() {
+            warnings.push(SettingWarning {
+                job: who.clone(),
+                key: scope.cancel_requested.clone(),
+                value: v.clone(),
+                problem: "not an RFC 3339 time (e.g. 2026-12-07T10:00:00Z)".to_owned(),
+                fallback: "no cancel requested".to_owned(),
+            });
+        }
+        at
+    });
     let terminated_by_us =
         annotations.get(&scope.terminated_by).map(String::as_str) == Some(TERMINATED_BY_VALUE);
     let status = job.status.as_ref();
@@ -315,6 +355,7 @@ pub fn observe_job(job: &Job, pods: &[Pod], scope: &Scope) -> Result<ObservedJob
         pod_grace,
         diagnosis,
         template: job_template(job, scope),
+        cancel_requested,
     })
 }
 
@@ -460,7 +501,10 @@ pub fn to_record(
         Some(p) if soft_killed => (p.timeout, p.deadline),
         _ => (resolved.timeout, None),
     };
-    let deadline = frozen_deadline.or_else(|| obs.started_at.map(|s| add(s, timeout)));
+    let deadline = frozen_deadline.or_else(|| {
+        obs.started_at
+            .map(|s| crate::engine::plan::deadline(s, timeout))
+    });
     let stage = match (obs.outcome, same_run.map(|p| p.stage)) {
         (_, Some(s @ (Stage::Cleanup | Stage::Cleaned))) => s,
         (Some(o), _) if obs.ended => stage_after(o),
@@ -470,22 +514,18 @@ pub fn to_record(
         (None, _) if obs.started_at.is_some() => Stage::Running,
         (None, _) => Stage::PreStart,
     };
+    let created_at = previous
+        .map(|p| p.created_at)
+        .or(obs.created_at)
+        .unwrap_or(now);
     JobRecord {
-        id: obs.id.clone(),
-        run_id: obs.uid.clone(),
         attempt: previous.map_or(0, |p| p.attempt),
-        runtime: RuntimeKind::Kubernetes,
         namespace: Some(obs.namespace.clone()),
-        name: obs.name.clone(),
         org: obs.settings.org.clone(),
         job_type: obs.settings.job_type.clone(),
         stage,
         outcome: obs.outcome,
         reason: obs.reason.clone(),
-        created_at: previous
-            .map(|p| p.created_at)
-            .or(obs.created_at)
-            .unwrap_or(now),
         started_at: obs.started_at,
         // Finished only once ended: while its pods terminate the ladder goes on.
         finished_at: obs.finished_at.filter(|_| obs.ended),
@@ -497,12 +537,15 @@ pub fn to_record(
         heartbeat_timeout: resolved.heartbeat_timeout,
         last_heartbeat: same_run.and_then(|p| p.last_heartbeat),
         recovery_attempts: previous.map_or(0, |p| p.recovery_attempts),
-        pid: None,
-        pid_start_ticks: None,
-        exit_code: None,
-        signal: None,
         spec: run_spec(obs, previous, same_run, &resolved, soft_killed),
         dry_run: previous.is_some_and(|p| p.dry_run),
+        ..JobRecord::new(
+            obs.id.clone(),
+            obs.uid.clone(),
+            RuntimeKind::Kubernetes,
+            obs.name.clone(),
+            created_at,
+        )
     }
 }
 
@@ -511,6 +554,10 @@ pub const JOB_TEMPLATE: &str = "job";
 pub use crate::executor::{ACTING, MARKED_FAILED, RECOVERING};
 /// `JobRecord.spec` key: since when the run's Job has had no pods (`reconcile.rs`).
 pub const NO_PODS_SINCE: &str = "no_pods_since";
+pub use crate::engine::plan::CANCEL_REQUESTED as CANCEL_REQUESTED_SPEC;
+/// `JobRecord.spec` key on the record `POST /v1/jobs` stored for a Job it created, until the
+/// reconciler's first sighting replaces it (which treats the run as new: its warnings).
+pub const SUBMITTED: &str = "submitted";
 /// `JobRecord.spec` key of the UIDs of runs dead-job recovery replaced.
 pub const SUPERSEDED: &str = "superseded";
 
@@ -556,6 +603,9 @@ fn run_spec(
     if let Some(v) = previous.and_then(|p| p.spec.get(SUPERSEDED)) {
         spec[SUPERSEDED] = v.clone();
     }
+    if let Some(at) = obs.cancel_requested {
+        spec[CANCEL_REQUESTED_SPEC] = serde_json::json!(crate::model::fmt_ts(at));
+    }
     spec
 }
 
@@ -580,6 +630,7 @@ pub fn job_template(job: &Job, scope: &Scope) -> serde_json::Value {
         &scope.termination_reason,
         &scope.termination_outcome,
         &scope.recovery_attempt,
+        &scope.cancel_requested,
     ] {
         annotations.remove(key);
     }

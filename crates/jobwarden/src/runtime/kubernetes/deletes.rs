@@ -11,7 +11,7 @@ use crate::model::{AuditAction, Timestamp};
 
 use super::actions::{Actions, Report, Target, patch_params};
 use super::calls::CallResult;
-use super::observe::{Ignored, pod_is_terminal};
+use crate::kubernetes::observe::{Ignored, pod_is_terminal, replacement_policy_failed};
 
 impl Actions {
     /// After a successful TTL delete: the job's own PersistentVolumeClaims, Secrets and
@@ -26,54 +26,28 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         if self.dry_run {
             return Ok(report);
         }
         let selector = format!("{}={}", self.scope().job_id_label, t.id);
-        let cleans = |kind| self.scope().cleans(kind);
-        let _ = (!cleans("persistentvolumeclaims")
-            || self
-                .delete_labelled_kind::<PersistentVolumeClaim>(
-                    &t,
-                    "persistentvolumeclaim",
-                    &selector,
-                    reason,
-                    now,
-                    &mut report,
-                )
-                .await)
-            && (!cleans("secrets")
-                || self
-                    .delete_labelled_kind::<Secret>(
-                        &t,
-                        "secret",
-                        &selector,
-                        reason,
-                        now,
-                        &mut report,
-                    )
-                    .await)
-            && (!cleans("configmaps")
-                || self
-                    .delete_labelled_kind::<ConfigMap>(
-                        &t,
-                        "configmap",
-                        &selector,
-                        reason,
-                        now,
-                        &mut report,
-                    )
-                    .await);
+        let _ = self
+            .delete_labelled_kind::<PersistentVolumeClaim>(&t, &selector, reason, now, &mut report)
+            .await
+            && self
+                .delete_labelled_kind::<Secret>(&t, &selector, reason, now, &mut report)
+                .await
+            && self
+                .delete_labelled_kind::<ConfigMap>(&t, &selector, reason, now, &mut report)
+                .await;
         Ok(report)
     }
 
-    /// One kind of [`Actions::delete_labelled`]; false when the action must stop.
+    /// One kind of [`Actions::delete_labelled`] (nothing when `clean_kinds` leaves it out);
+    /// false when the action must stop.
     pub(super) async fn delete_labelled_kind<K>(
         &self,
         t: &Target<'_>,
-        resource_type: &str,
         selector: &str,
         reason: &str,
         now: Timestamp,
@@ -85,6 +59,11 @@ impl Actions {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
+        if !self.scope().cleans(&K::plural(&())) {
+            return true;
+        }
+        let resource_type = K::kind(&()).to_ascii_lowercase();
+        let resource_type = resource_type.as_str();
         let api: Api<K> = Api::namespaced(self.client.clone(), t.namespace);
         let listed = match api
             .list_metadata(&ListParams::default().labels(selector))
@@ -147,30 +126,39 @@ impl Actions {
         true
     }
 
+    /// Each of `pods` that is ours and `picked`: deleted with grace 0 and, when the Job's
+    /// `podReplacementPolicy: Failed` would otherwise keep the Job active until the kubelet
+    /// confirms (a pod on an unreachable node), its phase set to Failed. Stops at the first
+    /// call that must stop the action.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn force_remove(
+    pub(super) async fn remove_pods(
         &self,
         t: &Target<'_>,
-        pod: &Pod,
-        fail_phase: bool,
+        job: &Job,
+        pods: &[Pod],
+        picked: impl Fn(&Pod) -> bool,
         action: AuditAction,
         reason: &str,
         now: Timestamp,
         report: &mut Report,
-    ) -> bool {
-        let r = self
-            .delete_pod(t, pod, 0, action, reason, now, report)
-            .await;
-        if !report.absorb(&r) {
-            return false;
-        }
-        if fail_phase && r != CallResult::NotFound && !pod_is_terminal(pod) {
+    ) {
+        let fail_phase = replacement_policy_failed(job);
+        for pod in pods.iter().filter(|p| self.ours(t, p) && picked(p)) {
             let r = self
-                .fail_pod_phase(t, pod, action, reason, now, report)
+                .delete_pod(t, pod, 0, action, reason, now, report)
                 .await;
-            return report.absorb(&r);
+            if !report.absorb(&r) {
+                return;
+            }
+            if fail_phase && r != CallResult::NotFound && !pod_is_terminal(pod) {
+                let r = self
+                    .fail_pod_phase(t, pod, action, reason, now, report)
+                    .await;
+                if !report.absorb(&r) {
+                    return;
+                }
+            }
         }
-        true
     }
 
     pub(super) async fn delete_job(

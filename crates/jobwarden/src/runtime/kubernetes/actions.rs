@@ -44,11 +44,10 @@ pub use super::calls::{
 use super::events::action_name;
 pub use super::events::{event_for, event_name};
 
-use super::observe::{
+use crate::kubernetes::observe::{
     Ignored, Scope, controlled_by, pod_grace, pod_is_stuck_terminating, pod_is_terminal,
-    replacement_policy_failed,
 };
-use super::{JOB_NAME_LABEL, TERMINATED_BY_VALUE};
+use crate::kubernetes::{JOB_NAME_LABEL, TERMINATED_BY_VALUE};
 
 /// How an action as a whole ended: the runtime's act outcome.
 pub use crate::runtime::ActOutcome as Outcome;
@@ -150,7 +149,9 @@ impl Actions {
         &self.scope
     }
 
-    pub(super) fn target<'a>(&self, job: &'a Job) -> Result<Target<'a>, Ignored> {
+    /// The Job's identity, admitted by the scope (the last guard before any call), and an
+    /// empty report for what is done to it.
+    pub(super) fn target<'a>(&self, job: &'a Job) -> Result<(Target<'a>, Report), Ignored> {
         let id = self.scope.admit(&job.metadata)?;
         let (Some(name), Some(uid), Some(namespace)) = (
             job.metadata.name.as_deref(),
@@ -159,12 +160,14 @@ impl Actions {
         ) else {
             return Err(Ignored::NoIdentity);
         };
-        Ok(Target {
+        let report = Report::new(id.clone());
+        let target = Target {
             id,
             namespace,
             name,
             uid,
-        })
+        };
+        Ok((target, report))
     }
 
     /// Whether a pod is one this Job's actions may touch: controlled by the Job (its UID, so
@@ -250,13 +253,8 @@ impl Actions {
 
     /// warn: an Event `TimeoutWarning` on the Job.
     pub async fn warn(&self, job: &Job, note: &str, now: Timestamp) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
-        let row = self
-            .event(&t, AuditAction::Warn, "TimeoutWarning", note, now)
-            .await;
-        report.audit.push(row);
-        Ok(report)
+        self.post_event(job, AuditAction::Warn, "TimeoutWarning", note, now)
+            .await
     }
 
     /// A Job whose pods' own `terminationGracePeriodSeconds` is shorter than the policy's
@@ -269,23 +267,33 @@ impl Actions {
         grace: Duration,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
         let note = format!(
             "the pods' terminationGracePeriodSeconds ({}) is shorter than the grace period ({}): the kubelet will SIGKILL before work is saved; set it to at least {}",
             pod_grace.as_secs(),
             grace.as_secs(),
             grace.as_secs()
         );
-        let row = self
-            .event(
-                &t,
-                AuditAction::ConfigWarning,
-                "GracePeriodTooShort",
-                &note,
-                now,
-            )
-            .await;
+        self.post_event(
+            job,
+            AuditAction::ConfigWarning,
+            "GracePeriodTooShort",
+            &note,
+            now,
+        )
+        .await
+    }
+
+    /// An Event on the Job, and nothing else.
+    async fn post_event(
+        &self,
+        job: &Job,
+        action: AuditAction,
+        reason: &str,
+        note: &str,
+        now: Timestamp,
+    ) -> Result<Report, Ignored> {
+        let (t, mut report) = self.target(job)?;
+        let row = self.event(&t, action, reason, note, now).await;
         report.audit.push(row);
         Ok(report)
     }
@@ -300,9 +308,8 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
-        let result = self
+        let (t, mut report) = self.target(job)?;
+        let ended = self
             .end_job(
                 &t,
                 job,
@@ -313,13 +320,9 @@ impl Actions {
                 &mut report,
             )
             .await;
-        if result == CallResult::NotFound || !report.absorb(&result) {
+        if !ended {
             return Ok(report);
         }
-        report.audit.push(
-            self.event(&t, AuditAction::SoftKill, "TimeoutSoftKill", reason, now)
-                .await,
-        );
         let pod_grace = pod_grace(job);
         if grace < pod_grace {
             let secs = u32::try_from(grace.as_secs()).unwrap_or(u32::MAX);
@@ -343,9 +346,11 @@ impl Actions {
         Ok(report)
     }
 
-    /// The merge PATCH that makes the Job controller end the Job now: our annotations (why;
-    /// `termination-outcome` when it is to count as `outcome` rather than terminated) and
-    /// `spec.activeDeadlineSeconds` already passed. One audit row.
+    /// The merge PATCH that makes the Job controller end the Job now (our annotations: why;
+    /// `termination-outcome` when it is to count as `outcome` rather than terminated; and
+    /// `spec.activeDeadlineSeconds` already passed), then its Event (`TimeoutSoftKill`, or
+    /// `MarkedFailed` for a failure). One audit row each. False when the action must stop (the
+    /// Job is gone, or the PATCH failed: `report` says how).
     #[allow(clippy::too_many_arguments)]
     async fn end_job(
         &self,
@@ -356,7 +361,7 @@ impl Actions {
         reason: &str,
         now: Timestamp,
         report: &mut Report,
-    ) -> CallResult {
+    ) -> bool {
         let deadline = job
             .spec
             .as_ref()
@@ -391,7 +396,18 @@ impl Actions {
             &result,
             json!({"call": "PATCH batch/v1 jobs (merge)", "body": body}),
         ));
-        result
+        if result == CallResult::NotFound || !report.absorb(&result) {
+            return false;
+        }
+        let event = if outcome.is_some() {
+            "MarkedFailed"
+        } else {
+            "TimeoutSoftKill"
+        };
+        report
+            .audit
+            .push(self.event(t, action, event, reason, now).await);
+        true
     }
 
     /// mark_failed (dead-job recovery gave up, image cannot be pulled, crash loop, pending
@@ -404,26 +420,18 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
-        let result = self
-            .end_job(
-                &t,
-                job,
-                Some(crate::model::Outcome::Failed),
-                AuditAction::MarkFailed,
-                reason,
-                now,
-                &mut report,
-            )
-            .await;
-        if result == CallResult::NotFound || !report.absorb(&result) {
-            return Ok(report);
-        }
-        report.audit.push(
-            self.event(&t, AuditAction::MarkFailed, "MarkedFailed", reason, now)
-                .await,
-        );
+        let (t, mut report) = self.target(job)?;
+        let failed = Some(crate::model::Outcome::Failed);
+        self.end_job(
+            &t,
+            job,
+            failed,
+            AuditAction::MarkFailed,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
         Ok(report)
     }
 
@@ -451,8 +459,7 @@ impl Actions {
             serde_json::from_value(template.clone()).map_err(|_| Ignored::NoIdentity)?;
         self.prepare_job(&mut new_job, attempt)?;
         if let Some(job) = current {
-            let t = self.target(job)?;
-            let mut report = Report::new(t.id.clone());
+            let (t, mut report) = self.target(job)?;
             let r = self
                 .delete_job(
                     &t,
@@ -559,33 +566,23 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         report.audit.push(
             self.event(&t, AuditAction::HardKill, "TimeoutHardKill", reason, now)
                 .await,
         );
-        let fail_phase = replacement_policy_failed(job);
-        let remaining: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| self.ours(&t, p) && !pod_is_terminal(p))
-            .collect();
-        for pod in remaining {
-            let r = self
-                .delete_pod(&t, pod, 0, AuditAction::HardKill, reason, now, &mut report)
-                .await;
-            if !report.absorb(&r) {
-                return Ok(report);
-            }
-            if fail_phase && r != CallResult::NotFound {
-                let r = self
-                    .fail_pod_phase(&t, pod, AuditAction::HardKill, reason, now, &mut report)
-                    .await;
-                if !report.absorb(&r) {
-                    return Ok(report);
-                }
-            }
-        }
+        let running = |p: &Pod| !pod_is_terminal(p);
+        self.remove_pods(
+            &t,
+            job,
+            pods,
+            running,
+            AuditAction::HardKill,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
         Ok(report)
     }
 
@@ -598,8 +595,7 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         report.audit.push(
             self.event(
                 &t,
@@ -627,27 +623,18 @@ impl Actions {
         if !report.absorb(&r) {
             return Ok(report);
         }
-        let fail_phase = replacement_policy_failed(job);
-        let stuck: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| self.ours(&t, p) && pod_is_stuck_terminating(p, now))
-            .collect();
-        for pod in stuck {
-            if !self
-                .force_remove(
-                    &t,
-                    pod,
-                    fail_phase,
-                    AuditAction::ForceDelete,
-                    reason,
-                    now,
-                    &mut report,
-                )
-                .await
-            {
-                return Ok(report);
-            }
-        }
+        let stuck = |p: &Pod| pod_is_stuck_terminating(p, now);
+        self.remove_pods(
+            &t,
+            job,
+            pods,
+            stuck,
+            AuditAction::ForceDelete,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
         Ok(report)
     }
 
@@ -661,8 +648,7 @@ impl Actions {
         reason: &str,
         now: Timestamp,
     ) -> Result<Report, Ignored> {
-        let t = self.target(job)?;
-        let mut report = Report::new(t.id.clone());
+        let (t, mut report) = self.target(job)?;
         if job.metadata.deletion_timestamp.is_none() {
             let r = self
                 .delete_job(
@@ -713,26 +699,18 @@ impl Actions {
                 return Ok(report);
             }
         };
-        let fail_phase = replacement_policy_failed(job);
-        for pod in pods
-            .iter()
-            .filter(|p| self.ours(&t, p) && pod_is_stuck_terminating(p, now))
-        {
-            if !self
-                .force_remove(
-                    &t,
-                    pod,
-                    fail_phase,
-                    AuditAction::TtlCleanup,
-                    reason,
-                    now,
-                    &mut report,
-                )
-                .await
-            {
-                return Ok(report);
-            }
-        }
+        let stuck = |p: &Pod| pod_is_stuck_terminating(p, now);
+        self.remove_pods(
+            &t,
+            job,
+            &pods,
+            stuck,
+            AuditAction::TtlCleanup,
+            reason,
+            now,
+            &mut report,
+        )
+        .await;
         Ok(report)
     }
 }

@@ -52,7 +52,8 @@ const fn lease_call(verb: &'static str) -> ApiCall {
 
 /// Every API call jobwarden makes (the actions here, the watches of `controller.rs`, the
 /// orphan pass of `orphans.rs`, the Lease calls of `leader.rs`). Keep it in step with the code: the request tests fail on a call
-/// missing here, the deploy test on a role that differs from it.
+/// missing here, the deploy test on a role that differs from it. The admission webhook
+/// (`admission/`) makes none: it only answers the API server, so it needs no RBAC.
 pub const API_CALLS: &[ApiCall] = &[
     // controller.rs: the Job and Pod reflectors (list, then watch).
     call("batch", "jobs", "list"),
@@ -62,8 +63,10 @@ pub const API_CALLS: &[ApiCall] = &[
     call("events.k8s.io", "events", "create"),
     call("batch", "jobs", "patch"),
     call("batch", "jobs", "delete"),
-    // Dead-job recovery: the stored Job created anew.
+    // Dead-job recovery: the stored Job created anew; `POST /v1/jobs` (requests.rs).
     call("batch", "jobs", "create"),
+    // requests.rs: a cancel reads the Job (its label, its resourceVersion) before the PATCH.
+    call("batch", "jobs", "get"),
     call("", "pods", "delete"),
     call("", "pods", "list"),
     call("", "pods/status", "patch"),

@@ -8,14 +8,154 @@
 //! Per-job settings arrive as annotations (Kubernetes) or flags (local). A malformed
 //! annotation is never fatal and never silently ignored: resolution falls back to the next
 //! level and returns a [`SettingWarning`] naming the job, the key and the value.
+//!
+//! The settings themselves ([`PolicyConfig`], [`RetentionConfig`], [`RecoveryConfig`]) are the
+//! engine's types: `config.rs` reads them from the TOML file (and checks them there, naming
+//! the file and the key), the engine only ever receives them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::PolicyConfig;
-use crate::duration::parse_duration;
+use crate::duration::{Dur, parse_duration};
+
+// ----- the policy's settings (`[policy]`, `[retention]`, `[recovery]` of the config file) -----
+
+/// `[policy]`: the timeout hierarchy and the escalation ladder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Timeout for jobs without a job or job-type override.
+    pub global_default: Dur,
+    /// Grace between soft_kill and hard_kill (and hard_kill and force_delete).
+    pub grace_period: Dur,
+    /// Upper bound on any grace period.
+    pub grace_max: Dur,
+    /// Platform-wide ceiling on any timeout.
+    pub hard_max: Dur,
+    /// Warn this long before the deadline; a list gives several warnings.
+    pub warn_before: WarnBefore,
+    /// Longest a job may stay pending (not started) before it is failed.
+    pub startup_timeout: Dur,
+    /// Per-organisation ceiling on timeouts; a job's own setting can never exceed it.
+    pub organization_max: BTreeMap<String, Dur>,
+    /// Timeout per job type.
+    pub job_type_overrides: BTreeMap<String, Dur>,
+    /// Grace period per job type.
+    pub job_type_grace: BTreeMap<String, Dur>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            global_default: Dur::secs(2 * 3600),
+            grace_period: Dur::secs(300),
+            grace_max: Dur::secs(3600),
+            hard_max: Dur::secs(24 * 3600),
+            warn_before: WarnBefore::One(Dur::secs(600)),
+            startup_timeout: Dur::secs(600),
+            organization_max: BTreeMap::new(),
+            job_type_overrides: BTreeMap::new(),
+            job_type_grace: BTreeMap::new(),
+        }
+    }
+}
+
+/// `warn_before = "10m"` or `warn_before = ["30m", "10m"]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum WarnBefore {
+    /// One warning.
+    One(Dur),
+    /// Several warnings.
+    Many(Vec<Dur>),
+}
+
+impl WarnBefore {
+    /// Offsets before the deadline, largest first, without duplicates.
+    pub fn offsets(&self) -> Vec<Duration> {
+        let mut v: Vec<Duration> = match self {
+            WarnBefore::One(d) => vec![d.0],
+            WarnBefore::Many(ds) => ds.iter().map(|d| d.0).collect(),
+        };
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.dedup();
+        v
+    }
+}
+
+/// `[retention]`: how long finished jobs are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// TTL after a successful finish.
+    pub successful: Dur,
+    /// TTL after a failure (also `lost`).
+    pub failed: Dur,
+    /// TTL after jobwarden terminated the job.
+    pub terminated: Dur,
+    /// Per artifact type: `logs`, `partial`, `artifacts` (default: the job's TTL).
+    pub artifacts: ArtifactRetention,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            successful: Dur::secs(3600),
+            failed: Dur::secs(24 * 3600),
+            terminated: Dur::secs(24 * 3600),
+            artifacts: ArtifactRetention::default(),
+        }
+    }
+}
+
+/// `[retention.artifacts]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactRetention {
+    /// Job logs.
+    pub logs: Dur,
+    /// Work saved on termination (`partial/<id>/`).
+    pub partial: Dur,
+    /// Final artifacts; None means "the job's own TTL".
+    pub artifacts: Option<Dur>,
+}
+
+impl Default for ArtifactRetention {
+    fn default() -> Self {
+        ArtifactRetention {
+            logs: Dur::secs(7 * 86_400),
+            partial: Dur::secs(3 * 86_400),
+            artifacts: None,
+        }
+    }
+}
+
+/// `[recovery]`: what happens to dead jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Restarts before a dead job is marked failed.
+    pub max_attempts: u32,
+    /// Wait before the first restart.
+    pub backoff_initial: Dur,
+    /// Growth of the wait per attempt.
+    pub backoff_multiplier: f64,
+    /// Longest wait.
+    pub backoff_max: Dur,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            max_attempts: 3,
+            backoff_initial: Dur::secs(10),
+            backoff_multiplier: 2.0,
+            backoff_max: Dur::secs(3600),
+        }
+    }
+}
 
 /// A job's own settings, before policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,16 +185,18 @@ pub struct SettingWarning {
     pub key: String,
     /// The value as given.
     pub value: String,
-    /// What was wrong and what was used instead.
+    /// What was wrong.
     pub problem: String,
+    /// What is used instead (`the job type's or global timeout`, …).
+    pub fallback: String,
 }
 
 impl std::fmt::Display for SettingWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "job {}: ignoring {}={:?}: {}",
-            self.job, self.key, self.value, self.problem
+            "job {}: ignoring {}={:?}: {}; using {}",
+            self.job, self.key, self.value, self.problem, self.fallback
         )
     }
 }
@@ -69,6 +211,26 @@ pub enum TimeoutSource {
     JobType,
     /// `policy.global_default`.
     Global,
+}
+
+impl TimeoutSource {
+    /// The level's name (as serialised): `job`, `job_type`, `global`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutSource::Job => "job",
+            TimeoutSource::JobType => "job_type",
+            TimeoutSource::Global => "global",
+        }
+    }
+
+    /// In words, for the console: `the job's own`, `its job type's`, `the global default`.
+    pub fn words(self) -> &'static str {
+        match self {
+            TimeoutSource::Job => "the job's own",
+            TimeoutSource::JobType => "its job type's",
+            TimeoutSource::Global => "the global default",
+        }
+    }
 }
 
 /// What capped the timeout, if anything.
@@ -94,6 +256,11 @@ pub struct Resolved {
     pub uncapped: Duration,
     /// Effective grace period (≤ grace_max).
     pub grace: Duration,
+    /// Where the grace period came from (before `grace_max`): the job, its type
+    /// (`policy.job_type_grace`) or `policy.grace_period`.
+    pub grace_source: TimeoutSource,
+    /// `policy.grace_max` lowered the grace period.
+    pub grace_capped: bool,
     /// The job's TTL override, if any (otherwise retention per outcome applies).
     pub ttl: Option<Duration>,
     /// Heartbeat threshold, if the job opted in.
@@ -143,29 +310,44 @@ pub fn resolve(job: &JobSettings, policy: &PolicyConfig) -> Resolved {
         .as_ref()
         .and_then(|t| policy.job_type_grace.get(t))
         .map(|d| d.0);
-    let grace = job
-        .grace
-        .or(type_grace)
-        .unwrap_or(policy.grace_period.0)
-        .min(policy.grace_max.0);
+    let (grace, grace_source) = match (job.grace, type_grace) {
+        (Some(g), _) => (g, TimeoutSource::Job),
+        (None, Some(g)) => (g, TimeoutSource::JobType),
+        (None, None) => (policy.grace_period.0, TimeoutSource::Global),
+    };
+    let grace_capped = grace > policy.grace_max.0;
     Resolved {
         timeout,
         source,
         capped_by,
         uncapped,
-        grace,
+        grace: grace.min(policy.grace_max.0),
+        grace_source,
+        grace_capped,
         ttl: job.ttl,
         heartbeat_timeout: job.heartbeat_timeout.filter(|d| !d.is_zero()),
     }
 }
 
-impl TimeoutSource {
-    /// In words, for the console: `the job's own`, `its job type's`, `the global default`.
-    pub fn words(self) -> &'static str {
-        match self {
-            TimeoutSource::Job => "the job's own",
-            TimeoutSource::JobType => "its job type's",
-            TimeoutSource::Global => "the global default",
+impl Resolved {
+    /// Where the effective timeout came from, as recorded on a Job (`<prefix>timeout-source`):
+    /// the level (`job`, `job_type`, `global`), or the cap that lowered it
+    /// (`organization_max`, `hard_max`).
+    pub fn timeout_origin(&self) -> &'static str {
+        match self.capped_by {
+            Some(Cap::OrganizationMax) => "organization_max",
+            Some(Cap::HardMax) => "hard_max",
+            None => self.source.as_str(),
+        }
+    }
+
+    /// Where the effective grace period came from (`<prefix>grace-source`): the level, or
+    /// `grace_max` when that lowered it.
+    pub fn grace_origin(&self) -> &'static str {
+        if self.grace_capped {
+            "grace_max"
+        } else {
+            self.grace_source.as_str()
         }
     }
 }
@@ -241,6 +423,12 @@ pub struct AnnotationKeys {
     pub org: String,
     /// `<prefix>job-type`
     pub job_type: String,
+    /// `<prefix>timeout-source`: where a recorded timeout came from ([`Resolved::timeout_origin`]).
+    /// Written by `manifest job` and admission; never read back as a setting.
+    pub timeout_source: String,
+    /// `<prefix>grace-source`: where a recorded grace period came from
+    /// ([`Resolved::grace_origin`]).
+    pub grace_source: String,
 }
 
 impl AnnotationKeys {
@@ -253,6 +441,8 @@ impl AnnotationKeys {
             heartbeat_timeout: format!("{prefix}heartbeat-timeout-seconds"),
             org: format!("{prefix}organization-id"),
             job_type: format!("{prefix}job-type"),
+            timeout_source: format!("{prefix}timeout-source"),
+            grace_source: format!("{prefix}grace-source"),
         }
     }
 }
@@ -275,7 +465,8 @@ pub fn settings_from_annotations(
                     job: job.to_owned(),
                     key: key.to_owned(),
                     value: value.clone(),
-                    problem: format!("must be greater than 0; using {fallback}"),
+                    problem: "must be greater than 0".to_owned(),
+                    fallback: fallback.to_owned(),
                 });
                 None
             }
@@ -285,7 +476,8 @@ pub fn settings_from_annotations(
                     job: job.to_owned(),
                     key: key.to_owned(),
                     value: value.clone(),
-                    problem: format!("{}; using {fallback}", e.problem),
+                    problem: e.problem.to_string(),
+                    fallback: fallback.to_owned(),
                 });
                 None
             }
@@ -314,7 +506,8 @@ pub fn settings_from_annotations(
                     job: job.to_owned(),
                     key: key.to_owned(),
                     value: value.clone(),
-                    problem: format!("{e}; using {fallback}"),
+                    problem: e.to_string(),
+                    fallback: fallback.to_owned(),
                 });
                 None
             }
@@ -395,6 +588,12 @@ mod tests {
         assert_eq!(r.timeout.as_secs(), 1800);
         let r = resolve(&job(Some("acme"), None, Some(60)), &p);
         assert_eq!((r.timeout.as_secs(), r.capped_by), (60, None));
+        assert_eq!(r.timeout_origin(), "job");
+        let r = resolve(&job(Some("acme"), Some("build"), None), &p);
+        assert_eq!(
+            (r.source, r.timeout_origin()),
+            (TimeoutSource::JobType, "organization_max")
+        );
     }
 
     #[test]
@@ -405,6 +604,7 @@ mod tests {
             (r.timeout.as_secs(), r.capped_by),
             (24 * 3600, Some(Cap::HardMax))
         );
+        assert_eq!(r.timeout_origin(), "hard_max");
     }
 
     #[test]
@@ -423,12 +623,17 @@ mod tests {
     fn grace_resolves_job_type_global_capped() {
         let p = policy();
         let mut j = job(None, Some("build"), None);
-        assert_eq!(resolve(&j, &p).grace.as_secs(), 60);
+        let r = resolve(&j, &p);
+        assert_eq!((r.grace.as_secs(), r.grace_origin()), (60, "job_type"));
         j.grace = Some(Duration::from_secs(120));
-        assert_eq!(resolve(&j, &p).grace.as_secs(), 120);
+        let r = resolve(&j, &p);
+        assert_eq!((r.grace.as_secs(), r.grace_origin()), (120, "job"));
         j.grace = Some(Duration::from_secs(7200));
-        assert_eq!(resolve(&j, &p).grace.as_secs(), 3600);
-        assert_eq!(resolve(&job(None, None, None), &p).grace.as_secs(), 300);
+        let r = resolve(&j, &p);
+        assert_eq!((r.grace.as_secs(), r.grace_origin()), (3600, "grace_max"));
+        assert_eq!(r.grace_source, TimeoutSource::Job);
+        let r = resolve(&job(None, None, None), &p);
+        assert_eq!((r.grace.as_secs(), r.grace_origin()), (300, "global"));
     }
 
     #[test]
@@ -495,9 +700,8 @@ mod tests {
         assert_eq!(w[0].key, "flowforge.io/organization-id");
         assert_eq!(w[0].value, "../../x");
         assert!(
-            w[0].problem.contains("invalid organisation") && w[0].problem.contains("using no"),
-            "{}",
-            w[0].problem
+            w[0].problem.contains("invalid organisation") && w[0].fallback.starts_with("no "),
+            "{w:?}"
         );
         assert_eq!(w[1].key, "flowforge.io/job-type");
     }

@@ -1,6 +1,18 @@
 //! The Kubernetes runtime: the [`Runtime`] the executor drives, carried out by [`Actions`]
 //! (the API calls) on the Job and the pods the reconciler last saw. What each act sends is in
 //! `actions.rs`; the order of record and act, and why it is safe, in [`crate::runtime`].
+//!
+//! - [`actions`]: the API calls that carry out a step (patches, deletes: `deletes.rs`) and the
+//!   audit rows they produce; [`events`]: the Events they post.
+//! - [`calls`]: the one list of calls the code makes, [`calls::API_CALLS`], which the RBAC test
+//!   checks `deploy/` against, and how an answer is read.
+//! - [`requests`]: what the job API asks of the cluster (a Job created, a cancel requested).
+
+pub mod actions;
+pub mod calls;
+mod deletes;
+pub mod events;
+pub mod requests;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -9,9 +21,10 @@ use crate::engine::plan::{CleanupPlan, FailPlan, RecoverPlan, StepPlan};
 use crate::model::{JobRecord, Step, Timestamp};
 use crate::runtime::{ActOutcome, Acted, Runtime};
 
-use super::TERMINATED_BY_VALUE;
-use super::actions::Actions;
-use super::observe::{JOB_TEMPLATE, SUPERSEDED};
+use crate::kubernetes::TERMINATED_BY_VALUE;
+use crate::kubernetes::observe::{JOB_TEMPLATE, SUPERSEDED};
+
+pub use actions::Actions;
 
 /// What an act needs besides the record: the Job as last seen (None once it is gone: only a
 /// recovery acts then) and its pods.
@@ -96,8 +109,12 @@ impl Runtime for Actions {
 
     /// The resource requests of the Job's pods that have not ended (a resource is unknown
     /// when a container of them requests none); the bound is the earliest of the uncapped
-    /// timeout's end and the Job's own `activeDeadlineSeconds` (from the Job as first seen,
-    /// never jobwarden's patch).
+    /// timeout's end, the deadline for a cancel, and the Job's own `activeDeadlineSeconds`
+    /// (from the Job as first seen, never jobwarden's patch). A Job carrying
+    /// `<prefix>timeout-source` was given its `activeDeadlineSeconds` by jobwarden (`manifest
+    /// job`, the API's submit, the admission webhook: a backstop after the ladder, or the
+    /// Job's own kept only when smaller), so it bounds nothing here: counted as unknown
+    /// rather than as time saved against jobwarden's own backstop.
     fn usage(
         &self,
         target: &Self::Target<'_>,
@@ -107,14 +124,19 @@ impl Runtime for Actions {
         if plan.step() != Step::SoftKill || plan.dry_run {
             return None;
         }
-        let ads = job
-            .spec
-            .get(JOB_TEMPLATE)
+        let template = job.spec.get(JOB_TEMPLATE);
+        let backstop = template
+            .and_then(|t| t.pointer("/metadata/annotations"))
+            .and_then(|a| a.get(&self.scope().keys.timeout_source))
+            .is_some();
+        let ads = template
+            .filter(|_| !backstop)
             .and_then(|t| t.get("spec"))
             .and_then(|s| s.get("activeDeadlineSeconds"))
             .and_then(serde_json::Value::as_u64)
             .map(std::time::Duration::from_secs);
-        let (otherwise_until, bound) = crate::reclaimed::bound(job, false, ads);
+        let cancelled = crate::reclaimed::cancelled(job, plan);
+        let (otherwise_until, bound) = crate::reclaimed::bound(job, cancelled, ads);
         let (cpu_cores, memory_bytes) = pod_requests(target.pods);
         Some(crate::reclaimed::Usage {
             basis: crate::reclaimed::Basis::PodRequests,

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 
 use crate::model::{AuditAction, Timestamp};
 
-use super::{REPORTING_CONTROLLER, to_jiff};
+use crate::kubernetes::{REPORTING_CONTROLLER, to_jiff};
 
 /// The Event's `action` for an audit action.
 pub fn action_name(a: AuditAction) -> &'static str {
@@ -23,6 +23,7 @@ pub fn action_name(a: AuditAction) -> &'static str {
         AuditAction::Cancel => "Cancel",
         AuditAction::ConfigWarning => "Check",
         AuditAction::Hook => "Hook",
+        AuditAction::AdmissionDenied => "AdmissionDenied",
     }
 }
 
