@@ -430,9 +430,8 @@ async fn unknown_routes_and_wrong_methods_answer_in_the_json_error_shape() {
 }
 
 /// The web console is served in Kubernetes mode too, from the same routes: the stored Jobs,
-/// their pages, the reports; no cancel button (a Job is ended with kubectl), and an action
-/// that is not this runtime's answers its 501 on a page; the event stream carries what the
-/// reconciler does.
+/// their pages, the reports, the orphan pass's listing; reading changes nothing, and the
+/// cancel button asks for the cancel as the API does (the annotation).
 #[tokio::test]
 async fn the_console_serves_the_kubernetes_jobs() {
     let s = server(Some(TOKEN)).await;
@@ -456,19 +455,45 @@ async fn the_console_serves_the_kubernetes_jobs() {
         "{jobs}"
     );
     let (_, page) = s.call("GET", "/jobs/j-42", None, None).await;
-    assert!(!page.contains("Cancel this job"), "{page}");
-    // The orphans page says where orphans are found in this mode.
+    assert!(
+        page.contains("Cancel this job") && page.contains("cancel-requested"),
+        "{page}"
+    );
+    // The orphans page is one orphan pass (listings only) and says what is a candidate here.
     let (status, page) = s.call("GET", "/orphans", None, None).await;
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("orphan pass"), "{page}");
-    // The cancel form, posted anyway (with the token): the runtime's 501, as a page.
+    assert!(
+        page.contains("orphan_min_age") && page.contains("No orphans."),
+        "{page}"
+    );
+    assert!(
+        s.fake.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        s.fake.requests()
+    );
+    assert_eq!(s.snapshot().await, snapshot, "reading changed the store");
+    // The cancel button without the token: refused, nothing asked of the cluster.
+    let before = s.fake.requests().len();
+    let (status, page) = s.call("POST", "/jobs/j-42/cancel", None, None).await;
+    assert_eq!(status, 401, "{page}");
+    assert_eq!(s.fake.requests().len(), before);
+    // With it: the Job annotated as by the API; no leader here, so the page says requested.
     let (status, page) = s.call("POST", "/jobs/j-42/cancel", Some(TOKEN), None).await;
-    assert_eq!(status, 501, "{page}");
-    assert!(page.contains("kubectl delete job"), "{page}");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Cancel requested"), "{page}");
+    let lines: Vec<String> = s.fake.requests()[before..].iter().map(Seen::line).collect();
     assert_eq!(
-        s.snapshot().await,
-        snapshot,
-        "the console changed the store"
+        lines,
+        [
+            format!("GET {JOB_PATH}"),
+            format!("PATCH {JOB_PATH}?fieldManager=jobwarden")
+        ],
+        "{lines:?}"
+    );
+    let job = s.fake.get("jobs", "flowforge", "build-42").expect("job");
+    assert!(
+        job["metadata"]["annotations"]["flowforge.io/cancel-requested"].is_string(),
+        "{job}"
     );
 }
 
@@ -810,6 +835,16 @@ async fn orphans_are_reported_and_cleaned_on_request_never_a_live_jobs_objects()
     );
     assert!(s.fake.mutations().is_empty(), "a report deletes nothing");
     assert_in_api_calls(&s.fake.requests());
+    // The console's page is the same pass: the orphan with why, never the live Job's pod.
+    let why = r["orphans"][0]["why"].as_str().expect("why").to_owned();
+    let (status, page) = s.call("GET", "/orphans", None, None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("flowforge/orphan-a") && page.contains(&why),
+        "{why}: {page}"
+    );
+    assert!(!page.contains("build-42-a"), "{page}");
+    assert!(s.fake.mutations().is_empty(), "the page deletes nothing");
 
     // The Job listing fails: fail closed, nothing deleted.
     s.fake.fail("GET", NS_JOBS, 500, None, 1);

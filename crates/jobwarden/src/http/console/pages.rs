@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::api_types::OrphanReport;
 use crate::clock;
 use crate::duration::format_duration;
-use crate::model::{AuditAction, AuditEntry, JobRecord, Timestamp};
+use crate::model::{AuditAction, AuditEntry, JobRecord, RuntimeKind, Timestamp};
 use crate::policy::{JobSettings, resolve};
 use crate::reclaimed::{METHOD, format_bytes};
 use crate::store::{AuditQuery, JobFilter, TaskFilter, TaskState};
@@ -325,6 +325,8 @@ pub async fn requeue<B: Backend>(
 pub struct OrphanParams {
     done: Option<String>,
     queued: Option<String>,
+    deleted: Option<String>,
+    deferred: Option<String>,
 }
 
 /// `GET /orphans`: what the orphan scan finds now and why each is an orphan.
@@ -339,19 +341,33 @@ pub async fn orphans<B: Backend>(
         Err(r) => return error_page(StatusCode::BAD_REQUEST, rt, now, &r.body_text()),
     };
     let found = st.orphans().await;
-    let queued = p
-        .queued
-        .as_deref()
-        .and_then(|q| q.parse::<u64>().ok())
-        .filter(|_| p.done.as_deref() == Some("clean"));
+    let count = |v: &Option<String>| v.as_deref().and_then(|q| q.parse::<u64>().ok());
+    let cleaned = p.done.as_deref() == Some("clean");
+    let flash = match (rt, count(&p.queued), count(&p.deleted), count(&p.deferred)) {
+        _ if !cleaned => None,
+        (RuntimeKind::Local, Some(n), _, _) => Some(format!(
+            "{n} removal tasks queued; each is checked again just before it runs."
+        )),
+        (RuntimeKind::Kubernetes, _, Some(d), deferred) => Some(format!(
+            "{d} deleted, each with its UID as precondition; {} left for a later pass.",
+            deferred.unwrap_or(0)
+        )),
+        _ => None,
+    };
     let body = html! {
         h1 { "Orphans" }
-        @if let Some(n) = queued { p.flash role="status" { (n) " removal tasks queued; each is checked again just before it runs." } }
+        @if let Some(f) = &flash { p.flash role="status" { (f) } }
         @match found.map(serde_json::from_value::<OrphanReport>) {
             Ok(Ok(report)) => {
-                p { "A workspace or log file named by an id jobwarden generates, or an object-storage prefix of such an id, that the store has never heard of and that is older than "
-                    code { "[orphans]" } "'s minimum age. Nothing else is ever a candidate." }
+                @if rt == RuntimeKind::Local {
+                    p { "A workspace or log file named by an id jobwarden generates, or an object-storage prefix of such an id, that the store has never heard of and that is older than "
+                        code { "[orphans]" } "'s minimum age. Nothing else is ever a candidate." }
+                } @else {
+                    p { "A pod, PersistentVolumeClaim, Secret or ConfigMap in a policed namespace carrying the job-id label when no Job in its namespace carries that job id, older than "
+                        code { "[kubernetes.orphan_min_age]" } " for its kind and not already being deleted: one orphan pass of this replica, the Jobs listed after the other kinds (a failed listing selects nothing)." }
+                }
                 @for s in &report.skipped { p.error { "Not scanned (nothing is reported for it): " (s) } }
+                @for w in &report.warnings { p.error { "Refused: " (w) } }
                 table #orphans {
                     thead { tr {
                         th scope="col" { "Kind" } th scope="col" { "Job id" } th scope="col" { "Path or prefix" }
@@ -360,9 +376,9 @@ pub async fn orphans<B: Backend>(
                     tbody {
                         @for o in &report.orphans { tr {
                             td { (o.kind) } td { span.id { (o.job_id) } } td { code { (o.name) } }
-                            td.num { (format_bytes(o.bytes)) }
+                            td.num { @if rt == RuntimeKind::Local { (format_bytes(o.bytes)) } @else { span.muted { "—" } } }
                             td.num { (format_duration(Duration::from_secs(o.age_seconds))) }
-                            td { "no job " span.id { (o.job_id) } " in the store; older than the minimum age" }
+                            td { @if let Some(why) = &o.why { (why) } @else { "no job " span.id { (o.job_id) } " in the store; older than the minimum age" } }
                         } }
                         @if report.orphans.is_empty() { tr { td colspan="6" { span.muted { "No orphans." } } } }
                     }
@@ -372,7 +388,11 @@ pub async fn orphans<B: Backend>(
                         (token_field(&st, "clean-token"))
                         button.danger type="submit" { "Remove these orphans" }
                     }
-                    p.note { "Queues at most " code { "[safety] max_batch" } " removals, within the deletion rate limit." }
+                    @if rt == RuntimeKind::Local {
+                        p.note { "Queues at most " code { "[safety] max_batch" } " removals, within the deletion rate limit." }
+                    } @else {
+                        p.note { "Deletes at most " code { "[safety] max_batch" } " now, each with its UID as precondition, within " code { "[kubernetes] destructive_calls_per_minute" } "." }
+                    }
                 }
             },
             Ok(Err(e)) => p.error { "The orphan listing could not be read: " (e.to_string()) },
@@ -402,11 +422,13 @@ pub async fn clean_orphans<B: Backend>(
     }
     match st.clean_orphans().await {
         Ok(v) => {
-            let queued = v
-                .get("queued")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
-            see_other(&format!("/orphans?done=clean&queued={queued}"))
+            let n = |key: &str| v.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            see_other(&format!(
+                "/orphans?done=clean&queued={}&deleted={}&deferred={}",
+                n("queued"),
+                n("deleted"),
+                n("deferred")
+            ))
         }
         Err(e) => error_page(e.status, rt, now, &e.message),
     }
