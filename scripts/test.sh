@@ -9,9 +9,12 @@ if ! command -v sqlite3 >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3 >&2
 fi
 # tests/k8s_deploy.rs renders deploy/ with `kubectl kustomize` (KUBECTL; installed if missing).
+# tests/console_browser.rs drives Debian's Chromium with Playwright for Python
+# (JOBWARDEN_CHROMIUM, JOBWARDEN_PLAYWRIGHT_PYTHON; installed if missing).
 # shellcheck source=scripts/tools.sh
 source scripts/tools.sh
 ensure_kubectl
+ensure_browser
 eval "$(scripts/start-postgres.sh)"
 eval "$(scripts/start-moto.sh)"
 export JOBWARDEN_REQUIRE_SERVERS=1

@@ -63,3 +63,21 @@ ensure_linters() {
 ensure_checkov() {
   CHECKOV="$(tools_venv checkov "$CHECKOV_PKG")/checkov"
 }
+
+# The web console's browser test (tests/console_browser.rs, tests/console/browser.py):
+# Debian's Chromium (apt; never a browser build of Playwright's own: `playwright install` is
+# not used) and Playwright for Python, pinned, in its own venv. Sets and exports
+# JOBWARDEN_CHROMIUM (the browser) and JOBWARDEN_PLAYWRIGHT_PYTHON (the venv's python).
+PLAYWRIGHT_PKG="playwright==1.65.2"
+ensure_browser() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "tools: installing Debian's chromium with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >&2
+  fi
+  JOBWARDEN_CHROMIUM="$(command -v chromium)"
+  "$JOBWARDEN_CHROMIUM" --version >/dev/null
+  JOBWARDEN_PLAYWRIGHT_PYTHON="$(tools_venv playwright "$PLAYWRIGHT_PKG")/python"
+  "$JOBWARDEN_PLAYWRIGHT_PYTHON" -c 'import playwright.sync_api' >&2
+  export JOBWARDEN_CHROMIUM JOBWARDEN_PLAYWRIGHT_PYTHON
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::HookConfig;
+use crate::events::{Event, EventBus};
 use crate::metrics::Metrics;
 use crate::model::{AuditAction, AuditEntry, JobRecord, Timestamp, fmt_ts};
 use crate::store::Store;
@@ -80,13 +81,16 @@ impl HookOutcome {
 
 /// Fires hooks in tasks of their own (a slow hook never delays the ladder), audits each
 /// outcome, and counts the tasks still running ([`HookRunner::idle`]). One per process,
-/// shared by whatever carries plans out.
+/// shared by whatever carries plans out. Every step and stage change of both runtimes passes
+/// through [`HookRunner::fire`], so it also publishes them on the live event bus
+/// ([`crate::events`]).
 #[derive(Debug, Clone)]
 pub struct HookRunner {
     hooks: std::sync::Arc<Hooks>,
     store: Store,
     metrics: std::sync::Arc<Metrics>,
     running: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
+    events: EventBus,
 }
 
 impl HookRunner {
@@ -97,7 +101,13 @@ impl HookRunner {
             store,
             metrics,
             running: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            events: EventBus::new(),
         }
+    }
+
+    /// The live event bus every step and stage change is published on (`GET /v1/events`).
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// The hooks.
@@ -105,8 +115,12 @@ impl HookRunner {
         &self.hooks
     }
 
-    /// Fires the hooks for `event` on `job` in a task of their own.
+    /// Publishes `event` (a step or a stage) on the live event bus, then fires the hooks for
+    /// it on `job` in a task of their own.
     pub fn fire(&self, event: &str, job: &JobRecord, reason: Option<String>, now: Timestamp) {
+        if let Some(e) = Event::for_hook(event, job.id.as_str(), reason.clone(), now) {
+            self.events.publish(e);
+        }
         if !self.hooks.has(event) {
             return;
         }

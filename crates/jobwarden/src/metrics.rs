@@ -76,6 +76,9 @@ pub struct Metrics {
     cleanup_tasks: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Kubernetes runtime only: whether this replica holds the Lease (None: not rendered).
     leader: Mutex<Option<bool>>,
+    /// The reclaimed figures' lines, recomputed from the store
+    /// ([`crate::reclaimed::refresh_metrics`]); empty until the first computation.
+    reclaimed: Mutex<String>,
     /// The admission webhook runs: its metrics are rendered.
     admission_on: std::sync::atomic::AtomicBool,
     /// Admission requests by (webhook, result).
@@ -176,6 +179,11 @@ impl Metrics {
     /// sets it, so its `/metrics` has no `jobwarden_leader`.
     pub fn set_leader(&self, leading: bool) {
         *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(leading);
+    }
+
+    /// Replaces the reclaimed figures' lines (`crate::reclaimed::metrics_text`).
+    pub fn set_reclaimed(&self, text: String) {
+        *self.reclaimed.lock().unwrap_or_else(|e| e.into_inner()) = text;
     }
 
     /// The admission webhook runs: `/metrics` renders its counters (zero until requests
@@ -391,6 +399,7 @@ impl Metrics {
             let _ = writeln!(o, "jobwarden_leader {}", u8::from(leading));
         }
         self.render_admission(&mut o);
+        o.push_str(&self.reclaimed.lock().unwrap_or_else(|e| e.into_inner()));
         o
     }
 }

@@ -115,6 +115,7 @@ async fn server_on(token: Option<&str>, pg: Option<common::PgDb>) -> Server {
         Actions::new(fake.client(), scope, false, "jw-0"),
         OrphanPass::from_config(fake.client(), &config, store.clone(), false),
         token.map(str::to_owned),
+        r.events(),
     );
     let app = health_router(ready.clone(), r.metrics(), leading_rx).merge(router(api));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -426,6 +427,74 @@ async fn unknown_routes_and_wrong_methods_answer_in_the_json_error_shape() {
     error_of(status, &text);
     assert_eq!(s.snapshot().await, snapshot);
     assert!(s.fake.requests().is_empty(), "{:?}", s.fake.requests());
+}
+
+/// The web console is served in Kubernetes mode too, from the same routes: the stored Jobs,
+/// their pages, the reports, the orphan pass's listing; reading changes nothing, and the
+/// cancel button asks for the cancel as the API does (the annotation).
+#[tokio::test]
+async fn the_console_serves_the_kubernetes_jobs() {
+    let s = server(Some(TOKEN)).await;
+    let snapshot = s.snapshot().await;
+    for path in [
+        "/",
+        "/jobs/j-42",
+        "/audit?job=j-42",
+        "/queue",
+        "/policy",
+        "/reclaimed",
+    ] {
+        let (status, text) = s.call("GET", path, None, None).await;
+        assert_eq!(status, 200, "{path} needs no token: {text}");
+        assert!(text.contains("runtime: kubernetes"), "{path}: {text}");
+        assert!(!text.contains(TOKEN), "{path} shows the token");
+    }
+    let (_, jobs) = s.call("GET", "/", None, None).await;
+    assert!(
+        jobs.contains("id=\"job-j-42\"") && jobs.contains("build-42"),
+        "{jobs}"
+    );
+    let (_, page) = s.call("GET", "/jobs/j-42", None, None).await;
+    assert!(
+        page.contains("Cancel this job") && page.contains("cancel-requested"),
+        "{page}"
+    );
+    // The orphans page is one orphan pass (listings only) and says what is a candidate here.
+    let (status, page) = s.call("GET", "/orphans", None, None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("orphan_min_age") && page.contains("No orphans."),
+        "{page}"
+    );
+    assert!(
+        s.fake.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        s.fake.requests()
+    );
+    assert_eq!(s.snapshot().await, snapshot, "reading changed the store");
+    // The cancel button without the token: refused, nothing asked of the cluster.
+    let before = s.fake.requests().len();
+    let (status, page) = s.call("POST", "/jobs/j-42/cancel", None, None).await;
+    assert_eq!(status, 401, "{page}");
+    assert_eq!(s.fake.requests().len(), before);
+    // With it: the Job annotated as by the API; no leader here, so the page says requested.
+    let (status, page) = s.call("POST", "/jobs/j-42/cancel", Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Cancel requested"), "{page}");
+    let lines: Vec<String> = s.fake.requests()[before..].iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("GET {JOB_PATH}"),
+            format!("PATCH {JOB_PATH}?fieldManager=jobwarden")
+        ],
+        "{lines:?}"
+    );
+    let job = s.fake.get("jobs", "flowforge", "build-42").expect("job");
+    assert!(
+        job["metadata"]["annotations"]["flowforge.io/cancel-requested"].is_string(),
+        "{job}"
+    );
 }
 
 #[tokio::test]
@@ -766,6 +835,16 @@ async fn orphans_are_reported_and_cleaned_on_request_never_a_live_jobs_objects()
     );
     assert!(s.fake.mutations().is_empty(), "a report deletes nothing");
     assert_in_api_calls(&s.fake.requests());
+    // The console's page is the same pass: the orphan with why, never the live Job's pod.
+    let why = r["orphans"][0]["why"].as_str().expect("why").to_owned();
+    let (status, page) = s.call("GET", "/orphans", None, None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("flowforge/orphan-a") && page.contains(&why),
+        "{why}: {page}"
+    );
+    assert!(!page.contains("build-42-a"), "{page}");
+    assert!(s.fake.mutations().is_empty(), "the page deletes nothing");
 
     // The Job listing fails: fail closed, nothing deleted.
     s.fake.fail("GET", NS_JOBS, 500, None, 1);
@@ -840,6 +919,7 @@ async fn with_a_leader_running_a_cancel_answers_with_the_soft_kill_taken() {
         ),
         OrphanPass::from_config(fake.client(), &config, running.store.clone(), false),
         None,
+        jobwarden::events::EventBus::new(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

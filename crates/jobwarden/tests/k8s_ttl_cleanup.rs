@@ -591,6 +591,7 @@ async fn the_workers_delete_the_deleted_jobs_objects_in_s3_and_nothing_else() {
         dir.path(),
         "sqlite://unused",
         "jw-test",
+        jobwarden::events::EventBus::new(),
         &stop_rx,
     );
     assert_eq!(workers.len(), 2);

@@ -161,6 +161,7 @@ both!(
     worker_lost_on_last_attempt_dead_letters,
     complete_many_acks_only_held_tasks,
     audit_query_filters,
+    reclaimed_rows_carry_their_jobs_org_run_and_finish,
     audit_rows_survive_reopen,
     audit_log_rejects_update_and_delete,
     prune_done_is_bounded_and_ids_are_not_reused,
@@ -344,6 +345,38 @@ async fn jobs_round_trip_and_filters(db: &Db) {
         .await
         .expect("page");
     assert_eq!(ids(page), ["done"]);
+    // The console's table: finished jobs newest first, a page at a time, and their count.
+    let finished = JobFilter {
+        finished_only: true,
+        newest_first: true,
+        ..JobFilter::default()
+    };
+    let newest = s.list_jobs(&finished).await.expect("finished");
+    assert_eq!(ids(newest), ["done", "a"], "finished at t(100), then t(50)");
+    let second = s
+        .list_jobs(&JobFilter {
+            offset: Some(1),
+            limit: Some(5),
+            ..finished.clone()
+        })
+        .await
+        .expect("offset");
+    assert_eq!(ids(second), ["a"]);
+    let skipped = s
+        .list_jobs(&JobFilter {
+            offset: Some(1),
+            ..finished.clone()
+        })
+        .await
+        .expect("offset without a limit");
+    assert_eq!(ids(skipped), ["a"]);
+    assert_eq!(s.count_jobs(&finished).await.expect("count"), 2);
+    assert_eq!(s.count_jobs(&JobFilter::default()).await.expect("count"), 3);
+    let by_stage = JobFilter {
+        stage: Some(Stage::Cleaned),
+        ..JobFilter::default()
+    };
+    assert_eq!(ids(s.list_jobs(&by_stage).await.expect("stage")), ["done"]);
 
     let asked: Vec<String> = ["a", "done", "nope", "k", "zz"].map(String::from).to_vec();
     let known = s.known_job_ids(&asked).await.expect("known");
@@ -1286,6 +1319,8 @@ async fn audit_query_filters(db: &Db) {
         since: Some(t(0)),
         until: Some(t(100)),
         limit: None,
+        org: None,
+        newest_first: false,
     })
     .await;
     assert_eq!(combined.len(), 1);
@@ -1305,6 +1340,98 @@ async fn audit_query_filters(db: &Db) {
         })
         .await
         .is_empty()
+    );
+}
+
+async fn reclaimed_rows_carry_their_jobs_org_run_and_finish(db: &Db) {
+    let s = db.open().await;
+    let mut acme = job("j-acme");
+    acme.finished_at = Some(t(30));
+    acme.stage = Stage::Failed;
+    acme.outcome = Some(Outcome::Terminated);
+    s.insert_job(&acme).await.expect("insert");
+    let mut other = job("j-other");
+    other.org = Some("globex".into());
+    s.insert_job(&other).await.expect("insert");
+    let mut kill = entry("j-acme", AuditAction::SoftKill, t(20));
+    kill.details =
+        Some(serde_json::json!({"run_id": "run-1", "reclaimed": {"basis": "process_group"}}));
+    let mut ws = entry("j-other", AuditAction::TtlCleanup, t(40));
+    ws.details = Some(serde_json::json!({"bytes": 10}));
+    let mut orphan = entry("01orphan", AuditAction::OrphanCleanup, t(50));
+    orphan.details = Some(serde_json::json!({"bytes": 7}));
+    let mut failed = entry("j-acme", AuditAction::TtlCleanup, t(60));
+    failed.success = false;
+    let mut dry = entry("j-acme", AuditAction::SoftKill, t(61));
+    dry.dry_run = true;
+    let warn = entry("j-acme", AuditAction::Warn, t(10));
+    s.append_audit(&[kill, ws, orphan, failed, dry, warn])
+        .await
+        .expect("append");
+
+    let all = s
+        .reclaimed_rows(&jobwarden::reclaimed::ReportQuery::default())
+        .await
+        .expect("rows");
+    let got: Vec<(String, Option<String>)> = all
+        .iter()
+        .map(|r| (r.entry.job_id.clone(), r.org.clone()))
+        .collect();
+    // Kills and deletions carried out, oldest first; not the failed, dry-run or warn rows.
+    assert_eq!(
+        got,
+        [
+            ("j-acme".to_owned(), Some("acme".to_owned())),
+            ("j-other".to_owned(), Some("globex".to_owned())),
+            ("01orphan".to_owned(), None),
+        ]
+    );
+    assert_eq!(all[0].run_id.as_deref(), Some("run-1"));
+    assert_eq!(all[0].finished_at, Some(t(30)));
+    let only_acme = s
+        .reclaimed_rows(&jobwarden::reclaimed::ReportQuery {
+            org: Some("acme".into()),
+            since: Some(t(15)),
+            until: None,
+        })
+        .await
+        .expect("rows");
+    assert_eq!(only_acme.len(), 1);
+    // The audit page: by organisation (through the jobs table), newest first.
+    let acme_rows = s
+        .query_audit(&AuditQuery {
+            org: Some("acme".into()),
+            newest_first: true,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    let times: Vec<Timestamp> = acme_rows.iter().map(|e| e.timestamp).collect();
+    assert_eq!(times, [t(61), t(60), t(20), t(10)]);
+    // The queue page: unfinished and dead tasks by kind and state.
+    for (key, kind) in [("a", "workspace"), ("b", "workspace"), ("c", "log")] {
+        s.enqueue(
+            &NewTask {
+                dedup_key: key.into(),
+                job_id: Some("j-acme".into()),
+                kind: kind.into(),
+                resource_name: key.into(),
+                payload: serde_json::json!({}),
+                priority: 0,
+                scheduled_at: t(0),
+                max_attempts: 3,
+            },
+            t(0),
+        )
+        .await
+        .expect("enqueue");
+    }
+    assert_eq!(
+        s.queue_by_kind().await.expect("by kind"),
+        [
+            ("log".to_owned(), "pending".to_owned(), 1),
+            ("workspace".to_owned(), "pending".to_owned(), 2),
+        ]
     );
 }
 

@@ -45,4 +45,6 @@ pub struct Context {
     pub artifact_min_age: Duration,
     /// Decide, delete nothing.
     pub dry_run: bool,
+    /// Where a finished or dead-lettered task is announced (`GET /v1/events`).
+    pub events: crate::events::EventBus,
 }

@@ -127,6 +127,7 @@ pub async fn run(shared: Arc<Context>, name: String, mut shutdown: watch::Receiv
                         Ok(true) => {
                             shared.metrics.audit_written(n);
                             shared.metrics.cleanup_task(&task.kind, "ok");
+                            announce(&shared, &task, "done", now);
                         }
                         Ok(false) => tracing::warn!(
                             task = task.id,
@@ -154,6 +155,7 @@ pub async fn run(shared: Arc<Context>, name: String, mut shutdown: watch::Receiv
                         }
                         Ok(FailOutcome::DeadLetter) => {
                             shared.metrics.cleanup_task(&task.kind, "dead");
+                            announce(&shared, &task, "dead", now);
                             tracing::error!(task = task.id, kind = %task.kind, "failed: {err}; dead-lettered after {} attempts", task.attempts);
                         }
                         Ok(FailOutcome::LeaseLost) => {}
@@ -163,6 +165,17 @@ pub async fn run(shared: Arc<Context>, name: String, mut shutdown: watch::Receiv
             }
         }
     }
+}
+
+/// Publishes a task's end (`done` or `dead`) on the live event bus.
+fn announce(shared: &Context, task: &Task, result: &'static str, at: Timestamp) {
+    shared.events.publish(crate::events::Event::Task {
+        task_id: task.id,
+        kind: task.kind.clone(),
+        job_id: task.job_id.clone(),
+        result,
+        at,
+    });
 }
 
 /// Whether this worker may still carry out `task`, claimed earlier in a batch: a task whose

@@ -91,3 +91,12 @@ pub(super) fn print_json<T: serde::Serialize>(v: &T) {
         Err(e) => eprintln!("jobwarden: {e}"),
     }
 }
+
+/// `path` with the query `q` (`key=value` pairs), if any.
+pub(super) fn with_query(path: &str, q: &[String]) -> String {
+    if q.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", q.join("&"))
+    }
+}

@@ -218,6 +218,37 @@ pub(super) fn audit_table(rows: &[AuditEntry]) -> String {
     )
 }
 
+/// The `dead-letters` table.
+pub(super) fn dead_letters_table(tasks: &[crate::store::Task]) -> String {
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.kind.clone(),
+                t.job_id.clone().unwrap_or_else(|| "-".into()),
+                format!("{}/{}", t.attempts, t.max_attempts),
+                fmt_ts(t.updated_at),
+                t.resource_name.clone(),
+                t.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    use Align::{Left as L, Right as R};
+    table(
+        &[
+            ("ID", R),
+            ("KIND", L),
+            ("JOB", L),
+            ("ATTEMPTS", R),
+            ("DEAD SINCE", L),
+            ("RESOURCE", L),
+            ("LAST ERROR", L),
+        ],
+        &rows,
+    )
+}
+
 pub(super) fn print_plan(plan: &[PlanEntry], now: Timestamp) {
     let cells: Vec<Vec<String>> = plan
         .iter()

@@ -43,6 +43,15 @@ impl ReadState for ApiState {
     fn token(&self) -> Option<&str> {
         self.shared.token.as_deref()
     }
+    fn policy_config(&self) -> &crate::config::PolicyConfig {
+        &self.shared.config.policy
+    }
+    fn events(&self) -> &crate::events::EventBus {
+        self.shared.hooks.events()
+    }
+    fn runtime(&self) -> crate::model::RuntimeKind {
+        crate::model::RuntimeKind::Local
+    }
 }
 
 /// The router: the job API and the health routes.

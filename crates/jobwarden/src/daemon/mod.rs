@@ -199,6 +199,11 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
     let layout = crate::engine::plan::Layout::new(&opts.data_dir);
     policy.layout = Some(layout.clone());
     let health = Arc::new(StoreHealth::new(faults));
+    let hooks = HookRunner::new(
+        Hooks::new(opts.config.hooks.clone()),
+        store.clone(),
+        metrics.clone(),
+    );
     let cleanup = Arc::new(cleanup::Context {
         store: store.clone(),
         artifacts,
@@ -212,14 +217,11 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         queue: opts.config.queue.clone(),
         artifact_min_age: opts.config.orphans.artifact_min_age.0,
         dry_run: opts.dry_run,
+        events: hooks.events().clone(),
     });
     let shared = Arc::new(Shared {
         policy,
-        hooks: HookRunner::new(
-            Hooks::new(opts.config.hooks.clone()),
-            store.clone(),
-            metrics.clone(),
-        ),
+        hooks,
         config: opts.config,
         store,
         metrics,
@@ -262,6 +264,11 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         &std::process::id().to_string(),
         &shutdown_rx,
     ));
+    tasks.push(tokio::spawn(crate::reclaimed::refresh_metrics(
+        shared.store.clone(),
+        shared.metrics.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(orphans::run_periodic(
         shared.clone(),
         runtime.clone(),
@@ -273,10 +280,13 @@ pub async fn start(opts: DaemonOptions) -> Result<Running, StartError> {
         runtime,
     });
     let mut srv_shutdown = shutdown_rx.clone();
+    let events = shared.hooks.events().clone();
     let server = tokio::spawn(async move {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = srv_shutdown.wait_for(|s| *s).await;
+                // Open event streams end, or the graceful shutdown would wait for them.
+                events.close();
             })
             .await;
         if let Err(e) = res {

@@ -202,7 +202,7 @@ impl std::fmt::Display for SettingWarning {
 }
 
 /// Where the effective timeout came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeoutSource {
     /// The job's own setting (annotation, flag or activeDeadlineSeconds).
@@ -222,10 +222,19 @@ impl TimeoutSource {
             TimeoutSource::Global => "global",
         }
     }
+
+    /// In words, for the console: `the job's own`, `its job type's`, `the global default`.
+    pub fn words(self) -> &'static str {
+        match self {
+            TimeoutSource::Job => "the job's own",
+            TimeoutSource::JobType => "its job type's",
+            TimeoutSource::Global => "the global default",
+        }
+    }
 }
 
 /// What capped the timeout, if anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cap {
     /// `policy.organization_max`.
@@ -243,6 +252,8 @@ pub struct Resolved {
     pub source: TimeoutSource,
     /// What lowered it, if anything.
     pub capped_by: Option<Cap>,
+    /// The timeout before the caps (equal to `timeout` when nothing capped it).
+    pub uncapped: Duration,
     /// Effective grace period (≤ grace_max).
     pub grace: Duration,
     /// Where the grace period came from (before `grace_max`): the job, its type
@@ -273,6 +284,7 @@ pub fn resolve(job: &JobSettings, policy: &PolicyConfig) -> Resolved {
         (None, Some(d)) => (d, TimeoutSource::JobType),
         (None, None) => (policy.global_default.0, TimeoutSource::Global),
     };
+    let uncapped = timeout;
     let mut capped_by = None;
     if let Some(max) = job
         .org
@@ -308,6 +320,7 @@ pub fn resolve(job: &JobSettings, policy: &PolicyConfig) -> Resolved {
         timeout,
         source,
         capped_by,
+        uncapped,
         grace: grace.min(policy.grace_max.0),
         grace_source,
         grace_capped,
@@ -335,6 +348,62 @@ impl Resolved {
             "grace_max"
         } else {
             self.grace_source.as_str()
+        }
+    }
+}
+
+impl Cap {
+    /// In words: `the organisation maximum`, `the platform hard maximum`.
+    pub fn words(self) -> &'static str {
+        match self {
+            Cap::OrganizationMax => "the organisation maximum",
+            Cap::HardMax => "the platform hard maximum",
+        }
+    }
+}
+
+/// Where a job's effective timeout came from, kept in its record (`JobRecord.spec.policy`,
+/// [`Resolution::KEY`]) when the policy resolves it: the console shows it, and the reclaimed
+/// report reads the timeout the job would have had without jobwarden's cap. A record written
+/// before this was kept has none (shown as unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Resolution {
+    /// Where the uncapped value came from.
+    pub source: TimeoutSource,
+    /// What lowered it, if anything.
+    pub capped_by: Option<Cap>,
+    /// The timeout before the caps, in seconds.
+    pub uncapped_seconds: u64,
+}
+
+impl Resolution {
+    /// The `spec` key it is kept under.
+    pub const KEY: &'static str = "policy";
+
+    /// What `resolved` says about its timeout.
+    pub fn of(resolved: &Resolved) -> Self {
+        Resolution {
+            source: resolved.source,
+            capped_by: resolved.capped_by,
+            uncapped_seconds: resolved.uncapped.as_secs(),
+        }
+    }
+
+    /// The one kept in `spec` (a record's `spec`), if any.
+    pub fn from_spec(spec: &serde_json::Value) -> Option<Self> {
+        serde_json::from_value(spec.get(Self::KEY)?.clone()).ok()
+    }
+
+    /// As JSON, for `spec`.
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// In words: `the job's own (capped by the organisation maximum)`.
+    pub fn words(&self) -> String {
+        match self.capped_by {
+            Some(cap) => format!("{}, capped by {}", self.source.words(), cap.words()),
+            None => self.source.words().to_owned(),
         }
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! The order, for each kind of plan (the runtime module says why each is safe across a crash):
 //!
-//! 1. **Step**: record (the step, its row, the stage it moves to and, for a runtime that
-//!    [marks pending acts](Runtime::MARKS_PENDING), the `acting` marker: one write, refused
-//!    when the step is recorded already) → act → finish: the act's rows, the marker gone, the
+//! 1. **Step**: measure (a soft kill only: what the run uses, read-only, for its row's
+//!    `details.reclaimed`: [`Runtime::usage`]) → record (the step, its row, the stage it
+//!    moves to and, for a runtime that [marks pending acts](Runtime::MARKS_PENDING), the
+//!    `acting` marker: one write, refused when the step is recorded already) → act → finish: the act's rows, the marker gone, the
 //!    step re-timed when it was carried out more than [`LATE`] after it was recorded (its
 //!    grace counts from then), a run the act ended settled (one write, only when there is
 //!    something to write) → the step's metrics → its hooks. An act that must be retried
@@ -183,11 +184,15 @@ impl<R: Runtime> Executor<R> {
     // ----- steps -----
 
     /// Records every step of `batch` in one write; each job is then as recorded (the step,
-    /// its stage and, for a runtime that marks pending acts, the marker). Each answer:
+    /// its stage and, for a runtime that marks pending acts, the marker). A soft kill's row
+    /// carries what the run uses, measured now on `target` (one for the whole batch: the
+    /// local runtime's is `()`; the Kubernetes runtime records one job at a time through
+    /// [`Executor::step`]). Each answer:
     /// `Ok(true)` recorded now, `Ok(false)` recorded already (by another writer), or the
     /// store's refusal (a stale run, an unknown job); a query error fails the whole batch.
     pub async fn record_steps(
         &self,
+        target: &R::Target<'_>,
         batch: &mut [(&mut JobRecord, &StepPlan)],
     ) -> Result<Vec<Result<bool>>> {
         let mut afters = Vec::with_capacity(batch.len());
@@ -198,11 +203,15 @@ impl<R: Runtime> Executor<R> {
                 if R::MARKS_PENDING {
                     set_spec(&mut after, ACTING, serde_json::to_value(pending(plan)).ok());
                 }
+                let mut audit = plan.row.clone();
+                if let Some(usage) = self.runtime.usage(target, job, plan) {
+                    usage.add_to(&mut audit.details);
+                }
                 let write = StepWrite {
                     job_id: job.id.clone(),
                     run_id: job.run_id.clone(),
                     step: plan.taken.clone(),
-                    audit: plan.row.clone(),
+                    audit,
                     stage_after: plan.stage_after.clone(),
                     spec_after: R::MARKS_PENDING.then(|| after.spec.clone()),
                 };
@@ -229,7 +238,7 @@ impl<R: Runtime> Executor<R> {
         now: Timestamp,
     ) -> Result<Carried> {
         let recorded = self
-            .record_steps(&mut [(&mut *job, plan)])
+            .record_steps(target, &mut [(&mut *job, plan)])
             .await?
             .pop()
             .unwrap_or(Ok(false))?;

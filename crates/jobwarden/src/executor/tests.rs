@@ -93,6 +93,16 @@ impl<const M: bool> Runtime for Fake<M> {
         self.shows
     }
 
+    fn usage(&self, _: &(), _: &JobRecord, plan: &StepPlan) -> Option<crate::reclaimed::Usage> {
+        (plan.step() == Step::SoftKill).then(|| crate::reclaimed::Usage {
+            basis: crate::reclaimed::Basis::ProcessGroup,
+            cpu_cores: Some(0.25),
+            memory_bytes: None,
+            otherwise_until: None,
+            bound: "fake".into(),
+        })
+    }
+
     async fn cleanup(
         &self,
         _: &Self::Target<'_>,
@@ -198,6 +208,34 @@ async fn each_step_is_recorded_then_carried_out_once() {
         .filter(|r| r.details.is_some())
         .collect();
     assert_eq!(step_rows.len(), 1, "one row for the step: {step_rows:#?}");
+    // What the run used was measured before it was recorded and written with its row.
+    let usage =
+        crate::reclaimed::Usage::from_details(step_rows[0].details.as_ref()).expect("usage");
+    assert_eq!(usage.cpu_cores, Some(0.25));
+    assert_eq!(
+        step_rows[0].details.as_ref().expect("details")["run_id"],
+        job.run_id
+    );
+}
+
+#[tokio::test]
+async fn only_the_soft_kill_row_carries_a_measurement() {
+    let mut job = warned();
+    let store = store_with(&job).await;
+    let fake = Fake::<false>::new(&store);
+    let ex = executor(&fake);
+    let soft = step_at(&job, t(100), false);
+    ex.step(&(), &mut job, &soft, t(100)).await.expect("soft");
+    let hard = step_at(&job, t(111), false);
+    ex.step(&(), &mut job, &hard, t(111)).await.expect("hard");
+    let measured = |rows: Vec<AuditEntry>| {
+        rows.iter()
+            .filter(|r| crate::reclaimed::Usage::from_details(r.details.as_ref()).is_some())
+            .count()
+    };
+    assert_eq!(measured(rows(&store, AuditAction::SoftKill).await), 1);
+    assert_eq!(measured(rows(&store, AuditAction::HardKill).await), 0);
+    assert_eq!(measured(rows(&store, AuditAction::Warn).await), 0);
 }
 
 #[tokio::test]
@@ -220,7 +258,7 @@ async fn a_step_carried_out_late_is_re_timed_unless_it_had_taken_effect() {
     let fake = Fake::<false>::new(&store);
     let ex = executor(&fake);
     let soft = step_at(&job, t(100), false);
-    ex.record_steps(&mut [(&mut job, &soft)])
+    ex.record_steps(&(), &mut [(&mut job, &soft)])
         .await
         .expect("record");
     // The write took 150 ms: within LATE, the decision time stands.
@@ -230,7 +268,7 @@ async fn a_step_carried_out_late_is_re_timed_unless_it_had_taken_effect() {
     // The hard kill's write took 2 s: its grace counts from when it went out.
     let hard = step_at(&job, t(110), false);
     assert_eq!(hard.step(), Step::HardKill);
-    ex.record_steps(&mut [(&mut job, &hard)])
+    ex.record_steps(&(), &mut [(&mut job, &hard)])
         .await
         .expect("record");
     ex.act_step(&(), &mut job, &hard, t(112))
@@ -251,7 +289,7 @@ async fn a_step_carried_out_late_is_re_timed_unless_it_had_taken_effect() {
     shows.shows = true;
     let ex = executor(&shows);
     let soft = step_at(&other, t(100), false);
-    ex.record_steps(&mut [(&mut other, &soft)])
+    ex.record_steps(&(), &mut [(&mut other, &soft)])
         .await
         .expect("record");
     ex.act_step(&(), &mut other, &soft, t(130))
@@ -318,7 +356,7 @@ async fn a_crash_between_record_and_act_leaves_the_step_to_the_next_process() {
     let fake = Fake::<true>::new(&store);
     let ex = executor(&fake);
     let soft = step_at(&job, t(100), false);
-    ex.record_steps(&mut [(&mut job, &soft)])
+    ex.record_steps(&(), &mut [(&mut job, &soft)])
         .await
         .expect("record");
     drop(ex); // the process dies before the act
@@ -340,7 +378,7 @@ async fn nothing_is_carried_out_for_a_job_that_ended() {
     let fake = Fake::<true>::new(&store);
     let ex = executor(&fake);
     let soft = step_at(&job, t(100), false);
-    ex.record_steps(&mut [(&mut job, &soft)])
+    ex.record_steps(&(), &mut [(&mut job, &soft)])
         .await
         .expect("record");
     // It exited inside the grace before the call went out.

@@ -6,14 +6,23 @@
 //! - [`read`]: `GET /v1/jobs`, `GET /v1/jobs/{id}`, `GET /v1/audit`, `GET /v1/plan` read the
 //!   store only; the bearer-token check; the JSON error shape.
 //! - [`submit`]: the submit body's parser and rules.
+//! - [`admin`]: the reclaimed report and the dead letters (store reads and writes).
+//! - [`events`]: `GET /v1/events`, the live event bus as Server-Sent Events.
+//! - [`console`]: the web console's pages at `/` (HTML; reading needs no token, its buttons
+//!   do: see its docs).
 //!
 //! Routes ([`api`]): `GET|POST /v1/jobs`, `GET /v1/jobs/{id}`, `POST /v1/jobs/{id}/cancel`,
 //! `POST /v1/jobs/{id}/heartbeat` (no token: jobwarden-init sends it), `GET /v1/audit`,
-//! `GET /v1/plan`, `GET /v1/orphans`, `POST /v1/orphans/clean`; and ([`health`]) `/healthz`,
-//! `/readyz`, `/metrics` (no token). With a token configured every other route requires
+//! `GET /v1/plan`, `GET /v1/orphans`, `POST /v1/orphans/clean`, `GET /v1/report`,
+//! `GET /v1/dead-letters`, `POST /v1/dead-letters/{id}/requeue`, `GET /v1/events` (no token:
+//! read-only, what the console shows), the console's pages; and ([`health`]) `/healthz`,
+//! `/readyz`, `/metrics` (no token). With a token configured every other `/v1` route requires
 //! `Authorization: Bearer <token>`. Unknown routes (404) and wrong methods (405) answer in the
 //! JSON error shape.
 
+pub mod admin;
+pub mod console;
+pub mod events;
 pub mod read;
 pub mod submit;
 
@@ -95,13 +104,21 @@ pub fn api<B: Backend>(backend: B) -> Router {
         .route("/v1/plan", get(plan::<B>))
         .route("/v1/orphans", get(orphans::<B>))
         .route("/v1/orphans/clean", post(clean_orphans::<B>))
+        .route("/v1/report", get(admin::report::<B>))
+        .route("/v1/dead-letters", get(admin::dead_letters::<B>))
+        .route(
+            "/v1/dead-letters/{id}/requeue",
+            post(admin::requeue_dead::<B>),
+        )
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
             read::require_token::<B>,
         ));
     Router::new()
         .route("/v1/jobs/{id}/heartbeat", post(heartbeat::<B>))
+        .route("/v1/events", get(events::events::<B>))
         .merge(protected)
+        .merge(console::routes::<B>())
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(backend)

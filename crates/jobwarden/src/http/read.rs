@@ -32,6 +32,12 @@ pub trait ReadState: Clone + Send + Sync + 'static {
     fn policy(&self) -> &Policy;
     /// The token protected routes require (`Authorization: Bearer <token>`), if any.
     fn token(&self) -> Option<&str>;
+    /// The `[policy]` section jobs are resolved with (the console's Policy page).
+    fn policy_config(&self) -> &crate::config::PolicyConfig;
+    /// The live event bus `GET /v1/events` streams.
+    fn events(&self) -> &crate::events::EventBus;
+    /// Which runtime serves (the console says so, and offers only what it can do).
+    fn runtime(&self) -> crate::model::RuntimeKind;
 }
 
 /// An error answer: `status` with `{"error": message}`.
@@ -175,8 +181,8 @@ pub async fn audit<S: ReadState>(
         job_id: p.job,
         action,
         since,
-        until: None,
         limit: p.limit,
+        ..AuditQuery::default()
     };
     match st.store().query_audit(&q).await {
         Ok(rows) => axum::Json(rows).into_response(),
@@ -185,7 +191,7 @@ pub async fn audit<S: ReadState>(
 }
 
 /// `since` is a duration back from now (`1h`) or an RFC 3339 time.
-fn parse_since(s: &str) -> crate::Result<crate::model::Timestamp> {
+pub(crate) fn parse_since(s: &str) -> crate::Result<crate::model::Timestamp> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }

@@ -39,10 +39,11 @@ use axum::http::StatusCode;
 
 use crate::api_types::SubmitRequest;
 use crate::clock;
-use crate::config::Config;
+use crate::config::{Config, PolicyConfig};
 use crate::engine::decide::Policy;
+use crate::events::EventBus;
 use crate::http::{ApiError, Backend, ReadState};
-use crate::model::{JobId, JobRecord, Step};
+use crate::model::{JobId, JobRecord, RuntimeKind, Step};
 use crate::runtime::kubernetes::Actions;
 use crate::runtime::kubernetes::requests::{CancelRequest, SubmitFailure};
 use crate::store::Store;
@@ -67,18 +68,21 @@ struct Inner {
     actions: Actions,
     orphans: OrphanPass,
     token: Option<String>,
+    events: EventBus,
 }
 
 impl ApiState {
     /// The API over `store` (the reconciler's) under `config`, making its cluster calls with
     /// `actions` and `orphans` (as the controller's, sharing their limiter), with `token`
-    /// required on every route but heartbeats when given.
+    /// required on every route but heartbeats and the read-only console when given, and
+    /// `events` (the reconciler's bus) for `GET /v1/events`.
     pub fn new(
         store: Store,
         config: Config,
         actions: Actions,
         orphans: OrphanPass,
         token: Option<String>,
+        events: EventBus,
     ) -> Self {
         ApiState {
             inner: Arc::new(Inner {
@@ -88,6 +92,7 @@ impl ApiState {
                 actions,
                 orphans,
                 token,
+                events,
             }),
         }
     }
@@ -129,6 +134,15 @@ impl ReadState for ApiState {
     }
     fn token(&self) -> Option<&str> {
         self.inner.token.as_deref()
+    }
+    fn policy_config(&self) -> &PolicyConfig {
+        &self.inner.config.policy
+    }
+    fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+    fn runtime(&self) -> RuntimeKind {
+        RuntimeKind::Kubernetes
     }
 }
 

@@ -45,9 +45,14 @@ pub fn open_artifacts(url: &str, config: &Config) -> Result<Artifacts, crate::ar
 }
 
 /// Starts the cleanup workers, named `<name>-w<i>` (`name` must differ between replicas: a
-/// task's lease is held by name), until `shutdown` turns true. `data_dir` and `store_url`
+/// task's lease is held by name), until `shutdown` turns true; each finished or dead-lettered
+/// task is published on `events` (the reconciler's bus, which `GET /v1/events` streams). `data_dir` and `store_url`
 /// only serve the workers' diagnosis of local write faults; Kubernetes mode queues no task
 /// that touches local files.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "what the workers share, each named at the one call site in `run`"
+)]
 pub fn start(
     config: &Config,
     store: Store,
@@ -55,6 +60,7 @@ pub fn start(
     data_dir: &Path,
     store_url: &str,
     name: &str,
+    events: crate::events::EventBus,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let ctx = Arc::new(Context {
@@ -71,6 +77,7 @@ pub fn start(
         queue: config.queue.clone(),
         artifact_min_age: config.orphans.artifact_min_age.0,
         dry_run: false,
+        events,
     });
     crate::cleanup::spawn(&ctx, name, shutdown)
 }

@@ -328,15 +328,19 @@ pub async fn run(
     let cleanup_config = config.clone();
     let admission_config = config.clone();
     let admission_store = store.clone();
-    let api = super::api::ApiState::new(
-        store.clone(),
-        config.clone(),
-        actions.clone(),
-        orphans.clone(),
-        token,
-    );
+    let api_config = config.clone();
+    let api_actions = actions.clone();
     let reconciler =
         super::reconcile::Reconciler::new(config, store.clone(), actions).with_limiter(limiter);
+    let events = reconciler.events();
+    let api = super::api::ApiState::new(
+        store.clone(),
+        api_config,
+        api_actions,
+        orphans.clone(),
+        token,
+        events.clone(),
+    );
     let hooks_idle = reconciler.hooks_idle();
     let ready = Arc::new(AtomicBool::new(false));
     // Every replica watches; only the leader acts (dry-run acts without a Lease).
@@ -372,6 +376,12 @@ pub async fn run(
         ),
         _ => String::new(),
     };
+    // The reclaimed figures of /metrics, from the store (every replica: they share it).
+    let refresher = tokio::spawn(crate::reclaimed::refresh_metrics(
+        store.clone(),
+        reconciler.metrics(),
+        stop_rx.clone(),
+    ));
     // Every replica works the cleanup queue (task leases keep a task to one worker); dry-run
     // queues nothing and works nothing (see `cleanup`).
     let workers = match artifacts {
@@ -400,16 +410,20 @@ pub async fn run(
                 &opts.data_dir,
                 &store_url,
                 &identity,
+                events.clone(),
                 &stop_rx,
             )
         }
         None => Vec::new(),
     };
     let mut http_stop = stop_rx.clone();
+    let http_events = events.clone();
     let http = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
+                // Open event streams end, or the graceful shutdown would wait for them.
+                http_events.close();
             })
             .await;
     });
@@ -466,6 +480,7 @@ pub async fn run(
     for worker in workers {
         let _ = worker.await;
     }
+    let _ = refresher.await;
     // Let running hooks finish and audit (each has its own timeout), within bounds.
     if tokio::time::timeout(HOOKS_AT_SHUTDOWN, hooks_idle)
         .await

@@ -140,6 +140,11 @@ impl Reconciler {
         self
     }
 
+    /// The live event bus its steps and stage changes are published on (`GET /v1/events`).
+    pub fn events(&self) -> crate::events::EventBus {
+        self.executor.hooks().events().clone()
+    }
+
     /// The metrics this reconciler counts into (for `/metrics`).
     pub fn metrics(&self) -> Arc<Metrics> {
         self.executor.metrics().clone()
@@ -669,8 +674,7 @@ impl Reconciler {
         let filter = crate::store::JobFilter {
             active_only: true,
             runtime: Some(crate::model::RuntimeKind::Kubernetes),
-            after: None,
-            limit: None,
+            ..crate::store::JobFilter::default()
         };
         let mut found = 0;
         for record in self.store().list_jobs(&filter).await? {

@@ -410,6 +410,37 @@ impl Runtime for LocalRuntime {
         }
     }
 
+    /// The process group's average CPU rate since the run started (CPU-seconds from `/proc`
+    /// over the wall time) and its resident memory now; the bound is the uncapped timeout's
+    /// end or, for a cancel (a soft kill before the deadline), the deadline.
+    fn usage(
+        &self,
+        _: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &StepPlan,
+    ) -> Option<crate::reclaimed::Usage> {
+        if plan.step() != Step::SoftKill || plan.dry_run {
+            return None;
+        }
+        let cancelled = crate::reclaimed::cancelled(job, plan);
+        let (otherwise_until, bound) = crate::reclaimed::bound(job, cancelled, None);
+        let group = match (job.pid, job.pid_start_ticks) {
+            (Some(pid), Some(ticks)) => proc::group_usage(pid, ticks),
+            _ => None,
+        };
+        let elapsed = job
+            .started_at
+            .map(|s| crate::model::since(plan.taken.at, s).as_secs_f64())
+            .filter(|e| *e > 0.0);
+        Some(crate::reclaimed::Usage {
+            basis: crate::reclaimed::Basis::ProcessGroup,
+            cpu_cores: group.zip(elapsed).map(|(g, e)| g.cpu_seconds / e),
+            memory_bytes: group.map(|g| g.rss_bytes),
+            otherwise_until,
+            bound,
+        })
+    }
+
     /// Nothing now: the workspace, the log and the artifacts are queued. A dry-run says what
     /// would be removed.
     async fn cleanup(

@@ -15,6 +15,10 @@
 //! | mark_failed | SIGKILL; the job settled `failed` | merge PATCH as for the soft kill, `termination-outcome: failed`; Event | before |
 //! | recover | SIGKILL to the old run; a new run spawned | the old Job deleted; the stored Job created anew | before |
 //!
+//! Before a soft kill is recorded, the runtime reads what the run uses ([`Runtime::usage`]:
+//! `/proc`, or the pods it last saw) for the reclaimed report; the figures go in the step's
+//! own row. The read changes nothing, so it adds no case to the crash argument.
+//!
 //! The crash argument for each order:
 //! - **Steps, mark_failed and recover are recorded before they act**, so nothing is ever done
 //!   without its row, and one decision is never carried out as two (a recovery attempt is
@@ -119,6 +123,17 @@ pub trait Runtime: Send + Sync {
         plan: &StepPlan,
         now: Timestamp,
     ) -> Acted;
+
+    /// What the run uses (or reserves) just before `plan` kills it, and the latest it could
+    /// otherwise have run until ([`crate::reclaimed`]): read-only, called by the executor for
+    /// a soft kill before it is recorded, so the figures are written with the step's audit row
+    /// (`details.reclaimed`). None for any other step and in dry-run.
+    fn usage(
+        &self,
+        target: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &StepPlan,
+    ) -> Option<crate::reclaimed::Usage>;
 
     /// Whether `target` already shows the recorded step carried out (so it happened at its
     /// recorded time, however late this pass finishes it).

@@ -22,8 +22,12 @@ pub struct AuditQuery {
     pub since: Option<Timestamp>,
     /// Only rows with `timestamp < until` (half-open, so consecutive windows never overlap).
     pub until: Option<Timestamp>,
-    /// At most this many (the oldest first).
+    /// At most this many (the oldest first, or the newest with `newest_first`).
     pub limit: Option<u32>,
+    /// Only rows about jobs of this organisation.
+    pub org: Option<String>,
+    /// Newest first (timestamp, then id, descending).
+    pub newest_first: bool,
 }
 
 /// The columns an insert writes, in bind order (a macro so that `concat!` can use it).

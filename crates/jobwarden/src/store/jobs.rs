@@ -20,6 +20,18 @@ pub struct JobFilter {
     pub after: Option<String>,
     /// At most this many.
     pub limit: Option<u32>,
+    /// Only this organisation's jobs.
+    pub org: Option<String>,
+    /// Only jobs of this type.
+    pub job_type: Option<String>,
+    /// Only jobs in this stage.
+    pub stage: Option<crate::model::Stage>,
+    /// Only jobs whose process/pods cannot run any more (the complement of `active_only`).
+    pub finished_only: bool,
+    /// Ordered by finish (else creation) time, newest first, instead of by id.
+    pub newest_first: bool,
+    /// Skip this many (after ordering).
+    pub offset: Option<u32>,
 }
 
 /// The `jobs` column list in the order [`JobParams`] binds them (a macro so that `concat!`

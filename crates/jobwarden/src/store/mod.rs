@@ -263,9 +263,20 @@ impl Store {
         dispatch!(self.get_job(id))
     }
 
-    /// Jobs matching `filter`, ordered by id (ids are ULIDs, so roughly by creation time).
+    /// Jobs matching `filter`, ordered by id (ids are ULIDs, so roughly by creation time) or,
+    /// with `newest_first`, by finish (else creation) time, newest first.
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         dispatch!(self.list_jobs(filter))
+    }
+
+    /// How many jobs match `filter` (its `limit` and `offset` aside).
+    pub async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
+        let filter = JobFilter {
+            limit: None,
+            offset: None,
+            ..filter.clone()
+        };
+        dispatch!(self.count_jobs(&filter))
     }
 
     /// Which of `ids` the store has a row for, in any stage (including `cleaned`).
@@ -497,8 +508,24 @@ impl Store {
         dispatch!(self.append_audit(entries))
     }
 
-    /// Audit rows matching `query`, ordered by timestamp then id.
+    /// Audit rows matching `query`, ordered by timestamp then id (newest first with
+    /// `newest_first`).
     pub async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         dispatch!(self.query_audit(query))
+    }
+
+    /// The audit rows the reclaimed report reads ([`crate::reclaimed`]): kills and deletions
+    /// carried out (not dry-run), with their job's organisation, current run and finish time,
+    /// oldest first.
+    pub async fn reclaimed_rows(
+        &self,
+        query: &crate::reclaimed::ReportQuery,
+    ) -> Result<Vec<crate::reclaimed::ReclaimedRow>> {
+        dispatch!(self.reclaimed_rows(query))
+    }
+
+    /// Unfinished and dead tasks by (kind, state), with their counts.
+    pub async fn queue_by_kind(&self) -> Result<Vec<(String, String, u64)>> {
+        dispatch!(self.queue_by_kind())
     }
 }

@@ -142,7 +142,7 @@ impl std::fmt::Display for TaskState {
 }
 
 /// One row of `cleanup_tasks`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     /// Row id (never reused).
     pub id: i64,

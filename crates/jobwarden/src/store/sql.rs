@@ -83,6 +83,7 @@ macro_rules! shared_sql {
                 self, FailOutcome, Failure, QueueStats, RequeueOutcome, Task, TaskFilter,
                 task_columns,
             };
+            use $crate::reclaimed::{ReclaimedRow, ReportQuery};
             use $crate::store::{Error, Result, StepWrite, db};
 
             use super::{$Store, $list as bind_list, $ts as bind_ts, insert_audit};
@@ -122,6 +123,31 @@ macro_rules! shared_sql {
             }
 
             /// Ends a listing: its order, the limit if any, and every row.
+            /// The `WHERE` conditions of a [`JobFilter`] (after `WHERE TRUE`).
+            fn push_job_filter(qb: &mut QueryBuilder<$Db>, filter: &JobFilter) {
+                if filter.active_only {
+                    qb.push(" AND stage IN ").push(ACTIVE_STAGES_SQL);
+                }
+                if filter.finished_only {
+                    qb.push(" AND stage NOT IN ").push(ACTIVE_STAGES_SQL);
+                }
+                if let Some(rt) = filter.runtime {
+                    qb.push(" AND runtime = ").push_bind(rt.as_str());
+                }
+                if let Some(after) = &filter.after {
+                    qb.push(" AND id > ").push_bind(after.clone());
+                }
+                if let Some(org) = &filter.org {
+                    qb.push(" AND org = ").push_bind(org.clone());
+                }
+                if let Some(job_type) = &filter.job_type {
+                    qb.push(" AND job_type = ").push_bind(job_type.clone());
+                }
+                if let Some(stage) = filter.stage {
+                    qb.push(" AND stage = ").push_bind(stage.as_str());
+                }
+            }
+
             async fn list_rows(
                 pool: &sqlx::Pool<$Db>,
                 mut qb: QueryBuilder<$Db>,
@@ -240,18 +266,39 @@ macro_rules! shared_sql {
                         job_columns!(),
                         " FROM jobs WHERE TRUE"
                     ));
-                    if filter.active_only {
-                        qb.push(" AND stage IN ").push(ACTIVE_STAGES_SQL);
+                    push_job_filter(&mut qb, filter);
+                    let order = if filter.newest_first {
+                        "COALESCE(finished_at, created_at) DESC, id DESC"
+                    } else {
+                        "id"
+                    };
+                    qb.push(" ORDER BY ").push(order);
+                    if let Some(limit) = filter.limit {
+                        qb.push(" LIMIT ").push_bind(i64::from(limit));
                     }
-                    if let Some(rt) = filter.runtime {
-                        qb.push(" AND runtime = ").push_bind(rt.as_str());
+                    if let Some(offset) = filter.offset {
+                        if filter.limit.is_none() {
+                            qb.push(" LIMIT ").push_bind(i64::MAX);
+                        }
+                        qb.push(" OFFSET ").push_bind(i64::from(offset));
                     }
-                    if let Some(after) = &filter.after {
-                        qb.push(" AND id > ").push_bind(after.as_str());
-                    }
-                    let rows =
-                        list_rows(&self.$reads, qb, "id", filter.limit, "listing jobs").await?;
+                    let rows = qb
+                        .build()
+                        .fetch_all(&self.$reads)
+                        .await
+                        .map_err(db("listing jobs"))?;
                     rows.iter().map(|r| decode_job(&job_row(r))).collect()
+                }
+
+                pub(crate) async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
+                    let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM jobs WHERE TRUE");
+                    push_job_filter(&mut qb, filter);
+                    let n: i64 = qb
+                        .build_query_scalar()
+                        .fetch_one(&self.$reads)
+                        .await
+                        .map_err(db("counting jobs"))?;
+                    Ok(u64::try_from(n).unwrap_or(0))
                 }
 
                 pub(crate) async fn known_job_ids(
@@ -506,10 +553,73 @@ macro_rules! shared_sql {
                     if let Some(until) = query.until {
                         qb.push(" AND timestamp < ").push_bind(bind_ts(until));
                     }
-                    let order = "timestamp, id";
+                    if let Some(org) = &query.org {
+                        qb.push(" AND job_id IN (SELECT id FROM jobs WHERE org = ")
+                            .push_bind(org.as_str())
+                            .push(")");
+                    }
+                    let order = if query.newest_first {
+                        "timestamp DESC, id DESC"
+                    } else {
+                        "timestamp, id"
+                    };
                     let op = "querying the audit log";
                     let rows = list_rows(&self.$reads, qb, order, query.limit, op).await?;
                     rows.iter().map(|r| decode_audit(&audit_row(r))).collect()
+                }
+
+                pub(crate) async fn reclaimed_rows(
+                    &self,
+                    query: &ReportQuery,
+                ) -> Result<Vec<ReclaimedRow>> {
+                    // The rows the reclaimed report reads: kills (their measurement) and
+                    // deletions (their bytes) that were carried out, with their job's
+                    // organisation, run and finish (none for an orphan's unknown job).
+                    let mut qb = QueryBuilder::new(
+                        "SELECT a.id, a.timestamp, a.job_id, a.resource_type, a.resource_name, \
+                         a.action, a.reason, a.initiated_by, a.success, a.error_message, \
+                         a.dry_run, a.details, j.org AS job_org, j.run_id AS job_run_id, \
+                         j.finished_at AS job_finished_at \
+                         FROM cleanup_audit_log a LEFT JOIN jobs j ON j.id = a.job_id \
+                         WHERE a.action IN ('soft_kill', 'ttl_cleanup', 'orphan_cleanup') \
+                         AND a.success AND NOT a.dry_run",
+                    );
+                    if let Some(since) = query.since {
+                        qb.push(" AND a.timestamp >= ").push_bind(bind_ts(since));
+                    }
+                    if let Some(until) = query.until {
+                        qb.push(" AND a.timestamp < ").push_bind(bind_ts(until));
+                    }
+                    if let Some(org) = &query.org {
+                        qb.push(" AND j.org = ").push_bind(org.as_str());
+                    }
+                    let op = "reading the audit log for the reclaimed report";
+                    let rows = list_rows(&self.$reads, qb, "a.timestamp, a.id", None, op).await?;
+                    rows.iter()
+                        .map(|r| {
+                            let row = audit_row(r);
+                            Ok(ReclaimedRow {
+                                entry: decode_audit(&row)?,
+                                org: row.opt_text("job_org")?,
+                                run_id: row.opt_text("job_run_id")?,
+                                finished_at: row.opt_ts("job_finished_at")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                pub(crate) async fn queue_by_kind(&self) -> Result<Vec<(String, String, u64)>> {
+                    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                        "SELECT kind, state, COUNT(*) FROM cleanup_tasks \
+                         WHERE state <> 'done' GROUP BY kind, state ORDER BY kind, state",
+                    )
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(db("counting cleanup tasks by kind"))?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(k, s, n)| (k, s, u64::try_from(n).unwrap_or(0)))
+                        .collect())
                 }
             }
 

@@ -134,20 +134,17 @@ impl Enforcer {
         let job = JobRecord {
             org: req.org.clone(),
             job_type: req.job_type.clone(),
-            reason: resolved.capped_by.map(|c| {
-                format!(
-                    "timeout capped by {}",
-                    match c {
-                        crate::policy::Cap::OrganizationMax => "the organisation maximum",
-                        crate::policy::Cap::HardMax => "the platform hard maximum",
-                    }
-                )
-            }),
+            reason: resolved
+                .capped_by
+                .map(|c| format!("timeout capped by {}", c.words())),
             timeout: resolved.timeout,
             grace: resolved.grace,
             ttl: resolved.ttl,
             heartbeat_timeout: resolved.heartbeat_timeout,
-            spec: serde_json::json!({ "command": req.command }),
+            spec: serde_json::json!({
+                "command": req.command,
+                crate::policy::Resolution::KEY: crate::policy::Resolution::of(&resolved).to_json(),
+            }),
             dry_run: self.shared.dry_run,
             ..JobRecord::new(id.clone(), run_id, RuntimeKind::Local, name, now)
         };

@@ -438,7 +438,7 @@ impl Enforcer {
         let results = {
             let mut batch: Vec<(&mut JobRecord, &StepPlan)> =
                 planned.iter_mut().map(|(j, p)| (j, &*p)).collect();
-            self.executor.record_steps(&mut batch).await
+            self.executor.record_steps(&(), &mut batch).await
         };
         let results = match results {
             Ok(results) => results,

@@ -537,7 +537,7 @@ pub fn to_record(
         heartbeat_timeout: resolved.heartbeat_timeout,
         last_heartbeat: same_run.and_then(|p| p.last_heartbeat),
         recovery_attempts: previous.map_or(0, |p| p.recovery_attempts),
-        spec: run_spec(obs, previous, same_run),
+        spec: run_spec(obs, previous, same_run, &resolved, soft_killed),
         dry_run: previous.is_some_and(|p| p.dry_run),
         ..JobRecord::new(
             obs.id.clone(),
@@ -571,13 +571,22 @@ fn run_spec(
     obs: &ObservedJob,
     previous: Option<&JobRecord>,
     same_run: Option<&JobRecord>,
+    resolved: &crate::policy::Resolved,
+    soft_killed: bool,
 ) -> serde_json::Value {
+    use crate::policy::Resolution;
     let mut spec = serde_json::json!({
         "namespace": obs.namespace,
         "name": obs.name,
         "uid": obs.uid,
         JOB_TEMPLATE: obs.template,
+        Resolution::KEY: Resolution::of(resolved).to_json(),
     });
+    // Frozen with the timeout once jobwarden ended the run: the activeDeadlineSeconds it
+    // patched in is no job override.
+    if soft_killed && let Some(v) = same_run.and_then(|p| p.spec.get(Resolution::KEY)) {
+        spec[Resolution::KEY] = v.clone();
+    }
     if let Some(p) = same_run {
         for key in [
             JOB_TEMPLATE,

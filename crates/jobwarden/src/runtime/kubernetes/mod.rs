@@ -36,6 +36,38 @@ pub struct KubeTarget<'a> {
     pub pods: &'a [Pod],
 }
 
+/// The sum of the `cpu` and `memory` requests of the containers of `pods` that have not ended
+/// (phase neither Succeeded nor Failed); each None when a container requests none of it (a
+/// sum without it would be less than the truth) or a quantity does not parse.
+pub fn pod_requests(pods: &[Pod]) -> (Option<f64>, Option<f64>) {
+    let mut cpu = Some(0.0);
+    let mut memory = Some(0.0);
+    let live = pods.iter().filter(|p| {
+        !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+    });
+    for pod in live {
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        for c in containers {
+            let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+            let get = |name: &str| {
+                requests
+                    .and_then(|r| r.get(name))
+                    .and_then(|q| crate::reclaimed::parse_quantity(&q.0))
+            };
+            cpu = cpu.zip(get("cpu")).map(|(a, b)| a + b);
+            memory = memory.zip(get("memory")).map(|(a, b)| a + b);
+        }
+    }
+    (cpu, memory)
+}
+
 /// The observation admitted the Job, so the actions (which check the same scope) cannot
 /// refuse it; reported as a failed act rather than a panic.
 fn out_of_scope() -> Acted {
@@ -73,6 +105,46 @@ impl Runtime for Actions {
             Step::ForceDelete => self.force_delete(k, target.pods, reason, now).await,
         };
         report.map_or_else(|_| out_of_scope(), Acted::from)
+    }
+
+    /// The resource requests of the Job's pods that have not ended (a resource is unknown
+    /// when a container of them requests none); the bound is the earliest of the uncapped
+    /// timeout's end, the deadline for a cancel, and the Job's own `activeDeadlineSeconds`
+    /// (from the Job as first seen, never jobwarden's patch). A Job carrying
+    /// `<prefix>timeout-source` was given its `activeDeadlineSeconds` by jobwarden (`manifest
+    /// job`, the API's submit, the admission webhook: a backstop after the ladder, or the
+    /// Job's own kept only when smaller), so it bounds nothing here: counted as unknown
+    /// rather than as time saved against jobwarden's own backstop.
+    fn usage(
+        &self,
+        target: &Self::Target<'_>,
+        job: &JobRecord,
+        plan: &StepPlan,
+    ) -> Option<crate::reclaimed::Usage> {
+        if plan.step() != Step::SoftKill || plan.dry_run {
+            return None;
+        }
+        let template = job.spec.get(JOB_TEMPLATE);
+        let backstop = template
+            .and_then(|t| t.pointer("/metadata/annotations"))
+            .and_then(|a| a.get(&self.scope().keys.timeout_source))
+            .is_some();
+        let ads = template
+            .filter(|_| !backstop)
+            .and_then(|t| t.get("spec"))
+            .and_then(|s| s.get("activeDeadlineSeconds"))
+            .and_then(serde_json::Value::as_u64)
+            .map(std::time::Duration::from_secs);
+        let cancelled = crate::reclaimed::cancelled(job, plan);
+        let (otherwise_until, bound) = crate::reclaimed::bound(job, cancelled, ads);
+        let (cpu_cores, memory_bytes) = pod_requests(target.pods);
+        Some(crate::reclaimed::Usage {
+            basis: crate::reclaimed::Basis::PodRequests,
+            cpu_cores,
+            memory_bytes: memory_bytes.map(|b| b as u64),
+            otherwise_until,
+            bound,
+        })
     }
 
     /// A soft kill whose patch the Job shows went out before (a crash came after it).
@@ -165,5 +237,41 @@ impl Runtime for Actions {
             }
             Err(_) => out_of_scope(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pod_requests;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(phase: &str, requests: &[(&str, &str)]) -> Pod {
+        let requests: serde_json::Map<String, serde_json::Value> = requests
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": requests}}]},
+            "status": {"phase": phase},
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn requests_of_the_pods_that_have_not_ended_are_summed() {
+        let pods = [
+            pod("Running", &[("cpu", "500m"), ("memory", "1Gi")]),
+            pod("Pending", &[("cpu", "1"), ("memory", "512Mi")]),
+            pod("Succeeded", &[("cpu", "8"), ("memory", "8Gi")]),
+        ];
+        let (cpu, memory) = pod_requests(&pods);
+        assert_eq!(cpu, Some(1.5));
+        assert_eq!(memory, Some(1.5 * 1024.0 * 1024.0 * 1024.0));
+        // A container without a memory request: memory is unknown, not a smaller sum.
+        let (cpu, memory) = pod_requests(&[pod("Running", &[("cpu", "2")])]);
+        assert_eq!((cpu, memory), (Some(2.0), None));
+        // No pod left: nothing is reserved.
+        assert_eq!(pod_requests(&[]), (Some(0.0), Some(0.0)));
     }
 }
