@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -27,7 +25,7 @@ use crate::store::{AuditQuery, JobFilter, TaskFilter};
 
 use super::super::{Backend, read::view};
 use super::{
-    Live, Nav, action_form, authorize, error_page, html_response, page, query, see_other,
+    Authorized, Live, Nav, PageJobId, PageQuery, error_page, html_response, page, query, see_other,
     token_field, when,
 };
 
@@ -176,14 +174,10 @@ fn order_key(v: &JobView) -> (u8, i64) {
 /// `GET /`: the jobs table.
 pub async fn list<B: Backend>(
     State(st): State<B>,
-    q: Result<Query<ListParams>, QueryRejection>,
+    PageQuery(p): PageQuery<ListParams>,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let p = match q {
-        Ok(Query(p)) => p,
-        Err(r) => return error_page(StatusCode::BAD_REQUEST, rt, now, &r.body_text()),
-    };
     let parsed = (|| {
         Ok::<_, ParamError>((
             filter_of(&p)?,
@@ -442,46 +436,18 @@ pub fn job_row(v: &JobView, job: &JobRecord, now: Timestamp) -> Markup {
     }
 }
 
-/// The id of a `/jobs/{id}…` path, or the error page.
-#[allow(
-    clippy::result_large_err,
-    reason = "the error is the handler's early response, built once per bad request"
-)]
-fn job_id(
-    path: Result<Path<String>, PathRejection>,
-    rt: RuntimeKind,
-    now: Timestamp,
-) -> Result<JobId, Response> {
-    let Path(raw) = path.map_err(|r| {
-        error_page(
-            StatusCode::BAD_REQUEST,
-            rt,
-            now,
-            &format!("the job id in the URL: {}", r.body_text()),
-        )
-    })?;
-    JobId::parse(&raw).map_err(|e| error_page(StatusCode::NOT_FOUND, rt, now, &e.to_string()))
-}
-
 /// `GET /jobs/{id}/row?org=&type=&stage=`: the job's row of the jobs table, or 204 when the
 /// filters leave it out (the script then removes it).
 pub async fn row<B: Backend>(
     State(st): State<B>,
-    path: Result<Path<String>, PathRejection>,
-    q: Result<Query<ListParams>, QueryRejection>,
+    PageJobId(id): PageJobId,
+    PageQuery(p): PageQuery<ListParams>,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let id = match job_id(path, rt, now) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let filter = match q
-        .map_err(|r| r.body_text())
-        .and_then(|Query(p)| filter_of(&p).map_err(|e| e.to_string()))
-    {
+    let filter = match filter_of(&p) {
         Ok(f) => f,
-        Err(e) => return error_page(StatusCode::BAD_REQUEST, rt, now, &e),
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, rt, now, &e.to_string()),
     };
     match st.store().get_job(&id).await {
         Ok(Some(job)) if filter.matches(&job) => {
@@ -556,19 +522,11 @@ pub fn timeline(job: &JobRecord, warn_before: &[Duration]) -> Vec<TimelineStep> 
 /// `GET /jobs/{id}`: one job.
 pub async fn show<B: Backend>(
     State(st): State<B>,
-    path: Result<Path<String>, PathRejection>,
-    q: Result<Query<ShowParams>, QueryRejection>,
+    PageJobId(id): PageJobId,
+    PageQuery(p): PageQuery<ShowParams>,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let id = match job_id(path, rt, now) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let p = match q {
-        Ok(Query(p)) => p,
-        Err(r) => return error_page(StatusCode::BAD_REQUEST, rt, now, &r.body_text()),
-    };
     let fragment = match fragment_of(p.fragment.as_deref(), &["main"]) {
         Ok(f) => f,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, rt, now, &e.to_string()),
@@ -841,23 +799,11 @@ pub fn audit_table(rows: &[&AuditEntry], now: Timestamp, link_jobs: bool) -> Mar
 /// `POST /jobs/{id}/cancel`: the cancel button (token rule in the module docs).
 pub async fn cancel<B: Backend>(
     State(st): State<B>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    PageJobId(id): PageJobId,
+    _: Authorized,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let id = match job_id(path, rt, now) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let form = match action_form(body, rt, now) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = authorize(&st, &headers, &form, now) {
-        return r;
-    }
     match st.cancel(id.clone()).await {
         // 202: asked of the Kubernetes leader, which has not recorded the soft kill yet.
         Ok((StatusCode::ACCEPTED, _)) => {

@@ -54,9 +54,58 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 
-use crate::model::{RuntimeKind, Timestamp, fmt_ts};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::clock;
+use crate::model::{JobId, RuntimeKind, Timestamp, fmt_ts};
 
 use super::Backend;
+
+/// A page's query parameters; a query that does not parse answers the 400 error page.
+pub struct PageQuery<T>(pub T);
+
+impl<B: Backend, T: DeserializeOwned + Send> FromRequestParts<B> for PageQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &B) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, st).await {
+            Ok(Query(p)) => Ok(PageQuery(p)),
+            Err(r) => Err(error_page(
+                StatusCode::BAD_REQUEST,
+                st.runtime(),
+                clock::now(),
+                &r.body_text(),
+            )),
+        }
+    }
+}
+
+/// The job id of a `/jobs/{id}…` path: 400 when the path does not read, 404 when it is not a
+/// job id (no job can have it).
+pub struct PageJobId(pub JobId);
+
+impl<B: Backend> FromRequestParts<B> for PageJobId {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &B) -> Result<Self, Response> {
+        let (rt, now) = (st.runtime(), clock::now());
+        let Path(raw) = Path::<String>::from_request_parts(parts, st)
+            .await
+            .map_err(|r| {
+                error_page(
+                    StatusCode::BAD_REQUEST,
+                    rt,
+                    now,
+                    &format!("the job id in the URL: {}", r.body_text()),
+                )
+            })?;
+        JobId::parse(&raw)
+            .map(PageJobId)
+            .map_err(|e| error_page(StatusCode::NOT_FOUND, rt, now, &e.to_string()))
+    }
+}
 
 /// The embedded assets: (path, content type, body).
 pub const ASSETS: [(&str, &str, &str); 2] = [
@@ -276,6 +325,22 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
     if q.is_empty() { q } else { format!("?{q}") }
 }
 
+/// An action the request may take: its form read ([`action_form`]) and the token rule
+/// passed ([`authorize`]); otherwise the error page that says why.
+pub struct Authorized;
+
+impl<B: Backend> FromRequest<B> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, st: &B) -> Result<Self, Response> {
+        let now = clock::now();
+        let headers = req.headers().clone();
+        let form = action_form(Bytes::from_request(req, st).await, st.runtime(), now)?;
+        authorize(st, &headers, &form, now)?;
+        Ok(Authorized)
+    }
+}
+
 /// The form of an action button: an optional token field.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,7 +355,7 @@ pub struct ActionForm {
     clippy::result_large_err,
     reason = "the error is the handler's early response, built once per bad request"
 )]
-pub fn action_form(
+fn action_form(
     body: Result<Bytes, BytesRejection>,
     runtime: RuntimeKind,
     now: Timestamp,
@@ -324,7 +389,7 @@ pub fn action_form(
     clippy::result_large_err,
     reason = "the error is the handler's early response, built once per refused request"
 )]
-pub fn authorize<B: Backend>(
+fn authorize<B: Backend>(
     st: &B,
     headers: &HeaderMap,
     form: &ActionForm,

@@ -5,10 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
@@ -24,8 +23,7 @@ use crate::store::{AuditQuery, JobFilter, TaskFilter, TaskState};
 use super::super::{Backend, read::parse_since};
 use super::jobs::{ParamError, audit_table, bad, name_param, number_param};
 use super::{
-    Live, Nav, action_form, authorize, error_page, html_response, page, see_other, token_field,
-    when,
+    Authorized, Live, Nav, PageQuery, error_page, html_response, page, see_other, token_field, when,
 };
 
 /// The query of `/audit`.
@@ -59,14 +57,10 @@ fn time_param(name: &'static str, v: Option<&str>) -> Result<Option<Timestamp>, 
 /// `GET /audit?job=&org=&action=&since=&until=&limit=`: the audit log, newest first.
 pub async fn audit<B: Backend>(
     State(st): State<B>,
-    q: Result<Query<AuditParams>, QueryRejection>,
+    PageQuery(p): PageQuery<AuditParams>,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let p = match q {
-        Ok(Query(p)) => p,
-        Err(r) => return error_page(StatusCode::BAD_REQUEST, rt, now, &r.body_text()),
-    };
     let parsed = (|| {
         let job = match p.job.as_deref().map(str::trim).filter(|j| !j.is_empty()) {
             None => None,
@@ -145,14 +139,10 @@ pub struct QueueParams {
 /// `GET /queue`: depth by kind, running tasks, dead letters with their last error.
 pub async fn queue<B: Backend>(
     State(st): State<B>,
-    q: Result<Query<QueueParams>, QueryRejection>,
+    PageQuery(p): PageQuery<QueueParams>,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let p = match q {
-        Ok(Query(p)) => p,
-        Err(r) => return error_page(StatusCode::BAD_REQUEST, rt, now, &r.body_text()),
-    };
     if let Some(f) = p
         .fragment
         .as_deref()
@@ -290,8 +280,7 @@ pub async fn queue<B: Backend>(
 pub async fn requeue<B: Backend>(
     State(st): State<B>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    _: Authorized,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
@@ -306,13 +295,6 @@ pub async fn requeue<B: Backend>(
             );
         }
     };
-    let form = match action_form(body, rt, now) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = authorize(&st, &headers, &form, now) {
-        return r;
-    }
     match super::super::admin::requeue(st.store(), id).await {
         Ok(()) => see_other("/queue?done=requeued"),
         Err(e) => error_page(e.status, rt, now, &e.message),
@@ -332,14 +314,10 @@ pub struct OrphanParams {
 /// `GET /orphans`: what the orphan scan finds now and why each is an orphan.
 pub async fn orphans<B: Backend>(
     State(st): State<B>,
-    q: Result<Query<OrphanParams>, QueryRejection>,
+    PageQuery(p): PageQuery<OrphanParams>,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let p = match q {
-        Ok(Query(p)) => p,
-        Err(r) => return error_page(StatusCode::BAD_REQUEST, rt, now, &r.body_text()),
-    };
     let found = st.orphans().await;
     let count = |v: &Option<String>| v.as_deref().and_then(|q| q.parse::<u64>().ok());
     let cleaned = p.done.as_deref() == Some("clean");
@@ -406,20 +384,9 @@ pub async fn orphans<B: Backend>(
 }
 
 /// `POST /orphans/clean`: the clean button.
-pub async fn clean_orphans<B: Backend>(
-    State(st): State<B>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn clean_orphans<B: Backend>(State(st): State<B>, _: Authorized) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let form = match action_form(body, rt, now) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = authorize(&st, &headers, &form, now) {
-        return r;
-    }
     match st.clean_orphans().await {
         Ok(v) => {
             let n = |key: &str| v.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
@@ -539,14 +506,10 @@ pub struct ReclaimedParams {
 /// day, as a table and a chart, with the method in one sentence.
 pub async fn reclaimed<B: Backend>(
     State(st): State<B>,
-    q: Result<Query<ReclaimedParams>, QueryRejection>,
+    PageQuery(p): PageQuery<ReclaimedParams>,
 ) -> Response {
     let now = clock::now();
     let rt = st.runtime();
-    let p = match q {
-        Ok(Query(p)) => p,
-        Err(r) => return error_page(StatusCode::BAD_REQUEST, rt, now, &r.body_text()),
-    };
     let since_text = p
         .since
         .clone()
