@@ -53,6 +53,16 @@ pub fn format_rounded(d: Duration) -> String {
     jobwarden_duration::format_rounded(d)
 }
 
+/// When `t` is, seen from `now`, to the nearest second: `in 3s` / `4s ago` (2.9 s ahead is
+/// `in 3s`, not `in 2s`).
+pub fn relative(t: Timestamp, now: Timestamp) -> String {
+    if t >= now {
+        format!("in {}", format_rounded(crate::model::since(t, now)))
+    } else {
+        format!("{} ago", format_rounded(crate::model::since(now, t)))
+    }
+}
+
 /// How `now` stands to `deadline`, for messages, to the nearest second: `3s left`,
 /// `overdue by 4s`, or `at the deadline` within half a second of it.
 pub fn time_left(deadline: Timestamp, now: Timestamp) -> String {
@@ -194,6 +204,16 @@ mod tests {
             assert!(msg.contains(&format!("{input:?}")), "{input:?}: {msg}");
             assert!(msg.contains("largest first"), "{input:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn relative_rounds_to_the_second_either_way() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("ts");
+        let at = |ms: i64| now + chrono::TimeDelta::milliseconds(ms);
+        assert_eq!(relative(at(2_900), now), "in 3s");
+        assert_eq!(relative(at(0), now), "in 0s");
+        assert_eq!(relative(at(-4_000), now), "4s ago");
+        assert_eq!(relative(at(-3_700_000), now), "1h1m40s ago");
     }
 
     #[test]

@@ -1,21 +1,7 @@
 //! What the commands print: aligned tables and human times.
 
 use super::*;
-
-/// `in 3s` / `4s ago`, to the nearest second (2.9 s ahead is `in 3s`, not `in 2s`).
-pub(super) fn ago(now: Timestamp, t: Timestamp) -> String {
-    if t >= now {
-        format!(
-            "in {}",
-            crate::duration::format_rounded(crate::model::since(t, now))
-        )
-    } else {
-        format!(
-            "{} ago",
-            crate::duration::format_rounded(crate::model::since(now, t))
-        )
-    }
-}
+use crate::duration::relative;
 
 /// The `jobs` table: STAGE says where the job is (`completed`: its process exited 0,
 /// `failed`: it did not), OUTCOME who ended it (`succeeded`, `terminated`, …), NEXT STEP what
@@ -122,8 +108,8 @@ pub(super) fn clip(s: &str, max: usize) -> String {
 /// The NEXT STEP cell: the next ladder step, or a finished job's cleanup, with when.
 pub(super) fn next_step(j: &JobView, now: Timestamp) -> String {
     match (&j.next_step, j.cleanup_at) {
-        (Some(n), _) => format!("{} {}", n.step, ago(now, n.due_at)),
-        (None, Some(at)) if at > now => format!("cleanup {}", ago(now, at)),
+        (Some(n), _) => format!("{} {}", n.step, relative(n.due_at, now)),
+        (None, Some(at)) if at > now => format!("cleanup {}", relative(at, now)),
         (None, Some(_)) => "cleanup now".to_owned(),
         (None, None) => "-".to_owned(),
     }
@@ -255,7 +241,7 @@ pub(super) fn print_plan(plan: &[PlanEntry], now: Timestamp) {
         .map(|p| {
             let when = match (p.due_now, p.due_at) {
                 (true, _) => "now".to_owned(),
-                (false, Some(t)) => ago(now, t),
+                (false, Some(t)) => relative(t, now),
                 (false, None) => "-".to_owned(),
             };
             vec![

@@ -59,6 +59,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::clock;
+use crate::duration::relative;
 use crate::model::{JobId, RuntimeKind, Timestamp, fmt_ts};
 
 use super::Backend;
@@ -295,21 +296,6 @@ pub fn error_page(
 pub fn when(t: Timestamp, now: Timestamp) -> Markup {
     html! {
         time datetime=(fmt_ts(t)) title=(fmt_ts(t)) { (relative(t, now)) }
-    }
-}
-
-/// `in 3m 20s` / `4s ago`.
-pub fn relative(t: Timestamp, now: Timestamp) -> String {
-    if t >= now {
-        format!(
-            "in {}",
-            crate::duration::format_rounded(crate::model::since(t, now))
-        )
-    } else {
-        format!(
-            "{} ago",
-            crate::duration::format_rounded(crate::model::since(now, t))
-        )
     }
 }
 
