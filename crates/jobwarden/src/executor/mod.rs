@@ -165,6 +165,11 @@ impl<R: Runtime> Executor<R> {
         &self.runtime
     }
 
+    /// The runtime, to configure it.
+    pub fn runtime_mut(&mut self) -> &mut R {
+        &mut self.runtime
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

@@ -335,8 +335,9 @@ pub async fn run(
         orphans.clone(),
         token,
     );
-    let reconciler =
-        super::reconcile::Reconciler::new(config, store.clone(), actions).with_limiter(limiter);
+    let reconciler = super::reconcile::Reconciler::new(config, store.clone(), actions)
+        .with_limiter(limiter)
+        .with_background_events();
     let hooks_idle = reconciler.hooks_idle();
     let ready = Arc::new(AtomicBool::new(false));
     // Every replica watches; only the leader acts (dry-run acts without a Lease).

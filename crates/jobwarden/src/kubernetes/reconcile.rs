@@ -140,6 +140,19 @@ impl Reconciler {
         self
     }
 
+    /// Posts the Events that accompany the kill steps' calls in the background
+    /// ([`crate::runtime::kubernetes::poster`]): a burst of due steps waits for their real
+    /// calls only. Spawns the poster: call it inside a tokio runtime.
+    pub fn with_background_events(mut self) -> Self {
+        let poster = crate::runtime::kubernetes::poster::EventPoster::spawn(
+            self.store().clone(),
+            self.metrics(),
+        );
+        let actions = self.executor.runtime_mut();
+        *actions = actions.clone().with_event_poster(poster);
+        self
+    }
+
     /// The metrics this reconciler counts into (for `/metrics`).
     pub fn metrics(&self) -> Arc<Metrics> {
         self.executor.metrics().clone()
@@ -153,6 +166,12 @@ impl Reconciler {
 
     fn store(&self) -> &Store {
         self.executor.store()
+    }
+
+    /// Whether a watched Job is exactly as one of our PATCHes left it (the watch's echo of
+    /// our own change: nothing to reconcile). See [`Actions::is_own_echo`].
+    pub fn is_own_echo(&self, job: &Job) -> bool {
+        self.executor.runtime().is_own_echo(job)
     }
 
     /// Which Jobs are ours.
