@@ -50,7 +50,7 @@ use super::reconcile::{Reconciled, Reconciler};
 use super::watch::{Cache, watch};
 
 /// Jobs reconciled at once (each batch's Jobs are distinct).
-pub const RECONCILE_CONCURRENCY: usize = 16;
+pub const RECONCILE_CONCURRENCY: usize = 32;
 
 /// Retry a reconcile that failed (store error) after this long.
 pub const RECONCILE_RETRY: Duration = Duration::from_secs(5);
