@@ -736,3 +736,183 @@ async fn nothing_is_sent_for_protected_or_unlabelled_jobs() {
     assert_eq!(fake.names("secrets"), ["kube-system/left"]);
     c.finish().await;
 }
+
+/// Issue 18: the watch's echo of our own PATCH (exactly the resourceVersion it returned) is
+/// not reconciled again; any other version of the Job is, and one PATCH is one echo.
+#[tokio::test]
+async fn only_the_exact_echo_of_our_own_patch_counts_as_ours() {
+    use jobwarden::kubernetes::observe::Scope;
+    use jobwarden::runtime::kubernetes::actions::Actions;
+    let fake = Fake::new(clock(Instant::now()));
+    fake.insert(running_job(
+        "build-42",
+        JOB_UID,
+        at(-1800.0),
+        json!({"flowforge.io/timeout-seconds": "60"}),
+    ));
+    let config = Config::default();
+    let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let actions = Actions::new(fake.client(), scope, false, "jw-0");
+    let current = || job(fake.get("jobs", "flowforge", "build-42").expect("job"));
+    let before = current();
+    assert!(!actions.is_own_echo(&before), "a version we never wrote");
+    actions
+        .soft_kill(&before, &[], Duration::from_secs(300), "timeout", at(0.0))
+        .await
+        .expect("ours");
+    let echo = current();
+    assert_ne!(
+        echo.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert!(
+        !actions.is_own_echo(&before),
+        "the version before our PATCH"
+    );
+    // Seeing an older version gave up on ours (it cannot be told apart): patch again.
+    actions
+        .soft_kill(&echo, &[], Duration::from_secs(300), "timeout", at(1.0))
+        .await
+        .expect("ours");
+    let echo = current();
+    assert!(actions.is_own_echo(&echo), "exactly what our PATCH left");
+    assert!(!actions.is_own_echo(&echo), "one echo per PATCH");
+    // Our PATCH, then someone else's change before the echo was seen: theirs is reconciled.
+    actions
+        .soft_kill(&echo, &[], Duration::from_secs(300), "timeout", at(2.0))
+        .await
+        .expect("ours");
+    fake.modify("jobs", "flowforge", "build-42", |j| {
+        j["metadata"]["labels"]["team"] = "other".into();
+    });
+    let theirs = current();
+    assert!(!actions.is_own_echo(&theirs), "changed by someone else");
+}
+
+/// Issue 18: with background Events the step is recorded and carried out (its PATCH) by the
+/// reconcile, and the `TimeoutSoftKill` Event follows with its own audit row from the poster.
+#[tokio::test]
+async fn a_background_event_follows_the_recorded_and_carried_out_soft_kill() {
+    use jobwarden::kubernetes::observe::Scope;
+    use jobwarden::kubernetes::reconcile::Reconciler;
+    use jobwarden::model::{JobId, Step};
+    use jobwarden::runtime::kubernetes::actions::Actions;
+    let fake = Fake::new(clock(Instant::now()));
+    fake.insert(running_job(
+        "build-42",
+        JOB_UID,
+        at(-1800.0),
+        json!({"flowforge.io/timeout-seconds": "60", "flowforge.io/grace-period-seconds": "10"}),
+    ));
+    let (store, _dir) = temp_store().await;
+    let config = Config::default();
+    let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let r = Reconciler::new(
+        config,
+        store.clone(),
+        Actions::new(fake.client(), scope, false, "jw-0"),
+    )
+    .with_background_events();
+    let k = job(fake.get("jobs", "flowforge", "build-42").expect("job"));
+    r.reconcile(&k, &[], at(0.0)).await.expect("reconcile");
+    // Recorded and carried out when the reconcile returns: the step, no marker left, the PATCH.
+    let record = store
+        .get_job(&JobId::parse("j-42").expect("id"))
+        .await
+        .expect("store")
+        .expect("record");
+    assert!(
+        record.steps.iter().any(|s| s.step == Step::SoftKill),
+        "{:?}",
+        record.steps
+    );
+    assert!(record.spec.get("acting").is_none(), "{}", record.spec);
+    assert_eq!(count(&fake.requests(), "PATCH", JOB_PATH), 1);
+    // As at a graceful shutdown: the reconciler goes, the poster posts what it holds, and
+    // `events_posted` says when it has (the Event and its row are then both there).
+    let posted = r.events_posted();
+    drop(r);
+    tokio::time::timeout(Duration::from_secs(10), posted)
+        .await
+        .expect("the poster drains once the reconciler is gone");
+    let rows = store
+        .query_audit(&jobwarden::store::AuditQuery::default())
+        .await
+        .expect("audit");
+    let row = rows
+        .iter()
+        .find(|a| {
+            a.resource_type == "event"
+                && a.action == AuditAction::SoftKill
+                && a.success
+                && a.details
+                    .as_ref()
+                    .is_some_and(|d| d["eventReason"] == "TimeoutSoftKill")
+        })
+        .unwrap_or_else(|| panic!("no Event row: {rows:?}"));
+    let name = row.resource_name.rsplit('/').next().unwrap_or_default();
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|s| s.method == "POST" && s.body["metadata"]["name"] == name),
+        "the row names the Event posted"
+    );
+}
+
+/// Issue 18: a poster that cannot keep up never holds up a step: its Events are dropped,
+/// counted (`event_dropped`), and every PATCH still goes out at once.
+#[tokio::test]
+async fn a_full_event_queue_drops_and_counts_without_delaying_the_steps() {
+    use jobwarden::kubernetes::observe::Scope;
+    use jobwarden::metrics::Metrics;
+    use jobwarden::runtime::kubernetes::actions::Actions;
+    use jobwarden::runtime::kubernetes::poster::EventPoster;
+    let fake = Fake::new(clock(Instant::now()));
+    let names = ["build-1", "build-2", "build-3", "build-4"];
+    for (i, name) in names.iter().enumerate() {
+        fake.insert(running_job(
+            name,
+            &format!("uid-{i}"),
+            at(-1800.0),
+            json!({"flowforge.io/timeout-seconds": "60"}),
+        ));
+    }
+    // The API server never answers an Event: the poster is stuck on its first.
+    fake.hang("POST", EVENTS);
+    let (store, _dir) = temp_store().await;
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let config = Config::default();
+    let scope = Scope::new(&config.kubernetes, &config.annotations.prefix);
+    let actions = Actions::new(fake.client(), scope, false, "jw-0")
+        .with_event_poster(EventPoster::spawn_with(store.clone(), metrics.clone(), 1));
+    for name in names {
+        let k = job(fake.get("jobs", "flowforge", name).expect("job"));
+        let report = tokio::time::timeout(
+            Duration::from_secs(5),
+            actions.soft_kill(&k, &[], Duration::from_secs(300), "timeout", at(0.0)),
+        )
+        .await
+        .expect("never waits for an Event")
+        .expect("ours");
+        assert_eq!(report.audit.len(), 1, "the PATCH's row only: {report:?}");
+        assert!(report.audit[0].success);
+        tokio::task::yield_now().await;
+    }
+    let patches = fake
+        .requests()
+        .iter()
+        .filter(|s| s.method == "PATCH")
+        .count();
+    assert_eq!(patches, names.len());
+    let text = metrics.render();
+    let dropped: u64 = text
+        .lines()
+        .find(|l| l.contains("kind=\"event_dropped\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (2..=3).contains(&dropped),
+        "one Event hangs, one waits in the queue, the rest dropped: {text}"
+    );
+}

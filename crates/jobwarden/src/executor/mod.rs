@@ -13,6 +13,9 @@
 //!    grace counts from then), a run the act ended settled (one write, only when there is
 //!    something to write) → the step's metrics → its hooks. An act that must be retried
 //!    (429, 5xx, 403) keeps the marker: its rows are written and the retry time returned.
+//!    For a runtime that marks pending acts, concurrent callers' step records go through a
+//!    group commit (one transaction for all queued, each caller acting only once its own
+//!    write committed): the order per step is unchanged.
 //! 2. **TTL cleanup**: act (the runtime's part: a Kubernetes Job's delete) → move the job to
 //!    `cleanup` with the act's rows (one write) → queue the tasks (a failure moves the stage
 //!    back) → hooks.
@@ -73,7 +76,22 @@ pub struct Executor<R: Runtime> {
     /// Consecutive failed attempts per (job, run, act), for the retry backoff of acts that
     /// failed in a way retrying soon will not fix.
     failures: std::sync::Mutex<std::collections::HashMap<(String, String, &'static str), u32>>,
+    /// Steps of concurrent callers waiting to be recorded in one transaction.
+    group: Group,
 }
+
+/// The group commit of [`Executor::step`]: each caller queues its step's write and waits for
+/// its own answer; whoever takes the commit turn writes everything queued in one transaction
+/// ([`Store::record_steps`]) and answers each. A caller acts only once its own write
+/// committed, as without grouping. A transaction that fails as a whole is retried write by
+/// write, so each caller gets its own answer.
+#[derive(Default)]
+struct Group {
+    queued: std::sync::Mutex<Vec<(StepWrite, Answer)>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+type Answer = tokio::sync::oneshot::Sender<Result<Result<bool>>>;
 
 /// A step recorded but not yet carried out (`JobRecord.spec.acting`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -158,12 +176,18 @@ impl<R: Runtime> Executor<R> {
             metrics,
             max_attempts,
             failures: std::sync::Mutex::default(),
+            group: Group::default(),
         }
     }
 
     /// The runtime.
     pub fn runtime(&self) -> &R {
         &self.runtime
+    }
+
+    /// The runtime, to configure it.
+    pub fn runtime_mut(&mut self) -> &mut R {
+        &mut self.runtime
     }
 
     /// The store.
@@ -195,30 +219,10 @@ impl<R: Runtime> Executor<R> {
         target: &R::Target<'_>,
         batch: &mut [(&mut JobRecord, &StepPlan)],
     ) -> Result<Vec<Result<bool>>> {
-        let mut afters = Vec::with_capacity(batch.len());
-        let writes: Vec<StepWrite> = batch
+        let (writes, afters): (Vec<StepWrite>, Vec<JobRecord>) = batch
             .iter()
-            .map(|(job, plan)| {
-                let mut after = plan.apply(job);
-                if R::MARKS_PENDING {
-                    set_spec(&mut after, ACTING, serde_json::to_value(pending(plan)).ok());
-                }
-                let mut audit = plan.row.clone();
-                if let Some(usage) = self.runtime.usage(target, job, plan) {
-                    usage.add_to(&mut audit.details);
-                }
-                let write = StepWrite {
-                    job_id: job.id.clone(),
-                    run_id: job.run_id.clone(),
-                    step: plan.taken.clone(),
-                    audit,
-                    stage_after: plan.stage_after.clone(),
-                    spec_after: R::MARKS_PENDING.then(|| after.spec.clone()),
-                };
-                afters.push(after);
-                write
-            })
-            .collect();
+            .map(|(job, plan)| self.step_write(target, job, plan))
+            .unzip();
         let results = self.store.record_steps(&writes).await?;
         for (((job, _), after), result) in batch.iter_mut().zip(afters).zip(&results) {
             if matches!(result, Ok(true)) {
@@ -229,7 +233,9 @@ impl<R: Runtime> Executor<R> {
         Ok(results)
     }
 
-    /// Records `plan`, then carries it out ([`Executor::act_step`]).
+    /// Records `plan` (for a runtime that marks pending acts, in one transaction with the
+    /// steps of concurrent callers: the group commit), then carries it out
+    /// ([`Executor::act_step`]).
     pub async fn step(
         &self,
         target: &R::Target<'_>,
@@ -237,15 +243,98 @@ impl<R: Runtime> Executor<R> {
         plan: &StepPlan,
         now: Timestamp,
     ) -> Result<Carried> {
-        let recorded = self
-            .record_steps(target, &mut [(&mut *job, plan)])
-            .await?
-            .pop()
-            .unwrap_or(Ok(false))?;
+        let recorded = if R::MARKS_PENDING {
+            // A write queued by a caller dropped before its turn still commits, marked
+            // `acting`: the next pass carries it out, as after a crash.
+            let (write, after) = self.step_write(target, job, plan);
+            let recorded = self.record_grouped(write).await??;
+            if recorded {
+                self.metrics.audit_written(1);
+                *job = after;
+            }
+            recorded
+        } else {
+            self.record_steps(target, &mut [(&mut *job, plan)])
+                .await?
+                .pop()
+                .unwrap_or(Ok(false))?
+        };
         if !recorded {
             return Ok(Carried::AlreadyRecorded);
         }
         self.act_step(target, job, plan, now).await
+    }
+
+    /// The store write that records `plan` for `job` (the step, its audit row with what the
+    /// kill reclaims, the stage, and for a runtime that marks pending acts the `acting`
+    /// marker), and the record as it will be once written.
+    fn step_write(
+        &self,
+        target: &R::Target<'_>,
+        job: &JobRecord,
+        plan: &StepPlan,
+    ) -> (StepWrite, JobRecord) {
+        let mut after = plan.apply(job);
+        if R::MARKS_PENDING {
+            set_spec(&mut after, ACTING, serde_json::to_value(pending(plan)).ok());
+        }
+        let mut audit = plan.row.clone();
+        if let Some(usage) = self.runtime.usage(target, job, plan) {
+            usage.add_to(&mut audit.details);
+        }
+        let write = StepWrite {
+            job_id: job.id.clone(),
+            run_id: job.run_id.clone(),
+            step: plan.taken.clone(),
+            audit,
+            stage_after: plan.stage_after.clone(),
+            spec_after: R::MARKS_PENDING.then(|| after.spec.clone()),
+        };
+        (write, after)
+    }
+
+    /// One step's write through the group commit (see [`Group`]): its own answer, once the
+    /// transaction holding it committed.
+    async fn record_grouped(&self, write: StepWrite) -> Result<Result<bool>> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        lock(&self.group.queued).push((write, tx));
+        let turn = self.group.turn.lock().await;
+        // Answered by the caller that had the turn before (it answers before letting go).
+        if let Ok(answer) = rx.try_recv() {
+            return answer;
+        }
+        let queued = std::mem::take(&mut *lock(&self.group.queued));
+        if !queued.is_empty() {
+            let writes: Vec<StepWrite> = queued.iter().map(|(w, _)| w.clone()).collect();
+            match self.store.record_steps(&writes).await {
+                Ok(results) => {
+                    for ((_, answer), r) in queued.into_iter().zip(results) {
+                        let _ = answer.send(Ok(r));
+                    }
+                }
+                // The whole transaction failed: each write alone, for its own answer.
+                Err(_) => {
+                    for (w, answer) in queued {
+                        let r = self
+                            .store
+                            .record_steps(std::slice::from_ref(&w))
+                            .await
+                            .map(|mut v| v.pop().unwrap_or(Ok(false)));
+                        let _ = answer.send(r);
+                    }
+                }
+            }
+        }
+        drop(turn);
+        rx.await.unwrap_or_else(|_| {
+            // The caller that had the turn was dropped mid-commit (leadership lost): whether
+            // this step committed is unknown, so it is not acted on here; the next reconcile
+            // reads the store and finishes it (its `acting` marker) or decides it again.
+            Err(crate::store::Error::Db {
+                op: "recording a step (the group commit was abandoned)".into(),
+                cause: sqlx::Error::PoolClosed,
+            })
+        })
     }
 
     /// The step recorded for this run but not carried out yet, if any: carried out now.
@@ -588,6 +677,12 @@ impl<R: Runtime> Executor<R> {
             }
         }
     }
+}
+
+/// A step's write, and the record as it is once the write committed.
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The marker of a step recorded but not carried out.

@@ -567,3 +567,55 @@ async fn a_local_act_that_fails_is_audited_and_the_ladder_goes_on() {
     );
     assert_eq!(step_at(&job, t(110), false).step(), Step::HardKill);
 }
+
+/// Issue 18: the steps of concurrent callers are recorded together (the group commit), and
+/// still each one before its act, each once: a second caller with the same step, in the same
+/// group, is refused.
+#[tokio::test]
+async fn concurrent_steps_are_recorded_together_each_before_its_act_and_once() {
+    let store = Store::open("sqlite::memory:").await.expect("store");
+    let mut jobs = Vec::new();
+    for i in 0..12 {
+        let mut j = warned();
+        j.id = crate::model::JobId::parse(&format!("j-group-{i}")).expect("id");
+        store.insert_job(&j).await.expect("insert");
+        jobs.push(j);
+    }
+    let fake = Fake::<true>::new(&store);
+    let ex = executor(&fake);
+    let soft = step_at(&jobs[0], t(100), false);
+    let mut copy = jobs[0].clone();
+    let mut work: Vec<&mut JobRecord> = jobs.iter_mut().collect();
+    work.push(&mut copy);
+    let ex = &ex;
+    let results = futures::future::join_all(work.into_iter().map(|j| {
+        let plan = soft.clone();
+        async move { ex.step(&(), j, &plan, t(100)).await.expect("step") }
+    }))
+    .await;
+    let done = results.iter().filter(|r| **r == Carried::Done).count();
+    let refused = results
+        .iter()
+        .filter(|r| **r == Carried::AlreadyRecorded)
+        .count();
+    assert_eq!((done, refused), (12, 1), "{results:?}");
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 12, "each acted once: {calls:?}");
+    for c in &calls {
+        let seen = c.stored.as_ref().expect("stored");
+        assert!(seen.has_step(Step::SoftKill), "recorded before its act");
+        assert_eq!(seen.spec[ACTING]["step"], "soft_kill");
+    }
+    for j in &jobs {
+        let stored = store.get_job(&j.id).await.expect("get").expect("job");
+        assert_eq!(
+            stored
+                .steps
+                .iter()
+                .filter(|s| s.step == Step::SoftKill)
+                .count(),
+            1
+        );
+        assert!(stored.spec.get(ACTING).is_none(), "{}", stored.spec);
+    }
+}

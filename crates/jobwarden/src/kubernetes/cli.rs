@@ -191,6 +191,9 @@ pub struct RunOptions {
 /// How long shutdown waits for running hooks (a pod gets 30 s by default in all).
 const HOOKS_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a graceful shutdown waits for the Events queued to the background poster.
+const EVENTS_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `/healthz`, `/readyz` (200 once both watches listed, saying whether this replica leads)
 /// and `/metrics` (with `jobwarden_leader`) of `run --runtime kubernetes`.
 pub fn health_router(
@@ -330,8 +333,9 @@ pub async fn run(
     let admission_store = store.clone();
     let api_config = config.clone();
     let api_actions = actions.clone();
-    let reconciler =
-        super::reconcile::Reconciler::new(config, store.clone(), actions).with_limiter(limiter);
+    let reconciler = super::reconcile::Reconciler::new(config, store.clone(), actions)
+        .with_limiter(limiter)
+        .with_background_events();
     let events = reconciler.events();
     let api = super::api::ApiState::new(
         store.clone(),
@@ -342,6 +346,7 @@ pub async fn run(
         events.clone(),
     );
     let hooks_idle = reconciler.hooks_idle();
+    let events_posted = reconciler.events_posted();
     let ready = Arc::new(AtomicBool::new(false));
     // Every replica watches; only the leader acts (dry-run acts without a Lease).
     let (leading_tx, leading_rx) = tokio::sync::watch::channel(opts.dry_run);
@@ -477,6 +482,17 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = controller.await;
+    // The controller (and with it the last sender of the Event poster) is gone: the Events
+    // queued for steps already taken are posted now, within bounds.
+    if tokio::time::timeout(EVENTS_AT_SHUTDOWN, events_posted)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "Events still queued {} after shutdown began; not waiting for them (the steps are recorded)",
+            crate::duration::format_duration(EVENTS_AT_SHUTDOWN)
+        );
+    }
     for worker in workers {
         let _ = worker.await;
     }

@@ -50,7 +50,7 @@ use super::reconcile::{Reconciled, Reconciler};
 use super::watch::{Cache, watch};
 
 /// Jobs reconciled at once (each batch's Jobs are distinct).
-pub const RECONCILE_CONCURRENCY: usize = 16;
+pub const RECONCILE_CONCURRENCY: usize = 32;
 
 /// Retry a reconcile that failed (store error) after this long.
 pub const RECONCILE_RETRY: Duration = Duration::from_secs(5);
@@ -157,7 +157,14 @@ pub async fn run_with_orphans(
                 is_leader = now_leader;
             }
             ev = job_events.next() => match ev {
-                Some((_, Ok(watcher::Event::Apply(job)))) => dirty.extend(key_of(&job)),
+                // The echo of our own PATCH (the very resourceVersion it returned): the
+                // reconcile that sent it accounted for it already. Any other change is
+                // reconciled.
+                Some((_, Ok(watcher::Event::Apply(job)))) => {
+                    if !reconciler.is_own_echo(&job) {
+                        dirty.extend(key_of(&job));
+                    }
+                }
                 Some((_, Ok(watcher::Event::Delete(job)))) => gone.push(job),
                 // A (re-)listing: the reflector's cache takes its objects only at InitDone, so
                 // each one is looked at then (a Job reconciled from InitApply would not be in

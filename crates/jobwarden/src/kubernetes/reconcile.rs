@@ -145,6 +145,35 @@ impl Reconciler {
         self.executor.hooks().events().clone()
     }
 
+    /// Posts the Events that accompany the kill steps' calls in the background
+    /// ([`crate::runtime::kubernetes::poster`]): a burst of due steps waits for their real
+    /// calls only. Spawns the poster: call it inside a tokio runtime.
+    pub fn with_background_events(mut self) -> Self {
+        let poster = crate::runtime::kubernetes::poster::EventPoster::spawn(
+            self.store().clone(),
+            self.metrics(),
+        );
+        let actions = self.executor.runtime_mut();
+        *actions = actions.clone().with_event_poster(poster);
+        self
+    }
+
+    /// Completes once the background Event poster (if any) has posted what was queued, which
+    /// it does after this reconciler is dropped (so it may be created before the reconciler
+    /// moves into the controller); at once without a poster.
+    pub fn events_posted(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let drained = self
+            .executor
+            .runtime()
+            .event_poster()
+            .map(crate::runtime::kubernetes::poster::EventPoster::drained);
+        async move {
+            if let Some(d) = drained {
+                d.await;
+            }
+        }
+    }
+
     /// The metrics this reconciler counts into (for `/metrics`).
     pub fn metrics(&self) -> Arc<Metrics> {
         self.executor.metrics().clone()
@@ -158,6 +187,12 @@ impl Reconciler {
 
     fn store(&self) -> &Store {
         self.executor.store()
+    }
+
+    /// Whether a watched Job is exactly as one of our PATCHes left it (the watch's echo of
+    /// our own change: nothing to reconcile). See [`Actions::is_own_echo`].
+    pub fn is_own_echo(&self, job: &Job) -> bool {
+        self.executor.runtime().is_own_echo(job)
     }
 
     /// Which Jobs are ours.

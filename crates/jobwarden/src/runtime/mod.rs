@@ -15,6 +15,12 @@
 //! | mark_failed | SIGKILL; the job settled `failed` | merge PATCH as for the soft kill, `termination-outcome: failed`; Event | before |
 //! | recover | SIGKILL to the old run; a new run spawned | the old Job deleted; the stored Job created anew | before |
 //!
+//! In `jobwarden run` the Events of the kill steps and mark_failed (not the warning's, which
+//! is its act) are queued to a bounded background poster (`kubernetes::poster`) after the
+//! step's own calls, with their own audit rows: a burst of due steps waits for its real calls
+//! only. A full queue drops the Event (counted as the error `event_dropped`); a graceful
+//! shutdown posts what is queued; a crash loses what is queued, never a step or its row.
+//!
 //! Before a soft kill is recorded, the runtime reads what the run uses ([`Runtime::usage`]:
 //! `/proc`, or the pods it last saw) for the reclaimed report; the figures go in the step's
 //! own row. The read changes nothing, so it adds no case to the crash argument.

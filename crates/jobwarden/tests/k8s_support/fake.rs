@@ -109,6 +109,9 @@ pub struct Fake {
     state: Arc<Mutex<State>>,
     changed: Arc<tokio::sync::watch::Sender<u64>>,
     clock: Clock,
+    /// Nanoseconds spent in the fake's own (synchronous, never yielding) request handling and
+    /// watch-stream encoding: its CPU, which benches report beside their figures.
+    busy: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The apiVersion and kind of a resource the fake keeps.
@@ -481,6 +484,7 @@ impl Fake {
             })),
             changed: Arc::new(tokio::sync::watch::Sender::new(0)),
             clock: Arc::new(clock),
+            busy: Arc::default(),
         }
     }
 
@@ -490,6 +494,23 @@ impl Fake {
 
     fn notify(&self) {
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Time spent in the fake's own handling (requests and watch encoding) since it started.
+    /// Measured as wall time across code that never yields, so it is the fake's CPU time
+    /// plus whatever preemption hit it.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn add_busy(&self, since: std::time::Instant) {
+        let n = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many requests so far `f` selects (without copying them).
+    pub fn count_requests(&self, f: impl Fn(&Seen) -> bool) -> usize {
+        self.lock().requests.iter().filter(|r| f(r)).count()
     }
 
     /// The router: use it as kube's `Client` service, or serve it.
@@ -893,6 +914,7 @@ impl Fake {
                     }
                     loop {
                         rx.borrow_and_update();
+                        let started = std::time::Instant::now();
                         let out = {
                             let s = fake.lock();
                             if s.generation != generation {
@@ -919,6 +941,7 @@ impl Fake {
                                 Ok(buf)
                             }
                         };
+                        fake.add_busy(started);
                         match out {
                             Err(line) => return Some((Ok(line), (fake, rx, last, None, true))),
                             Ok(buf) if !buf.is_empty() => {
@@ -1269,12 +1292,37 @@ async fn handle(AxumState(fake): AxumState<Fake>, req: Request) -> Response {
     let bytes = axum::body::to_bytes(req.into_body(), 4 << 20)
         .await
         .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let response = handle_read(&fake, method, path, path_and_query, query, headers, &bytes);
+    fake.add_busy(started);
+    match response {
+        Ok(r) => r,
+        Err(()) => futures::future::pending().await,
+    }
+}
+
+/// [`handle`] once the body is read: the response, or Err for a request never to be answered.
+fn handle_read(
+    fake: &Fake,
+    method: String,
+    path: String,
+    path_and_query: String,
+    query: BTreeMap<String, String>,
+    headers: HeaderMap,
+    bytes: &Bytes,
+) -> Result<Response, ()> {
     let body: Value = if bytes.is_empty() {
         Value::Null
     } else {
-        match serde_json::from_slice(&bytes) {
+        match serde_json::from_slice(bytes) {
             Ok(v) => v,
-            Err(e) => return error(400, "BadRequest", &format!("the body is not JSON: {e}")),
+            Err(e) => {
+                return Ok(error(
+                    400,
+                    "BadRequest",
+                    &format!("the body is not JSON: {e}"),
+                ));
+            }
         }
     };
     let now = (fake.clock)();
@@ -1295,9 +1343,7 @@ async fn handle(AxumState(fake): AxumState<Fake>, req: Request) -> Response {
         method.as_str()
     };
     match fake.take_fault(fault_method, &path) {
-        Some(FaultKind::Hang) => {
-            futures::future::pending::<()>().await;
-        }
+        Some(FaultKind::Hang) => return Err(()),
         Some(FaultKind::Status { code, retry_after }) => {
             let reason = match code {
                 429 => "TooManyRequests",
@@ -1314,18 +1360,18 @@ async fn handle(AxumState(fake): AxumState<Fake>, req: Request) -> Response {
                 st["details"] = json!({"retryAfterSeconds": secs});
                 resp = resp.header("retry-after", secs.to_string());
             }
-            return resp
+            return Ok(resp
                 .body(Body::from(serde_json::to_vec(&st).expect("json")))
-                .expect("response");
+                .expect("response"));
         }
         None => {}
     }
     let Some(target) = parse_path(&path) else {
-        return error(
+        return Ok(error(
             404,
             "NotFound",
             &format!("the server could not find the requested resource ({path})"),
-        );
+        ));
     };
-    fake.serve(&method, target, &query, &headers, body)
+    Ok(fake.serve(&method, target, &query, &headers, body))
 }

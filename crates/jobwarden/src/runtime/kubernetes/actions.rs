@@ -115,7 +115,17 @@ pub struct Actions {
     pub(super) dry_run: bool,
     reporting_instance: String,
     initiated_by: String,
+    /// The `resourceVersion` each of our Job PATCHes returned, by `(namespace, name)`: the
+    /// watch event carrying exactly that version is the echo of our own change.
+    echoes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), String>>>,
+    /// Posts the Events that accompany a step's calls in the background (None: each is
+    /// posted in the step, its row in the step's report).
+    poster: Option<super::poster::EventPoster>,
 }
+
+/// Echoes remembered at most (a watch that re-listed never delivers some of them; past this
+/// the oldest knowledge is dropped, which only costs a reconcile).
+const MAX_ECHOES: usize = 100_000;
 
 /// Job name and namespace, checked to be ours.
 pub(super) struct Target<'a> {
@@ -136,6 +146,110 @@ impl Actions {
             dry_run,
             reporting_instance: instance,
             initiated_by: "jobwarden".to_owned(),
+            echoes: std::sync::Arc::default(),
+            poster: None,
+        }
+    }
+
+    /// Posts the Events that accompany a kill step's calls (soft kill, hard kill, force
+    /// delete, mark_failed) through `poster`, off the step's critical path
+    /// ([`super::poster`]); their audit rows are written by the poster. Dry-run keeps
+    /// auditing them in the step (nothing is posted).
+    pub fn with_event_poster(mut self, poster: super::poster::EventPoster) -> Self {
+        self.poster = Some(poster);
+        self
+    }
+
+    /// The background Event poster, when there is one.
+    pub fn event_poster(&self) -> Option<&super::poster::EventPoster> {
+        self.poster.as_ref()
+    }
+
+    /// An Event that accompanies a step's calls: queued to the poster when there is one
+    /// (None: its row comes from the poster), else posted now and its row returned.
+    async fn side_event(
+        &self,
+        t: &Target<'_>,
+        action: AuditAction,
+        reason: &str,
+        note: &str,
+        now: Timestamp,
+    ) -> Option<AuditEntry> {
+        let Some(poster) = self.poster.as_ref().filter(|_| !self.dry_run) else {
+            return Some(self.event(t, action, reason, note, now).await);
+        };
+        let event = event_for(
+            t.namespace,
+            t.name,
+            t.uid,
+            reason,
+            action_name(action),
+            note,
+            &self.reporting_instance,
+            now,
+        );
+        let row = self.row(
+            t,
+            now,
+            "event",
+            event.metadata.name.as_deref().unwrap_or_default(),
+            action,
+            note,
+            &CallResult::Ok,
+            json!({"call": "POST events.k8s.io/v1 events", "eventReason": reason}),
+        );
+        poster.offer(super::poster::Posting {
+            api: Api::namespaced(self.client.clone(), t.namespace),
+            event,
+            job_name: t.name.to_owned(),
+            row,
+        });
+        None
+    }
+
+    /// Whether `job` is exactly the Job one of our PATCHes left (its `resourceVersion` is the
+    /// one the PATCH returned): the watch's echo of a change jobwarden made itself, which the
+    /// reconcile that made it has already accounted for. A match is forgotten (one echo per
+    /// PATCH); any other version (someone else changed the Job since, or before the echo) is
+    /// not an echo and is reconciled.
+    pub fn is_own_echo(&self, job: &Job) -> bool {
+        let (Some(ns), Some(name), Some(rv)) = (
+            job.metadata.namespace.as_deref(),
+            job.metadata.name.as_deref(),
+            job.metadata.resource_version.as_deref(),
+        ) else {
+            return false;
+        };
+        let mut echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (ns.to_owned(), name.to_owned());
+        match echoes.get(&key) {
+            Some(ours) if ours == rv => {
+                echoes.remove(&key);
+                true
+            }
+            // A later version than ours went by: ours will never be seen.
+            Some(_) => {
+                echoes.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers the version our PATCH of `t` left.
+    fn patched(&self, t: &Target<'_>, rv: Option<String>) {
+        let mut echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (t.namespace.to_owned(), t.name.to_owned());
+        match rv {
+            Some(rv) => {
+                if echoes.len() >= MAX_ECHOES {
+                    echoes.clear();
+                }
+                echoes.insert(key, rv);
+            }
+            None => {
+                echoes.remove(&key);
+            }
         }
     }
 
@@ -381,10 +495,17 @@ impl Actions {
             CallResult::DryRun
         } else {
             let api: Api<Job> = Api::namespaced(self.client.clone(), t.namespace);
-            CallResult::from(
-                api.patch(t.name, &patch_params(), &Patch::Merge(&body))
-                    .await,
-            )
+            let answer = api
+                .patch(t.name, &patch_params(), &Patch::Merge(&body))
+                .await;
+            self.patched(
+                t,
+                answer
+                    .as_ref()
+                    .ok()
+                    .and_then(|j| j.metadata.resource_version.clone()),
+            );
+            CallResult::from(answer)
         };
         report.audit.push(self.row(
             t,
@@ -406,7 +527,7 @@ impl Actions {
         };
         report
             .audit
-            .push(self.event(t, action, event, reason, now).await);
+            .extend(self.side_event(t, action, event, reason, now).await);
         true
     }
 
@@ -567,8 +688,8 @@ impl Actions {
         now: Timestamp,
     ) -> Result<Report, Ignored> {
         let (t, mut report) = self.target(job)?;
-        report.audit.push(
-            self.event(&t, AuditAction::HardKill, "TimeoutHardKill", reason, now)
+        report.audit.extend(
+            self.side_event(&t, AuditAction::HardKill, "TimeoutHardKill", reason, now)
                 .await,
         );
         let running = |p: &Pod| !pod_is_terminal(p);
@@ -596,8 +717,8 @@ impl Actions {
         now: Timestamp,
     ) -> Result<Report, Ignored> {
         let (t, mut report) = self.target(job)?;
-        report.audit.push(
-            self.event(
+        report.audit.extend(
+            self.side_event(
                 &t,
                 AuditAction::ForceDelete,
                 "TimeoutForceDelete",

@@ -6,12 +6,14 @@
 //!   audit rows they produce; [`events`]: the Events they post.
 //! - [`calls`]: the one list of calls the code makes, [`calls::API_CALLS`], which the RBAC test
 //!   checks `deploy/` against, and how an answer is read.
+//! - [`poster`]: the bounded background poster of the Events that accompany a step's calls.
 //! - [`requests`]: what the job API asks of the cluster (a Job created, a cancel requested).
 
 pub mod actions;
 pub mod calls;
 mod deletes;
 pub mod events;
+pub mod poster;
 pub mod requests;
 
 use k8s_openapi::api::batch::v1::Job;
