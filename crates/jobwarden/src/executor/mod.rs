@@ -679,8 +679,6 @@ impl<R: Runtime> Executor<R> {
     }
 }
 
-/// A step's write, and the record as it is once the write committed.
-
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
