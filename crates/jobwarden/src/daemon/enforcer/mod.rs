@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::tracked::Tracked;
 use crate::api_types::SubmitRequest;
 use crate::clock;
 use crate::daemon::Shared;
@@ -41,7 +42,6 @@ use crate::model::{
     AuditAction, AuditEntry, JobId, JobRecord, Outcome, Stage, Step, Timestamp, add, since,
 };
 use crate::runtime::local::{ExitEvent, LocalRuntime};
-use self::tracked::Tracked;
 
 /// An error for the API: HTTP status and message.
 #[derive(Debug, Clone, PartialEq, Eq)]

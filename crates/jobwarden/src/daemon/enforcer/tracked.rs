@@ -74,7 +74,8 @@ const NO_TIME: i64 = i64::MIN;
 const NO_DUR: u32 = u32::MAX;
 const NO_I32: i32 = i32::MIN;
 const NO_TICKS: u64 = u64::MAX;
-const NO_OUTCOME: u8 = u8::MAX;
+const NO_OUTCOME: u8 = 0x7f;
+const DRY_RUN: u8 = 0x80;
 
 fn pack_ts(t: Timestamp) -> Option<i64> {
     t.timestamp_nanos_opt().filter(|n| *n != NO_TIME)
@@ -180,12 +181,12 @@ impl Interner {
     }
 }
 
-/// A job's name in 16 bytes: up to 15 bytes inline (no allocation), a longer one interned.
+/// A job's name in 12 bytes: up to 11 bytes inline (no allocation), a longer one interned.
 #[derive(Debug, Clone, Copy)]
 struct Name {
-    /// 0–15: that many bytes inline; [`INTERNED`]: an [`Interner`] number in `bytes[..4]`.
+    /// 0–11: that many bytes inline; [`INTERNED`]: an [`Interner`] number in `bytes[..4]`.
     len: u8,
-    bytes: [u8; 15],
+    bytes: [u8; 11],
 }
 
 const INTERNED: u8 = u8::MAX;
@@ -225,17 +226,18 @@ struct Packed {
     pid: i32,
     exit_code: i32,
     signal: i32,
-    attempt: u16,
-    recovery_attempts: u16,
+    attempt: u8,
+    recovery_attempts: u8,
     /// The sequence of the job's current wake-up (0: not armed).
     seq: u32,
+    /// Its due time (µs since the epoch) when armed: re-arming at the same time is a no-op.
+    due: i64,
     name: Name,
     org: u32,
     job_type: u32,
     stage: Stage,
-    outcome: u8,
-    runtime: RuntimeKind,
-    dry_run: bool,
+    /// The outcome's index in [`Outcome::ALL`] ([`NO_OUTCOME`]: none), plus [`DRY_RUN`].
+    flags: u8,
 }
 
 /// A job as held: compact, or whole when the compact form cannot hold it exactly.
@@ -245,6 +247,8 @@ enum Held {
     Full {
         /// As [`Packed::seq`].
         seq: u32,
+        /// As [`Packed::due`].
+        due: i64,
         job: Box<JobRecord>,
     },
 }
@@ -261,6 +265,20 @@ impl Held {
         match self {
             Held::Packed(p) => p.seq = to,
             Held::Full { seq, .. } => *seq = to,
+        }
+    }
+
+    fn due(&self) -> i64 {
+        match self {
+            Held::Packed(p) => p.due,
+            Held::Full { due, .. } => *due,
+        }
+    }
+
+    fn set_due(&mut self, to: i64) {
+        match self {
+            Held::Packed(p) => p.due = to,
+            Held::Full { due, .. } => *due = to,
         }
     }
 
@@ -407,6 +425,7 @@ impl Tracked {
             Some(i) => {
                 let slot = &mut self.slots[i as usize];
                 held.set_seq(slot.seq());
+                held.set_due(slot.held.as_ref().map_or(0, Held::due));
                 if let Some(old) = slot.held.replace(held) {
                     self.release(old);
                 }
@@ -512,15 +531,20 @@ impl Tracked {
         let Some(i) = self.slot_of(id) else {
             return;
         };
-        self.seq = self.seq.wrapping_add(1).max(1);
+        let at = micros(at);
         let Some(held) = self.slots[i as usize].held.as_mut() else {
             return;
         };
+        if held.seq() != 0 && held.due() == at {
+            return; // armed at that time already
+        }
         if held.seq() == 0 {
             self.armed += 1;
         }
+        self.seq = self.seq.wrapping_add(1).max(1);
         held.set_seq(self.seq);
-        self.heap.push(Reverse((micros(at), self.seq, i)));
+        held.set_due(at);
+        self.heap.push(Reverse((at, self.seq, i)));
         self.maybe_compact();
     }
 
@@ -620,6 +644,7 @@ impl Tracked {
             Some(p) => Held::Packed(p),
             None => Held::Full {
                 seq: 0,
+                due: 0,
                 job: Box::new(job),
             },
         }
@@ -627,7 +652,7 @@ impl Tracked {
 
     /// The compact form, or None when it cannot hold `job` exactly.
     fn try_pack(&mut self, job: &JobRecord) -> Option<Packed> {
-        if job.namespace.is_some() {
+        if job.namespace.is_some() || job.runtime != RuntimeKind::Local {
             return None;
         }
         let run_id = split(ulid_bits(&job.run_id)?);
@@ -653,6 +678,9 @@ impl Tracked {
                 steps,
             })
         });
+        let outcome = job.outcome.map_or(NO_OUTCOME, |o| {
+            Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0) as u8
+        });
         let mut p = Packed {
             run_id,
             tail,
@@ -673,21 +701,18 @@ impl Tracked {
             pid: pack_i32(job.pid)?,
             exit_code: pack_i32(job.exit_code)?,
             signal: pack_i32(job.signal)?,
-            attempt: u16::try_from(job.attempt).ok()?,
-            recovery_attempts: u16::try_from(job.recovery_attempts).ok()?,
+            attempt: u8::try_from(job.attempt).ok()?,
+            recovery_attempts: u8::try_from(job.recovery_attempts).ok()?,
             seq: 0,
+            due: 0,
             name: Name {
                 len: 0,
-                bytes: [0; 15],
+                bytes: [0; 11],
             },
             org: 0,
             job_type: 0,
             stage: job.stage,
-            outcome: job
-                .outcome
-                .map_or(NO_OUTCOME, |o| Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0) as u8),
-            runtime: job.runtime,
-            dry_run: job.dry_run,
+            flags: outcome | if job.dry_run { DRY_RUN } else { 0 },
         };
         // Last: nothing below can fail, so nothing interned is left behind.
         p.name = self.name(&job.name);
@@ -697,7 +722,7 @@ impl Tracked {
     }
 
     fn name(&mut self, s: &str) -> Name {
-        let mut bytes = [0u8; 15];
+        let mut bytes = [0u8; 11];
         if s.len() <= bytes.len() {
             bytes[..s.len()].copy_from_slice(s.as_bytes());
             return Name {
@@ -736,13 +761,13 @@ impl Tracked {
             id: self.id_of(key),
             run_id: ulid_text(join(p.run_id)),
             attempt: u32::from(p.attempt),
-            runtime: p.runtime,
+            runtime: RuntimeKind::Local,
             namespace: None,
             name: self.name_text(&p.name),
             org: s(p.org),
             job_type: s(p.job_type),
             stage: p.stage,
-            outcome: Outcome::ALL.get(usize::from(p.outcome)).copied(),
+            outcome: Outcome::ALL.get(usize::from(p.flags & NO_OUTCOME)).copied(),
             reason: tail.and_then(|t| t.reason.as_deref().map(str::to_owned)),
             created_at: unpack_ts(p.created_at),
             started_at: unpack_opt_ts(p.started_at),
@@ -774,7 +799,7 @@ impl Tracked {
                 .map_or(serde_json::Value::Null, |s| {
                     serde_json::from_str(s).unwrap_or(serde_json::Value::Null)
                 }),
-            dry_run: p.dry_run,
+            dry_run: p.flags & DRY_RUN != 0,
         }
     }
 }
