@@ -345,11 +345,11 @@ impl Enforcer {
                 }
             };
             if !done {
-                self.jobs.arm(&id, add(now, STORE_RETRY));
+                self.jobs.arm(id, add(now, STORE_RETRY));
                 return;
             }
         }
-        self.jobs.arm(&id, clock::now());
+        self.jobs.arm(id, clock::now());
     }
 
     /// Keeps the job the executor left, or counts the store error (the decision is retried).

@@ -8,8 +8,8 @@
 //! - the run id likewise (the local runtime's run ids are ULIDs too);
 //! - times as `i64` nanoseconds since the epoch, durations as `u32` seconds (the store keeps
 //!   whole seconds), pids, exit status and counters as plain integers;
-//! - name, organisation and job type interned (reference-counted: a name leaves the table
-//!   with its last job);
+//! - a name of up to 11 bytes inline, a longer one, the organisation and the job type
+//!   interned (reference-counted: a string leaves the table with its last job);
 //! - the rare or variable parts (reason, spec as JSON text, the steps taken) in one optional
 //!   box, absent for a job that has none of them.
 //!

@@ -92,7 +92,8 @@ fn a_local_job_is_held_compact_and_read_back_exactly() {
 
 #[test]
 fn what_the_compact_form_cannot_hold_is_kept_whole_and_exact() {
-    let cases: Vec<Box<dyn Fn(&mut JobRecord)>> = vec![
+    type Change = Box<dyn Fn(&mut JobRecord)>;
+    let cases: Vec<Change> = vec![
         Box::new(|j| j.namespace = Some("ns".into())),
         Box::new(|j| j.run_id = "run-1".into()),
         Box::new(|j| j.grace = Duration::from_millis(1500)),
