@@ -91,8 +91,8 @@ impl Enforcer {
             let id = job.id.clone();
             self.finish(&mut job, outcome, (None, None), reason, now);
             self.persist(&job).await;
-            self.jobs.insert(id.clone(), job.clone());
-            self.sched.arm(id, now);
+            self.jobs.insert(job.clone());
+            self.jobs.arm(&id, now);
             Ok(job)
         } else {
             self.start_new_job(job).await
@@ -183,18 +183,18 @@ impl Enforcer {
             // Best effort; if this fails too, the next start finds the job without a pid and
             // marks it lost.
             self.persist(&job).await;
-            self.jobs.insert(id.clone(), job);
-            self.sched.arm(id.clone(), now);
+            self.jobs.insert(job);
+            self.jobs.arm(&id, now);
             return Err(CommandError::new(
                 503,
                 format!("store: {e}; job {id} was not started (its start could not be recorded)"),
             ));
         }
         self.shared.set_store_ok(true);
-        self.jobs.insert(id.clone(), job.clone());
-        self.sched.arm(id.clone(), clock::now());
+        self.jobs.insert(job.clone());
+        self.jobs.arm(&id, clock::now());
         self.flush_early_exits().await;
-        Ok(self.jobs.get(&id).cloned().unwrap_or(job))
+        Ok(self.jobs.get(&id).unwrap_or(job))
     }
 
     /// Starts the job's first run; its `running` hooks, or a failed start settled.
@@ -243,7 +243,7 @@ impl Enforcer {
             self.append_audit(vec![audit]).await;
             return Ok(job);
         }
-        let Some(job) = self.jobs.get(id).cloned() else {
+        let Some(job) = self.jobs.get(id) else {
             return match self.shared.store.get_job(id).await {
                 Ok(Some(j)) => Err(CommandError::new(
                     409,
@@ -277,7 +277,6 @@ impl Enforcer {
         self.reschedule(id, clock::now());
         self.jobs
             .get(id)
-            .cloned()
             .ok_or_else(|| CommandError::new(404, format!("no job with id {id}")))
     }
 
@@ -291,9 +290,8 @@ impl Enforcer {
                 return Err(CommandError::new(503, format!("store: {e}")));
             }
         }
-        if let Some(job) = self.jobs.get_mut(id) {
-            // Only the heartbeat moves; the deadline never does.
-            job.last_heartbeat = Some(now);
+        // Only the heartbeat moves; the deadline never does.
+        if self.jobs.set_heartbeat(id, now) {
             self.reschedule(id, now);
         }
         Ok(())

@@ -22,6 +22,7 @@
 
 mod commands;
 mod restart;
+pub mod tracked;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::tracked::Tracked;
 use crate::api_types::SubmitRequest;
 use crate::clock;
 use crate::daemon::Shared;
@@ -40,7 +42,6 @@ use crate::model::{
     AuditAction, AuditEntry, JobId, JobRecord, Outcome, Stage, Step, Timestamp, add, since,
 };
 use crate::runtime::local::{ExitEvent, LocalRuntime};
-use crate::scheduler::Scheduler;
 
 /// An error for the API: HTTP status and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +80,8 @@ pub struct Enforcer {
     shared: Arc<Shared>,
     /// Carries the engine's plans out on the local runtime.
     executor: Executor<LocalRuntime>,
-    jobs: HashMap<JobId, JobRecord>,
-    sched: Scheduler<JobId>,
+    /// Every tracked job, compact, and its next wake-up ([`tracked`]).
+    jobs: Tracked,
     commands: mpsc::Receiver<Command>,
     exits: mpsc::UnboundedReceiver<ExitEvent>,
     /// Exit events that arrived before the job was registered (spawn races).
@@ -134,8 +135,7 @@ impl Enforcer {
         Enforcer {
             shared,
             executor,
-            jobs: HashMap::new(),
-            sched: Scheduler::new(),
+            jobs: Tracked::new(),
             commands,
             exits,
             early_exits: Vec::new(),
@@ -155,7 +155,7 @@ impl Enforcer {
             .loaded
             .store(true, std::sync::atomic::Ordering::SeqCst);
         loop {
-            let mut sleep = match self.sched.next_due() {
+            let mut sleep = match self.jobs.next_due() {
                 Some(at) => since(at, clock::now()),
                 None => Duration::from_secs(3600),
             };
@@ -180,7 +180,7 @@ impl Enforcer {
             }
             self.run_due().await;
         }
-        let running = self.jobs.values().filter(|j| j.stage.is_active()).count();
+        let running = self.jobs.stages().filter(|s| s.is_active()).count();
         match running {
             0 => tracing::info!(running, "enforcer stopped; no job is running"),
             1 => tracing::info!(
@@ -201,7 +201,7 @@ impl Enforcer {
     async fn run_due(&mut self) {
         let now = clock::now();
         let mut batch = Vec::new();
-        for (id, _) in self.sched.pop_due(now, 10_000) {
+        for (id, _) in self.jobs.pop_due(now, 10_000) {
             let planned = self.batchable_steps(&id, now);
             if planned.is_empty() {
                 self.process(&id).await;
@@ -227,12 +227,12 @@ impl Enforcer {
         self.stage_metrics_stale = false;
         let mut counts: HashMap<Stage, u64> = HashMap::new();
         // Jobs past their TTL leave memory; their counts are kept by the metrics themselves.
-        for j in self
+        for stage in self
             .jobs
-            .values()
-            .filter(|j| !matches!(j.stage, Stage::Cleanup | Stage::Cleaned))
+            .stages()
+            .filter(|s| !matches!(s, Stage::Cleanup | Stage::Cleaned))
         {
-            *counts.entry(j.stage).or_default() += 1;
+            *counts.entry(stage).or_default() += 1;
         }
         self.shared.metrics.set_jobs_by_stage(counts);
     }
@@ -299,7 +299,7 @@ impl Enforcer {
             reason
         };
         self.finish(&mut job, outcome, (ev.exit_code, ev.signal), reason, now);
-        self.jobs.insert(job.id.clone(), job.clone());
+        self.jobs.insert(job.clone());
         Some(job)
     }
 
@@ -309,7 +309,7 @@ impl Enforcer {
             .await;
         // Several steps may be overdue (daemon was down); each iteration takes one.
         for _ in 0..8 {
-            let Some(job) = self.jobs.get(id).cloned() else {
+            let Some(job) = self.jobs.get(id) else {
                 return;
             };
             let now = clock::now();
@@ -322,7 +322,7 @@ impl Enforcer {
             );
             let done = match planned.work {
                 Work::Nothing => {
-                    self.sched.set(id.clone(), planned.wake);
+                    self.jobs.set(id, planned.wake);
                     if planned.wake.is_none()
                         && matches!(job.stage, Stage::Cleanup | Stage::Cleaned)
                     {
@@ -345,11 +345,11 @@ impl Enforcer {
                 }
             };
             if !done {
-                self.sched.arm(id.clone(), add(now, STORE_RETRY));
+                self.jobs.arm(id, add(now, STORE_RETRY));
                 return;
             }
         }
-        self.sched.arm(id.clone(), clock::now());
+        self.jobs.arm(id, clock::now());
     }
 
     /// Keeps the job the executor left, or counts the store error (the decision is retried).
@@ -357,7 +357,7 @@ impl Enforcer {
         match r {
             Ok(_) => {
                 self.shared.set_store_ok(true);
-                self.jobs.insert(job.id.clone(), job);
+                self.jobs.insert(job);
                 true
             }
             Err(e) => {
@@ -380,7 +380,7 @@ impl Enforcer {
     }
 
     fn reschedule(&mut self, id: &JobId, now: Timestamp) {
-        self.sched.arm(id.clone(), now);
+        self.jobs.arm(id, now);
     }
 
     /// Decided, not carried out: the daemon's `--dry-run`, or a job submitted in it.
@@ -445,7 +445,7 @@ impl Enforcer {
             Err(e) => {
                 self.store_error("recording escalation steps", &e);
                 for (job, _) in &planned {
-                    self.sched.arm(job.id.clone(), add(now, STORE_RETRY));
+                    self.jobs.arm(&job.id, add(now, STORE_RETRY));
                 }
                 return false;
             }
@@ -460,16 +460,16 @@ impl Enforcer {
                     if let Err(e) = self.executor.act_step(&(), &mut job, &step, sent).await {
                         self.store_error("finishing an escalation step", &e);
                     }
-                    self.jobs.insert(id.clone(), job);
-                    self.sched.arm(id, sent);
+                    self.jobs.insert(job);
+                    self.jobs.arm(&id, sent);
                 }
                 Ok(false) => {
                     self.sync_recorded(job, &step).await;
-                    self.sched.arm(id, now);
+                    self.jobs.arm(&id, now);
                 }
                 Err(e) => {
                     self.store_error("recording an escalation step", &e);
-                    self.sched.arm(id, add(now, STORE_RETRY));
+                    self.jobs.arm(&id, add(now, STORE_RETRY));
                     all_ok = false;
                 }
             }
@@ -493,7 +493,7 @@ impl Enforcer {
         {
             synced.steps.push(taken.clone());
         }
-        self.jobs.insert(id, synced);
+        self.jobs.insert(synced);
     }
 
     /// TTL expired: the executor queues the workspace's removal (now) and the log's and the
@@ -522,7 +522,6 @@ impl Enforcer {
         self.shared.metrics.job_to_cleanup();
         self.shared.cleanup.kick.notify_waiters();
         self.jobs.remove(&id);
-        self.sched.cancel(&id);
         // The job leaves memory: so does the note that its retention is queued.
         self.retention_queued.remove(&key);
         true
@@ -536,9 +535,14 @@ impl Enforcer {
         let mut tasks: Vec<TaskPlan> = Vec::new();
         let mut refusals = Vec::new();
         for id in ids {
+            // Running jobs (most wake-ups) are skipped without rebuilding their record.
+            if self.jobs.stage(id).is_none_or(Stage::is_active) {
+                continue;
+            }
             let Some(job) = self.jobs.get(id) else {
                 continue;
             };
+            let job = &job;
             let key = (job.id.clone(), job.run_id.clone());
             if job.stage.is_active()
                 || job.finished_at.is_none()

@@ -58,11 +58,11 @@ impl Enforcer {
             }
             let id = job.id.clone();
             let active = job.stage.is_active();
-            self.jobs.insert(id.clone(), job);
+            self.jobs.insert(job);
             if active {
                 self.readopt(&id, now).await;
             }
-            self.sched.arm(id, now);
+            self.jobs.arm(&id, now);
         }
         if !requeue.is_empty() {
             match self.executor.enqueue(&requeue, now).await {
@@ -76,7 +76,7 @@ impl Enforcer {
     }
 
     pub(super) async fn readopt(&mut self, id: &JobId, now: Timestamp) {
-        let Some(job) = self.jobs.get(id).cloned() else {
+        let Some(job) = self.jobs.get(id) else {
             return;
         };
         if job.pid.is_some() && self.executor.runtime().adopt(&job) == Adopted::Running {
@@ -128,7 +128,7 @@ impl Enforcer {
         if job.heartbeat_timeout.is_some() && job.stage == Stage::Running {
             // The recovery policy decides (restart with backoff or mark failed).
             job.reason = Some("process vanished while jobwarden was down".into());
-            self.jobs.insert(id.clone(), job);
+            self.jobs.insert(job);
             return;
         }
         let killed = job.has_step(Step::SoftKill);
@@ -159,6 +159,6 @@ impl Enforcer {
         {
             self.store_error("marking vanished job", &e);
         }
-        self.jobs.insert(id.clone(), job);
+        self.jobs.insert(job);
     }
 }
