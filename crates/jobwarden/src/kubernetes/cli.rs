@@ -30,7 +30,8 @@ pub struct WebhookArgs {
     /// /admission/validate are appended).
     #[arg(long)]
     pub url: Option<String>,
-    /// jobwarden's webhook as a Service, NAMESPACE/NAME[:PORT] (port 443 by default), e.g.
+    /// jobwarden's webhook as a Service, NAMESPACE/NAME or NAMESPACE/NAME:PORT (port 443 by
+    /// default), e.g.
     /// jobwarden/jobwarden for deploy/.
     #[arg(long)]
     pub service: Option<String>,
@@ -45,8 +46,8 @@ pub struct WebhookArgs {
     /// Ignore.
     #[arg(long)]
     pub fail_closed: bool,
-    /// The TOML config whose [kubernetes] namespaces and protected_namespaces the
-    /// namespaceSelector follows [default: built-in defaults].
+    /// The TOML config whose `kubernetes.namespaces` and `kubernetes.protected_namespaces`
+    /// the namespaceSelector follows (default: the built-in defaults).
     #[arg(long, env = "JOBWARDEN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Output format.

@@ -15,7 +15,7 @@
 //!
 //! Every conversion is exact: a record any of whose values the compact form cannot hold (a
 //! time outside 1677–2262, a sub-second duration, a run id that is not a ULID, a namespace…)
-//! is kept whole instead ([`Held::Full`]), so `get(insert(r)) == r` always (tested).
+//! is kept whole instead (`Held::Full`), so `get(insert(r)) == r` always (tested).
 //!
 //! Ids are found through a hash table of slot numbers hashed by the slot's 16-byte key (no
 //! second copy of the key), and the deadline heap holds `(due µs, sequence, slot)` entries

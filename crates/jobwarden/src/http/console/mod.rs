@@ -311,8 +311,8 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
     if q.is_empty() { q } else { format!("?{q}") }
 }
 
-/// An action the request may take: its form read ([`action_form`]) and the token rule
-/// passed ([`authorize`]); otherwise the error page that says why.
+/// An action the request may take: its form read (`action_form`) and the token rule
+/// passed (`authorize`); otherwise the error page that says why.
 pub struct Authorized;
 
 impl<B: Backend> FromRequest<B> for Authorized {

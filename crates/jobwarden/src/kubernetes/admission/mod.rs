@@ -11,7 +11,7 @@
 //! - [`webhook`]: `jobwarden manifest webhook` (the two webhook configurations).
 //!
 //! The webhook makes no API call: it only answers the API server (nothing to add to
-//! [`super::calls::API_CALLS`]).
+//! [`crate::runtime::kubernetes::calls::API_CALLS`]).
 
 pub mod config;
 pub mod decide;
