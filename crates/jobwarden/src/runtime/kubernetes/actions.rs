@@ -178,26 +178,9 @@ impl Actions {
         let Some(poster) = self.poster.as_ref().filter(|_| !self.dry_run) else {
             return Some(self.event(t, action, reason, note, now).await);
         };
-        let event = event_for(
-            t.namespace,
-            t.name,
-            t.uid,
-            reason,
-            action_name(action),
-            note,
-            &self.reporting_instance,
-            now,
-        );
-        let row = self.row(
-            t,
-            now,
-            "event",
-            event.metadata.name.as_deref().unwrap_or_default(),
-            action,
-            note,
-            &CallResult::Ok,
-            json!({"call": "POST events.k8s.io/v1 events", "eventReason": reason}),
-        );
+        let event = self.job_event(t, action, reason, note, now);
+        // Its outcome is filled in by the poster once the POST answers.
+        let row = self.event_row(t, &event, action, reason, note, now, &CallResult::Ok);
         poster.offer(super::poster::Posting {
             api: Api::namespaced(self.client.clone(), t.namespace),
             event,
@@ -330,7 +313,26 @@ impl Actions {
         note: &str,
         now: Timestamp,
     ) -> AuditEntry {
-        let mut ev = event_for(
+        let mut ev = self.job_event(t, action, reason, note, now);
+        let result = if self.dry_run {
+            CallResult::DryRun
+        } else {
+            let api: Api<Event> = Api::namespaced(self.client.clone(), t.namespace);
+            super::events::create_event(&api, &mut ev, t.name, now).await
+        };
+        self.event_row(t, &ev, action, reason, note, now, &result)
+    }
+
+    /// The Event `reason` on the Job of `t`, for `action`.
+    fn job_event(
+        &self,
+        t: &Target<'_>,
+        action: AuditAction,
+        reason: &str,
+        note: &str,
+        now: Timestamp,
+    ) -> Event {
+        event_for(
             t.namespace,
             t.name,
             t.uid,
@@ -339,20 +341,21 @@ impl Actions {
             note,
             &self.reporting_instance,
             now,
-        );
-        let result = if self.dry_run {
-            CallResult::DryRun
-        } else {
-            let api: Api<Event> = Api::namespaced(self.client.clone(), t.namespace);
-            let mut result = CallResult::from(api.create(&PostParams::default(), &ev).await);
-            if matches!(result, CallResult::Conflict(_)) {
-                // AlreadyExists: the name was taken (names are unique per namespace, and a
-                // second Event under one name is refused, not merged). Once more, renamed.
-                ev.metadata.name = Some(event_name(t.name, now));
-                result = CallResult::from(api.create(&PostParams::default(), &ev).await);
-            }
-            result
-        };
+        )
+    }
+
+    /// The audit row of posting `ev` (its `reason`, for `action`) with `result`.
+    #[allow(clippy::too_many_arguments)]
+    fn event_row(
+        &self,
+        t: &Target<'_>,
+        ev: &Event,
+        action: AuditAction,
+        reason: &str,
+        note: &str,
+        now: Timestamp,
+        result: &CallResult,
+    ) -> AuditEntry {
         self.row(
             t,
             now,
@@ -360,7 +363,7 @@ impl Actions {
             ev.metadata.name.as_deref().unwrap_or_default(),
             action,
             note,
-            &result,
+            result,
             json!({"call": "POST events.k8s.io/v1 events", "eventReason": reason}),
         )
     }

@@ -39,6 +39,26 @@ pub fn event_name(job_name: &str, now: Timestamp) -> String {
     )
 }
 
+/// POSTs `ev` (an Event on the Job `job_name`) through `api`. AlreadyExists means the name
+/// was taken (names are unique per namespace, and a second Event under one name is refused,
+/// not merged): once more, renamed ([`event_name`] at `now`); `ev` keeps the name it was
+/// last sent under.
+pub async fn create_event(
+    api: &kube::Api<Event>,
+    ev: &mut Event,
+    job_name: &str,
+    now: Timestamp,
+) -> super::calls::CallResult {
+    use super::calls::CallResult;
+    let params = kube::api::PostParams::default();
+    let result = CallResult::from(api.create(&params, ev).await);
+    if !matches!(result, CallResult::Conflict(_)) {
+        return result;
+    }
+    ev.metadata.name = Some(event_name(job_name, now));
+    CallResult::from(api.create(&params, ev).await)
+}
+
 /// An events.k8s.io/v1 Event on a Job: every field the API server requires (KUBERNETES.md
 /// §5), a unique name ([`event_name`]), `eventTime` with microseconds, `note` cut to 1024 bytes.
 #[allow(clippy::too_many_arguments)]

@@ -19,11 +19,10 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use tokio::sync::{mpsc, watch};
 
-use super::calls::CallResult;
-use super::events::event_name;
+use super::events::create_event;
 use crate::metrics::Metrics;
 use crate::model::AuditEntry;
 use crate::store::Store;
@@ -116,7 +115,8 @@ async fn run(mut rx: mpsc::Receiver<Posting>, store: Store, metrics: Arc<Metrics
     }
 }
 
-/// Posts one Event (once more under a new name on 409 AlreadyExists); its row says how it went.
+/// Posts one Event ([`create_event`]: once more under a new name on 409 AlreadyExists); its
+/// row says how it went.
 async fn post(p: Posting) -> AuditEntry {
     let Posting {
         api,
@@ -124,11 +124,7 @@ async fn post(p: Posting) -> AuditEntry {
         job_name,
         mut row,
     } = p;
-    let mut result = CallResult::from(api.create(&PostParams::default(), &event).await);
-    if matches!(result, CallResult::Conflict(_)) {
-        event.metadata.name = Some(event_name(&job_name, row.timestamp));
-        result = CallResult::from(api.create(&PostParams::default(), &event).await);
-    }
+    let result = create_event(&api, &mut event, &job_name, row.timestamp).await;
     if let Some((ns, _)) = row.resource_name.split_once('/') {
         row.resource_name = format!(
             "{ns}/{}",
