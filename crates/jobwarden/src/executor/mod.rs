@@ -13,9 +13,10 @@
 //!    grace counts from then), a run the act ended settled (one write, only when there is
 //!    something to write) → the step's metrics → its hooks. An act that must be retried
 //!    (429, 5xx, 403) keeps the marker: its rows are written and the retry time returned.
-//!    For a runtime that marks pending acts, concurrent callers' step records go through a
-//!    group commit (one transaction for all queued, each caller acting only once its own
-//!    write committed): the order per step is unchanged.
+//!    The finish write, and for a runtime that marks pending acts the record too, go through
+//!    the group commit ([`Executor::write`]: the writes of concurrent callers in one
+//!    transaction, each caller going on only once its own write committed): the order per
+//!    step is unchanged.
 //! 2. **TTL cleanup**: act (the runtime's part: a Kubernetes Job's delete) → move the job to
 //!    `cleanup` with the act's rows (one write) → queue the tasks (a failure moves the stage
 //!    back) → hooks.
@@ -37,7 +38,7 @@ use crate::hooks::HookRunner;
 use crate::metrics::Metrics;
 use crate::model::{AuditEntry, JobRecord, Stage, Step, StepTaken, Timestamp, add, fmt_ts, since};
 use crate::runtime::{ActOutcome, Acted, Runtime};
-use crate::store::{NewTask, StepWrite, Store};
+use crate::store::{JobWrite, NewTask, StepWrite, Store};
 
 #[cfg(test)]
 mod tests;
@@ -80,16 +81,26 @@ pub struct Executor<R: Runtime> {
     group: Group,
 }
 
-/// The group commit of [`Executor::step`]: each caller queues its step's write and waits for
-/// its own answer; whoever takes the commit turn writes everything queued in one transaction
-/// ([`Store::record_steps`]) and answers each. A caller acts only once its own write
-/// committed, as without grouping. A transaction that fails as a whole is retried write by
-/// write, so each caller gets its own answer.
+/// The group commit of the job writes of concurrent callers ([`Executor::write`]: a step's
+/// record, a step's finish, a reconcile's first sight of a job): each caller sends its write
+/// to one writer task and waits for its own answer; the writer takes everything sent
+/// meanwhile (up to [`GROUP_MAX`]), writes it in one transaction ([`Store::write_jobs`]) and
+/// answers each. A caller goes on (acts) only once its own write committed, as without
+/// grouping. A transaction that fails as a whole is retried write by write, so each caller
+/// gets its own answer. A write sent by a caller that is dropped before its answer still
+/// commits (a step marked `acting`: the next pass carries it out, as after a crash).
+///
+/// The writer is started at the first write, on the runtime of that call, and again if that
+/// runtime is gone. A writer of its own, not a turn taken by one of the callers: a turn
+/// handed from caller to caller wakes every waiting caller in order, each only to find its
+/// answer, before the next transaction can start.
 #[derive(Default)]
 struct Group {
-    queued: std::sync::Mutex<Vec<(StepWrite, Answer)>>,
-    turn: tokio::sync::Mutex<()>,
+    writer: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<(JobWrite, Answer)>>>,
 }
+
+/// The most writes in one group transaction.
+const GROUP_MAX: usize = 256;
 
 type Answer = tokio::sync::oneshot::Sender<Result<Result<bool>>>;
 
@@ -219,11 +230,14 @@ impl<R: Runtime> Executor<R> {
         target: &R::Target<'_>,
         batch: &mut [(&mut JobRecord, &StepPlan)],
     ) -> Result<Vec<Result<bool>>> {
-        let (writes, afters): (Vec<StepWrite>, Vec<JobRecord>) = batch
+        let (writes, afters): (Vec<JobWrite>, Vec<JobRecord>) = batch
             .iter()
-            .map(|(job, plan)| self.step_write(target, job, plan))
+            .map(|(job, plan)| {
+                let (write, after) = self.step_write(target, job, plan);
+                (JobWrite::Step(write), after)
+            })
             .unzip();
-        let results = self.store.record_steps(&writes).await?;
+        let results = self.store.write_jobs(&writes).await?;
         for (((job, _), after), result) in batch.iter_mut().zip(afters).zip(&results) {
             if matches!(result, Ok(true)) {
                 self.metrics.audit_written(1);
@@ -247,7 +261,7 @@ impl<R: Runtime> Executor<R> {
             // A write queued by a caller dropped before its turn still commits, marked
             // `acting`: the next pass carries it out, as after a crash.
             let (write, after) = self.step_write(target, job, plan);
-            let recorded = self.record_grouped(write).await??;
+            let recorded = self.write(JobWrite::Step(write)).await??;
             if recorded {
                 self.metrics.audit_written(1);
                 *job = after;
@@ -293,45 +307,27 @@ impl<R: Runtime> Executor<R> {
         (write, after)
     }
 
-    /// One step's write through the group commit (see [`Group`]): its own answer, once the
-    /// transaction holding it committed.
-    async fn record_grouped(&self, write: StepWrite) -> Result<Result<bool>> {
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        lock(&self.group.queued).push((write, tx));
-        let turn = self.group.turn.lock().await;
-        // Answered by the caller that had the turn before (it answers before letting go).
-        if let Ok(answer) = rx.try_recv() {
-            return answer;
+    /// One job write through the group commit (see [`Group`]): its own answer (as
+    /// [`Store::write_jobs`] gives it), once the transaction holding it committed.
+    pub async fn write(&self, write: JobWrite) -> Result<Result<bool>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut writer = lock(&self.group.writer);
+            let sender = match writer.as_ref() {
+                Some(s) if !s.is_closed() => s,
+                _ => writer.insert(spawn_writer(self.store.clone())),
+            };
+            // The receiver lives as long as the writer task, which was alive a moment ago; a
+            // failed send drops `tx`, answered below as an abandoned write.
+            let _ = sender.send((write, tx));
         }
-        let queued = std::mem::take(&mut *lock(&self.group.queued));
-        if !queued.is_empty() {
-            let writes: Vec<StepWrite> = queued.iter().map(|(w, _)| w.clone()).collect();
-            match self.store.record_steps(&writes).await {
-                Ok(results) => {
-                    for ((_, answer), r) in queued.into_iter().zip(results) {
-                        let _ = answer.send(Ok(r));
-                    }
-                }
-                // The whole transaction failed: each write alone, for its own answer.
-                Err(_) => {
-                    for (w, answer) in queued {
-                        let r = self
-                            .store
-                            .record_steps(std::slice::from_ref(&w))
-                            .await
-                            .map(|mut v| v.pop().unwrap_or(Ok(false)));
-                        let _ = answer.send(r);
-                    }
-                }
-            }
-        }
-        drop(turn);
         rx.await.unwrap_or_else(|_| {
-            // The caller that had the turn was dropped mid-commit (leadership lost): whether
-            // this step committed is unknown, so it is not acted on here; the next reconcile
-            // reads the store and finishes it (its `acting` marker) or decides it again.
+            // The writer stopped before it answered (its runtime shut down, or it could not
+            // start): whether the write committed
+            // is unknown, so it is not acted on here; the next reconcile reads the store and
+            // finishes it (its `acting` marker) or decides it again.
             Err(crate::store::Error::Db {
-                op: "recording a step (the group commit was abandoned)".into(),
+                op: "writing a job (the store writer stopped)".into(),
                 cause: sqlx::Error::PoolClosed,
             })
         })
@@ -604,7 +600,11 @@ impl<R: Runtime> Executor<R> {
             write = true;
         }
         if write {
-            self.store.update_job_with_audit(job, &acted.audit).await?;
+            self.write(JobWrite::Update {
+                job: job.clone(),
+                audit: acted.audit.clone(),
+            })
+            .await??;
             self.metrics.audit_written(acted.audit.len() as u64);
         }
         self.fire(job, &hooks, now);
@@ -675,6 +675,54 @@ impl<R: Runtime> Executor<R> {
                 *n = n.saturating_add(1);
                 Some(add(now, failed_act_backoff(*n)))
             }
+        }
+    }
+}
+
+/// The writer of the group commit (see [`Group`]): a thread of its own that drives its store
+/// calls on the caller's runtime ([`tokio::runtime::Handle::block_on`]), so that each of a
+/// transaction's statements goes on as soon as the database answers, instead of waiting in
+/// the runtime's queue behind every reconcile that is ready to run. It ends once every sender
+/// is gone (or the runtime is: the next write spawns another).
+fn spawn_writer(store: Store) -> tokio::sync::mpsc::UnboundedSender<(JobWrite, Answer)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(JobWrite, Answer)>();
+    let handle = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new()
+        .name("jobwarden-writer".into())
+        .spawn(move || {
+            let mut queued = Vec::new();
+            while handle.block_on(rx.recv_many(&mut queued, GROUP_MAX)) > 0 {
+                let (writes, answers): (Vec<JobWrite>, Vec<Answer>) = queued.drain(..).unzip();
+                let answered = handle.block_on(write_group(&store, &writes));
+                for (answer, r) in answers.into_iter().zip(answered) {
+                    let _ = answer.send(r);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // No thread: the writes are answered as abandoned (the receiver is dropped with the
+        // closure), and the next write tries again.
+        tracing::error!("starting the store writer thread: {e}");
+    }
+    tx
+}
+
+/// One group's transaction, and each write's answer; when the transaction fails as a whole,
+/// each write alone, for its own answer.
+async fn write_group(store: &Store, writes: &[JobWrite]) -> Vec<Result<Result<bool>>> {
+    match store.write_jobs(writes).await {
+        Ok(results) => results.into_iter().map(Ok).collect(),
+        Err(_) => {
+            let mut answers = Vec::with_capacity(writes.len());
+            for w in writes {
+                answers.push(
+                    store
+                        .write_jobs(std::slice::from_ref(w))
+                        .await
+                        .map(|mut v| v.pop().unwrap_or(Ok(false))),
+                );
+            }
+            answers
         }
     }
 }

@@ -9,6 +9,10 @@
 //!   the scheduler, so a re-list never loses it.
 //! - A Pod event reconciles its controlling Job (diagnosis, hard kill targets).
 //! - The scheduler wakes a Job at the time the engine returned; a reconcile re-arms it.
+//! - The Jobs that changed or fell due are reconciled as one batch, each in a task of its
+//!   own, at most [`RECONCILE_CONCURRENCY`] at once (a burst of due steps uses both cores,
+//!   and their store writes share the executor's group commit); a task stops at its next
+//!   await once leadership goes.
 //! - Leadership ([`super::leader`]) gates acting, not watching: every replica keeps its
 //!   reflectors warm (and `/readyz` means "listed"), only the leader reconciles. On becoming
 //!   leader it reconciles every Job in the cache once (the store and the engine say what is
@@ -71,7 +75,7 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     leading: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
-    clock: impl Fn() -> Timestamp,
+    clock: impl Fn() -> Timestamp + Send + Sync + 'static,
 ) {
     run_with_orphans(
         None,
@@ -96,7 +100,7 @@ pub async fn run_with_orphans(
     ready: Arc<AtomicBool>,
     mut leading: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
-    clock: impl Fn() -> Timestamp,
+    clock: impl Fn() -> Timestamp + Send + Sync + 'static,
 ) {
     let selector = watcher::Config::default().labels(&job_id_label);
     let namespaces = reconciler.scope().list_namespaces();
@@ -118,8 +122,11 @@ pub async fn run_with_orphans(
         let _ = jobs_ready.wait_until_ready().await;
         let _ = pods_ready.wait_until_ready().await;
     });
+    // Shared with the reconcile tasks.
+    let reconciler = Arc::new(reconciler);
+    let clock = Arc::new(clock);
     let mut orphan_passes =
-        std::pin::pin!(orphan_loop(orphans, jobs.clone(), leading.clone(), &clock));
+        std::pin::pin!(orphan_loop(orphans, jobs.clone(), leading.clone(), &*clock));
     let mut is_ready = false;
     let mut is_leader = *leading.borrow_and_update();
     let mut leading_open = true;
@@ -286,31 +293,61 @@ pub async fn run_with_orphans(
             batch.push((key, job, own));
         }
         drop(by_owner);
-        // Different Jobs are reconciled concurrently (their API calls and store reads
-        // overlap; each Job is in the batch once), so a burst of due steps is not served one
-        // round trip at a time.
-        let reconciler = &reconciler;
-        let clock = &clock;
-        let work = futures::stream::iter(batch)
-            .map(|(key, job, own)| async move {
+        // Different Jobs are reconciled concurrently, each in a task of its own (so a burst
+        // of due steps uses every core, and one reconcile's store and API round trips never
+        // wait for another's JSON work to yield), at most RECONCILE_CONCURRENCY at once.
+        let permits = Arc::new(tokio::sync::Semaphore::new(RECONCILE_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut keys = HashMap::new();
+        for (key, job, own) in batch {
+            let (reconciler, clock, permits) = (reconciler.clone(), clock.clone(), permits.clone());
+            let mut leading = leading.clone();
+            let task = tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
                 let now = clock();
-                let r = reconciler.reconcile(&job, &own, now).await;
-                (key, now, r)
-            })
-            .buffer_unordered(RECONCILE_CONCURRENCY)
-            .collect::<Vec<_>>();
-        let results = tokio::select! {
-            // Leadership first: a reconcile is never polled while not leading.
-            biased;
-            _ = leading.wait_for(|l| !*l) => {
-                // Lost leadership mid-batch: not one more call from this replica.
-                tracing::debug!("not leading: reconciles abandoned");
-                is_leader = false;
-                scheduler = Scheduler::new();
-                dirty.clear();
-                continue;
+                tokio::select! {
+                    // Leadership first: a reconcile is never polled while not leading.
+                    biased;
+                    _ = leading.wait_for(|l| !*l) => None,
+                    r = reconciler.reconcile(&job, &own, now) => Some((now, r)),
+                }
+            });
+            keys.insert(task.id(), key);
+        }
+        let work = async {
+            let mut results = Vec::with_capacity(keys.len());
+            while let Some(done) = tasks.join_next_with_id().await {
+                match done {
+                    Ok((id, Some((now, r)))) => {
+                        results.extend(keys.remove(&id).map(|k| (k, now, r)));
+                    }
+                    // Not leading any more: the outer select below stops the batch.
+                    Ok((_, None)) => {}
+                    // A reconcile that panicked: a bug, logged; its Job is looked at again.
+                    Err(e) => {
+                        if let Some(key) = keys.remove(&e.id()) {
+                            tracing::error!(namespace = %key.0, job = %key.1, error = %e, "reconcile panicked; retrying");
+                            scheduler.arm(key, add(clock(), RECONCILE_RETRY));
+                        }
+                    }
+                }
             }
-            r = work => r,
+            results
+        };
+        let results = tokio::select! {
+            biased;
+            _ = leading.wait_for(|l| !*l) => None,
+            r = work => Some(r),
+        };
+        let Some(results) = results else {
+            // Lost leadership mid-batch: not one more call from this replica (the tasks are
+            // aborted at their next await, as a crash there would stop them).
+            tasks.abort_all();
+            tracing::debug!("not leading: reconciles abandoned");
+            is_leader = false;
+            scheduler = Scheduler::new();
+            dirty.clear();
+            continue;
         };
         for (key, now, reconciled) in results {
             match reconciled {

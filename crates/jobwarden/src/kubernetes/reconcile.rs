@@ -78,7 +78,7 @@ use crate::model::{
     AuditAction, AuditEntry, JobRecord, Outcome as JobOutcome, Stage, Timestamp, add, fmt_ts,
 };
 use crate::ratelimit::RateLimiter;
-use crate::store::Store;
+use crate::store::{JobWrite, Store};
 
 use super::observe::{
     JOB_TEMPLATE, NO_PODS_SINCE, SUBMITTED, SUPERSEDED, Scope, observe_job, to_record,
@@ -250,20 +250,27 @@ impl Reconciler {
         } else {
             Vec::new()
         };
-        match &previous {
-            None => match self.store().insert_job(&record).await {
-                Ok(()) => self.executor.append_audit(&warnings).await?,
+        // Through the executor's group commit: a burst of new or changed Jobs shares
+        // transactions with the steps of the Jobs reconciled beside them.
+        let rows = warnings.len() as u64;
+        let write = match &previous {
+            None => Some(JobWrite::Insert {
+                job: record.clone(),
+                audit: warnings,
+            }),
+            Some(p) if *p != record => Some(JobWrite::Update {
+                job: record.clone(),
+                audit: warnings,
+            }),
+            Some(_) => None,
+        };
+        if let Some(write) = write {
+            match self.executor.write(write).await? {
+                Ok(_) => self.metrics().audit_written(rows),
                 // Stored meanwhile (by the API that created the Job): look again at once.
                 Err(crate::store::Error::JobExists(_)) => return Ok(Reconciled::Wake(Some(now))),
                 Err(e) => return Err(e.into()),
-            },
-            Some(p) if *p != record => {
-                self.store()
-                    .update_job_with_audit(&record, &warnings)
-                    .await?;
-                self.metrics().audit_written(warnings.len() as u64);
             }
-            Some(_) => {}
         }
         if new_run && record.stage.is_active() && obs.pod_grace < record.grace {
             let report = actions

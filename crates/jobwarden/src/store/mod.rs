@@ -159,7 +159,7 @@ pub enum Store {
     Postgres(PgStore),
 }
 
-/// One escalation step for [`Store::record_steps`].
+/// One escalation step for [`Store::record_steps`] (and [`JobWrite::Step`]).
 #[derive(Debug, Clone)]
 pub struct StepWrite {
     /// The job.
@@ -177,6 +177,27 @@ pub struct StepWrite {
     /// step recorded but not yet carried out), saved in the same statement, only if the step
     /// is recorded now.
     pub spec_after: Option<serde_json::Value>,
+}
+
+/// One write of [`Store::write_jobs`].
+#[derive(Debug, Clone)]
+pub enum JobWrite {
+    /// [`Store::insert_job`], with audit rows written only if the job was inserted.
+    Insert {
+        /// The new job.
+        job: JobRecord,
+        /// Its rows.
+        audit: Vec<AuditEntry>,
+    },
+    /// [`Store::update_job_with_audit`].
+    Update {
+        /// The job as it is to be.
+        job: JobRecord,
+        /// The rows written with it.
+        audit: Vec<AuditEntry>,
+    },
+    /// One step of [`Store::record_steps`].
+    Step(StepWrite),
 }
 
 /// Calls the same method on whichever backend this is.
@@ -330,10 +351,21 @@ impl Store {
     /// A step recorded now also saves its [`StepWrite::stage_after`]. Each step is one
     /// statement (two when it is not recorded), and the audit rows of the batch one more.
     pub async fn record_steps(&self, batch: &[StepWrite]) -> Result<Vec<Result<bool>>> {
+        let writes: Vec<JobWrite> = batch.iter().cloned().map(JobWrite::Step).collect();
+        self.write_jobs(&writes).await
+    }
+
+    /// Job writes of any kind in one write transaction (the executor's group commit: the
+    /// writes of concurrent reconciles share one). Each gets its own answer: `Ok(true)` done
+    /// now, `Ok(false)` a step recorded already, or [`Error::JobExists`] (an insert),
+    /// [`Error::JobNotFound`], [`Error::StaleRun`] (a step). A query error rolls back the
+    /// whole batch and is returned alone. The audit rows of the writes done now are one
+    /// statement more.
+    pub async fn write_jobs(&self, batch: &[JobWrite]) -> Result<Vec<Result<bool>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(self.record_steps(batch))
+        dispatch!(self.write_jobs(batch))
     }
 
     // ----- cleanup queue -----

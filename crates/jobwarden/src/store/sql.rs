@@ -4,7 +4,7 @@
 //! What this module owns: every statement that is the same on SQLite and PostgreSQL (the same
 //! text and `$n` placeholders, or the same text but for a cast or a row lock the backend names
 //! in its invocation) and the Rust around it: binding, running, reading the rows back, the
-//! transactions of `update_job`, `record_steps`, `fail` and `requeue_dead`.
+//! transactions of `update_job`, `write_jobs`, `fail` and `requeue_dead`.
 //!
 //! What it must not do: hold a statement that only one backend can run. Those stay in the
 //! backend files with what else really differs: connections, how a write transaction starts
@@ -84,7 +84,7 @@ macro_rules! shared_sql {
                 task_columns,
             };
             use $crate::reclaimed::{ReclaimedRow, ReportQuery};
-            use $crate::store::{Error, Result, StepWrite, db};
+            use $crate::store::{Error, JobWrite, Result, StepWrite, db};
 
             use super::{$Store, $list as bind_list, $ts as bind_ts, insert_audit};
 
@@ -195,27 +195,8 @@ macro_rules! shared_sql {
                 // ----- jobs -----
 
                 pub(crate) async fn insert_job(&self, job: &JobRecord) -> Result<()> {
-                    let p = JobParams::new(job, &job.steps, job.last_heartbeat)?;
-                    let q = sqlx::query(concat!(
-                        "INSERT INTO jobs (",
-                        job_columns!(),
-                        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                         $14, $15, $16, $17, $18, $19",
-                        $jsonb,
-                        ", $20, $21, $22, $23, $24, $25, $26, $27",
-                        $jsonb,
-                        ", $28)"
-                    ));
-                    match bind_job(q, &p).execute(&self.$writes).await {
-                        Ok(_) => Ok(()),
-                        Err(e)
-                            if e.as_database_error()
-                                .is_some_and(|d| d.is_unique_violation()) =>
-                        {
-                            Err(Error::JobExists(job.id.to_string()))
-                        }
-                        Err(e) => Err(db(format!("inserting job {}", job.id))(e)),
-                    }
+                    let op = format!("inserting job {}", job.id);
+                    insert_job_in(&self.$writes, job, &op).await
                 }
 
                 pub(crate) async fn update_job(
@@ -351,31 +332,48 @@ macro_rules! shared_sql {
                     Ok(r.rows_affected() > 0)
                 }
 
-                pub(crate) async fn record_steps(
+                pub(crate) async fn write_jobs(
                     &self,
-                    batch: &[StepWrite],
+                    batch: &[JobWrite],
                 ) -> Result<Vec<Result<bool>>> {
-                    let op = format!("recording {} escalation steps", batch.len());
+                    let op = format!("writing {} job changes", batch.len());
                     let mut tx = self.write(&op).await?;
                     let mut results = Vec::with_capacity(batch.len());
-                    let mut audit = Vec::new();
+                    let mut audit: Vec<AuditEntry> = Vec::new();
                     for w in batch {
-                        let op = format!(
-                            "recording step {} of job {} run {}",
-                            w.step.step, w.job_id, w.run_id
-                        );
-                        // A query error aborts the whole transaction; "not found" and "stale
-                        // run" are answers about one step and leave the others to commit.
-                        match record_step_in(&mut tx, w, &op).await {
+                        // A query error aborts the whole transaction; "exists", "not found"
+                        // and "stale run" are answers about one write and leave the others
+                        // to commit.
+                        let (result, rows) = match w {
+                            JobWrite::Insert { job, audit } => {
+                                let op = format!("inserting job {}", job.id);
+                                let done = insert_job_in(&mut *tx, job, &op).await;
+                                (done.map(|()| true), audit.as_slice())
+                            }
+                            JobWrite::Update { job, audit } => {
+                                let op = format!("updating job {}", job.id);
+                                let done = update_job_in(&mut tx, job, &[], &op).await;
+                                (done.map(|()| true), audit.as_slice())
+                            }
+                            JobWrite::Step(s) => {
+                                let op = format!(
+                                    "recording step {} of job {} run {}",
+                                    s.step.step, s.job_id, s.run_id
+                                );
+                                let rows = std::slice::from_ref(&s.audit);
+                                (record_step_in(&mut tx, s, &op).await, rows)
+                            }
+                        };
+                        match result {
                             Err(e @ Error::Db { .. }) => return Err(e),
                             Ok(true) => {
-                                audit.push(w.audit.clone());
+                                audit.extend_from_slice(rows);
                                 results.push(Ok(true));
                             }
                             other => results.push(other),
                         }
                     }
-                    // The audit rows of the steps recorded now, in one batched insert.
+                    // The audit rows of the writes made now, in one batched insert.
                     insert_audit(&mut tx, &audit).await?;
                     tx.commit().await.map_err(db(op))?;
                     Ok(results)
@@ -624,6 +622,35 @@ macro_rules! shared_sql {
             }
 
             /// `update_job` inside the caller's transaction.
+            /// Inserts a job unless its id is taken ([`Error::JobExists`]), on the pool or
+            /// inside the caller's transaction: `ON CONFLICT DO NOTHING`, so that a taken id
+            /// does not abort the transaction around it (PostgreSQL aborts on any error).
+            async fn insert_job_in<'e, E>(exec: E, job: &JobRecord, op: &str) -> Result<()>
+            where
+                E: Executor<'e, Database = $Db>,
+            {
+                let p = JobParams::new(job, &job.steps, job.last_heartbeat)?;
+                let q = sqlx::query(concat!(
+                    "INSERT INTO jobs (",
+                    job_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                     $14, $15, $16, $17, $18, $19",
+                    $jsonb,
+                    ", $20, $21, $22, $23, $24, $25, $26, $27",
+                    $jsonb,
+                    ", $28) ON CONFLICT (id) DO NOTHING"
+                ));
+                let inserted = bind_job(q, &p)
+                    .execute(exec)
+                    .await
+                    .map_err(db(op.to_owned()))?
+                    .rows_affected();
+                if inserted == 0 {
+                    return Err(Error::JobExists(job.id.to_string()));
+                }
+                Ok(())
+            }
+
             async fn update_job_in(
                 tx: &mut Transaction,
                 job: &JobRecord,
