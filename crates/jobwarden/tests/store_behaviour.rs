@@ -16,8 +16,8 @@ use jobwarden::model::{
     Timestamp,
 };
 use jobwarden::store::{
-    AuditQuery, Backoff, Completion, Error, FailOutcome, Jitter, JobFilter, NewTask, QueueStats,
-    RequeueOutcome, StepWrite, Store, TaskFilter, TaskState,
+    AuditQuery, Backoff, Completion, Error, FailOutcome, Jitter, JobFilter, JobWrite, NewTask,
+    QueueStats, RequeueOutcome, StepWrite, Store, TaskFilter, TaskState,
 };
 use sqlx::Connection as _;
 
@@ -151,6 +151,7 @@ both!(
     heartbeat_never_changes_deadline,
     record_step_is_once_per_run,
     record_steps_answers_each_step_in_one_transaction,
+    write_jobs_answers_each_write_in_one_transaction,
     update_job_with_audit_is_atomic,
     enqueue_deduplicates_unfinished_tasks,
     claim_order_is_priority_then_schedule,
@@ -534,6 +535,85 @@ async fn record_steps_answers_each_step_in_one_transaction(db: &Db) {
         [soft(3601)],
         "steps recorded meanwhile are kept"
     );
+}
+
+/// The executor's group commit: inserts, updates and steps in one transaction, each
+/// answered alone, audit rows only for what was done.
+async fn write_jobs_answers_each_write_in_one_transaction(db: &Db) {
+    let s = db.open().await;
+    let taken = job("group-taken");
+    let stepped = job("group-stepped");
+    for j in [&taken, &stepped] {
+        s.insert_job(j).await.expect("insert");
+    }
+    let renamed = JobRecord {
+        name: "renamed".into(),
+        ..taken.clone()
+    };
+    let soft = StepTaken {
+        step: Step::SoftKill,
+        due_at: t(3601),
+        at: t(3601),
+    };
+    let batch = [
+        JobWrite::Insert {
+            job: job("group-new"),
+            audit: vec![entry("group-new", AuditAction::ConfigWarning, t(1))],
+        },
+        JobWrite::Insert {
+            job: taken.clone(),
+            audit: vec![entry("group-taken", AuditAction::ConfigWarning, t(1))],
+        },
+        JobWrite::Update {
+            job: renamed,
+            audit: vec![],
+        },
+        JobWrite::Update {
+            job: job("group-missing"),
+            audit: vec![entry("group-missing", AuditAction::Warn, t(1))],
+        },
+        JobWrite::Step(StepWrite {
+            job_id: stepped.id.clone(),
+            run_id: "run-1".into(),
+            step: soft.clone(),
+            audit: entry("group-stepped", AuditAction::SoftKill, t(3601)),
+            stage_after: Some((Stage::Terminating, "timeout".into())),
+            spec_after: None,
+        }),
+    ];
+    let got = s.write_jobs(&batch).await.expect("write_jobs");
+    assert!(
+        matches!(
+            got[..],
+            [
+                Ok(true),
+                Err(Error::JobExists(_)),
+                Ok(true),
+                Err(Error::JobNotFound(_)),
+                Ok(true)
+            ]
+        ),
+        "{got:?}"
+    );
+    assert!(
+        s.get_job(&job("group-new").id)
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert_eq!(audit_of(&s, "group-new").await.len(), 1);
+    assert!(
+        audit_of(&s, "group-taken").await.is_empty(),
+        "no row for an insert refused"
+    );
+    assert!(audit_of(&s, "group-missing").await.is_empty());
+    let t_now = s.get_job(&taken.id).await.expect("get").expect("taken");
+    assert_eq!(t_now.name, "renamed");
+    assert_eq!(t_now.spec, taken.spec);
+    let st = s.get_job(&stepped.id).await.expect("get").expect("stepped");
+    assert_eq!((st.stage, st.steps), (Stage::Terminating, vec![soft]));
+    assert_eq!(audit_of(&s, "group-stepped").await.len(), 1);
+    assert!(s.write_jobs(&[]).await.expect("empty batch").is_empty());
 }
 
 async fn record_step_is_once_per_run(db: &Db) {
