@@ -307,8 +307,11 @@ impl<R: Runtime> Executor<R> {
         (write, after)
     }
 
-    /// One job write through the group commit (see [`Group`]): its own answer (as
-    /// [`Store::write_jobs`] gives it), once the transaction holding it committed.
+    /// One job write through the group commit: its own answer (as [`Store::write_jobs`]
+    /// gives it), once the transaction holding it committed. The writes of concurrent
+    /// callers go to one writer (a thread of its own, driving the store on the caller's
+    /// runtime), which writes everything sent meanwhile, up to 256, in one transaction and
+    /// answers each caller; a write whose caller is dropped before its answer still commits.
     pub async fn write(&self, write: JobWrite) -> Result<Result<bool>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
