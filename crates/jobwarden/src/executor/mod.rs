@@ -83,7 +83,7 @@ pub struct Executor<R: Runtime> {
 
 /// The group commit of the job writes of concurrent callers ([`Executor::write`]: a step's
 /// record, a step's finish, a reconcile's first sight of a job): each caller sends its write
-/// to one writer task and waits for its own answer; the writer takes everything sent
+/// to one writer ([`spawn_writer`]) and waits for its own answer; the writer takes everything sent
 /// meanwhile (up to [`GROUP_MAX`]), writes it in one transaction ([`Store::write_jobs`]) and
 /// answers each. A caller goes on (acts) only once its own write committed, as without
 /// grouping. A transaction that fails as a whole is retried write by write, so each caller
@@ -258,7 +258,7 @@ impl<R: Runtime> Executor<R> {
         now: Timestamp,
     ) -> Result<Carried> {
         let recorded = if R::MARKS_PENDING {
-            // A write queued by a caller dropped before its turn still commits, marked
+            // A write sent by a caller dropped before its answer still commits, marked
             // `acting`: the next pass carries it out, as after a crash.
             let (write, after) = self.step_write(target, job, plan);
             let recorded = self.write(JobWrite::Step(write)).await??;
@@ -320,15 +320,15 @@ impl<R: Runtime> Executor<R> {
                 Some(s) if !s.is_closed() => s,
                 _ => writer.insert(spawn_writer(self.store.clone())),
             };
-            // The receiver lives as long as the writer task, which was alive a moment ago; a
-            // failed send drops `tx`, answered below as an abandoned write.
+            // The receiver lives as long as the writer thread, which was alive a moment ago;
+            // a failed send drops `tx`, answered below as an abandoned write.
             let _ = sender.send((write, tx));
         }
         rx.await.unwrap_or_else(|_| {
             // The writer stopped before it answered (its runtime shut down, or it could not
-            // start): whether the write committed
-            // is unknown, so it is not acted on here; the next reconcile reads the store and
-            // finishes it (its `acting` marker) or decides it again.
+            // start): whether the write committed is unknown, so it is not acted on here; the
+            // next reconcile reads the store and finishes it (its `acting` marker) or decides
+            // it again.
             Err(crate::store::Error::Db {
                 op: "writing a job (the store writer stopped)".into(),
                 cause: sqlx::Error::PoolClosed,

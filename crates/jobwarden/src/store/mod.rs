@@ -331,15 +331,15 @@ impl Store {
         step: &StepTaken,
         audit: &AuditEntry,
     ) -> Result<bool> {
-        let batch = [StepWrite {
+        let batch = [JobWrite::Step(StepWrite {
             job_id: job_id.clone(),
             run_id: run_id.to_owned(),
             step: step.clone(),
             audit: audit.clone(),
             stage_after: None,
             spec_after: None,
-        }];
-        let mut results = self.record_steps(&batch).await?;
+        })];
+        let mut results = self.write_jobs(&batch).await?;
         results.pop().unwrap_or(Ok(false))
     }
 

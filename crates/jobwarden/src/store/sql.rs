@@ -621,7 +621,6 @@ macro_rules! shared_sql {
                 }
             }
 
-            /// `update_job` inside the caller's transaction.
             /// Inserts a job unless its id is taken ([`Error::JobExists`]), on the pool or
             /// inside the caller's transaction: `ON CONFLICT DO NOTHING`, so that a taken id
             /// does not abort the transaction around it (PostgreSQL aborts on any error).
@@ -651,6 +650,7 @@ macro_rules! shared_sql {
                 Ok(())
             }
 
+            /// `update_job` inside the caller's transaction.
             async fn update_job_in(
                 tx: &mut Transaction,
                 job: &JobRecord,
